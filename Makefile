@@ -1,0 +1,57 @@
+# slm — two commands: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test install system-deps lint fmt bench vendor clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Reinstalls only when a requirements file changed (a second `make run` starts in seconds).
+$(STAMP): requirements.txt requirements-nodeps.txt | $(PY)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's chromium for the browser tests (never a downloaded browser). Idempotent.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+run: install
+	$(PY) manage.py serve
+
+test: install system-deps
+	DJANGO_SETTINGS_MODULE=slmsite.settings.test $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) bench/chat.py
+	$(PY) bench/sentiment.py
+	$(PY) bench/annotate.py
+
+# Refresh vendored front-end files from the npm registry (versions in static/vendor/VERSIONS).
+vendor:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack htmx.org@2.0.11 chart.js@4.5.1 >/dev/null && \
+	  for f in *.tgz; do mkdir $${f%.tgz} && tar xzf $$f -C $${f%.tgz}; done && \
+	  cp htmx.org-2.0.11/package/dist/htmx.min.js $(CURDIR)/static/vendor/htmx.min.js && \
+	  cp chart.js-4.5.1/package/dist/chart.umd.min.js $(CURDIR)/static/vendor/chart.umd.min.js
+
+clean-venv:
+	rm -rf $(VENV)

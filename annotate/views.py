@@ -1,0 +1,13 @@
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    return render(request, "annotate/index.html")
+
+
+@login_required
+def runs(request: HttpRequest) -> HttpResponse:
+    return render(request, "annotate/runs.html")

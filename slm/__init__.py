@@ -1,0 +1,1 @@
+"""Pure ML core of slm. Never imports Django."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SlmsiteConfig(AppConfig):
+    name = "slmsite"
+    verbose_name = "slm site"

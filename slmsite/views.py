@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from slmsite.registry import get_registry
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    reg = get_registry()
+    chat_live = reg.live_version("chat")
+    sentiment_live = reg.live_version(settings.SENTIMENT_MODEL)
+    return render(
+        request,
+        "home.html",
+        {
+            "chat_model": f"chat@{chat_live}" if chat_live else None,
+            "sentiment_model": f"{settings.SENTIMENT_MODEL}@{sentiment_live}" if sentiment_live else None,
+        },
+    )
+
+
+def _check_database() -> dict[str, Any]:
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+        return {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:  # pragma: no cover - exercised by the failure test
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _check_redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        import django_rq
+        from rq import Worker
+
+        conn = django_rq.get_connection("default")
+        conn.ping()
+        workers = Worker.all(connection=conn)
+        queues = {name: len(django_rq.get_queue(name)) for name in settings.RQ_QUEUES}
+        info = [{"name": w.name, "queues": w.queue_names(), "state": w.get_state()} for w in workers]
+        return {"ok": True}, {"ok": bool(workers), "count": len(workers), "workers": info, "queued": queues}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, {"ok": False, "count": 0}
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness/readiness as JSON. 200 when the database and Redis answer, 503 otherwise."""
+    database = _check_database()
+    redis_status, worker = _check_redis_and_workers()
+    reg = get_registry()
+    models = {name: reg.live_version(name) for name in reg.names()}
+    ok = database["ok"] and redis_status["ok"]
+    body = {
+        "status": "ok" if ok else "error",
+        "database": database,
+        "redis": redis_status,
+        "worker": worker,
+        "models": models,
+    }
+    return JsonResponse(body, status=200 if ok else 503)
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text exposition of this process's metrics."""
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

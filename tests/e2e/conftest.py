@@ -1,0 +1,175 @@
+"""Browser-test harness: a live daphne + RQ worker on a free port against the test database, driven by
+Playwright with Debian's /usr/bin/chromium (never a downloaded browser). Screenshots go to
+test-artifacts/screenshots (git-ignored, kept by CI as artifacts)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.request import urlopen
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.e2e
+# Playwright's sync API keeps an event loop running in this thread; the ORM calls in fixtures are sync.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class LiveStack:
+    url: str
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]]
+    log_dir: Path
+
+
+def _db_env() -> dict[str, str]:
+    from django.db import connection
+
+    sd = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return {"SQLITE_PATH": str(sd["NAME"])}
+    user = sd.get("USER") or ""
+    pw = f":{sd['PASSWORD']}" if sd.get("PASSWORD") else ""
+    host = sd.get("HOST") or "127.0.0.1"
+    port = sd.get("PORT") or 5432
+    return {"DATABASE_URL": f"postgres://{user}{pw}@{host}:{port}/{sd['NAME']}"}
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker, artifacts_dir_session) -> Iterator[LiveStack]:  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    port = free_port()
+    with django_db_blocker.unblock():
+        env = {
+            **os.environ,
+            **_db_env(),
+            "DJANGO_SETTINGS_MODULE": "slmsite.settings.test",
+            "REDIS_URL": settings.REDIS_URL,
+            "SLM_TEST_VAR_DIR": str(settings.TEST_VAR_DIR),
+            "SLM_REGISTRY_DIR": str(settings.SLM_REGISTRY_DIR),
+            "SLM_TEST_REDIS_CHANNELS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    log_dir = artifacts_dir_session / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    daphne_log = open(log_dir / "daphne.log", "wb")
+    worker_log = open(log_dir / "worker.log", "wb")
+    procs["daphne"] = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "slmsite.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=daphne_log,
+        stderr=subprocess.STDOUT,
+    )
+    procs["worker"] = subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", "gpu", "default", "--with-scheduler"],
+        cwd=ROOT,
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if procs["daphne"].poll() is not None:
+            raise RuntimeError(f"daphne exited: {(log_dir / 'daphne.log').read_text()[-2000:]}")
+        try:
+            with urlopen(url + "/accounts/login/", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    try:
+        wait_until(up, 60, "daphne to answer")
+        yield LiveStack(url=url, env=env, procs=procs, log_dir=log_dir)
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        daphne_log.close()
+        worker_log.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir_session() -> Path:
+    path = Path(os.environ.get("SLM_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+    (path / "screenshots").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (make system-deps)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live_stack, artifacts_dir_session, request):  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=live_stack.url, viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(20_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.js_errors = errors  # type: ignore[attr-defined]
+    yield pg
+    name = request.node.name.replace("/", "_")
+    try:
+        pg.screenshot(path=str(artifacts_dir_session / "screenshots" / f"{name}-final.png"), full_page=True)
+    except Exception:
+        pass
+    context.close()
+
+
+def login(page, username: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
