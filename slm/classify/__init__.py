@@ -1,0 +1,1 @@
+"""Text classifiers behind one predict interface (see base.py)."""
