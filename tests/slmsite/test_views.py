@@ -1,0 +1,78 @@
+import json
+
+import pytest
+from django.urls import reverse
+
+from slm.registry import Registry
+
+
+@pytest.mark.django_db
+def test_healthz_reports_database_redis_worker_models(client, registry: Registry):
+    registry.create_version("chat", lambda d: (d / "w").write_text("x"), {})
+    registry.promote("chat", "v0001")
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["database"]["ok"] is True
+    assert body["redis"]["ok"] is True
+    assert body["worker"]["count"] == 0 and body["worker"]["ok"] is False
+    assert body["models"] == {"chat": "v0001"}
+
+
+@pytest.mark.django_db
+def test_healthz_503_when_redis_down(client, settings):
+    settings.RQ_QUEUES = {"default": {"URL": "redis://127.0.0.1:1/0"}, "gpu": {"URL": "redis://127.0.0.1:1/0"}}
+    r = client.get("/healthz")
+    assert r.status_code == 503
+    assert r.json()["redis"]["ok"] is False
+
+
+@pytest.mark.django_db
+def test_metrics_is_prometheus_text(client):
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r["Content-Type"].startswith("text/plain")
+    assert b"python_info" in r.content or b"process_" in r.content
+
+
+@pytest.mark.django_db
+def test_pages_need_login_and_have_csp(client, plain_user, password):
+    r = client.get("/")
+    assert r.status_code == 302 and "/accounts/login/" in r["Location"]
+    login = client.get("/accounts/login/")
+    assert login.status_code == 200
+    assert "script-src 'self'" in login["Content-Security-Policy"]
+    assert client.login(username=plain_user.username, password=password)
+    home = client.get("/")
+    assert home.status_code == 200
+    html = home.content.decode()
+    for label in ["Chat", "Playground", "Annotate", "Runs"]:
+        assert f">{label}</a>" in html
+    assert ">Admin</a>" not in html
+    assert 'hx-headers=\'{"X-CSRFToken"' in html
+
+
+@pytest.mark.django_db
+def test_admin_sees_admin_link_and_django_admin(client, admin_user, password):
+    client.login(username=admin_user.username, password=password)
+    assert ">Admin</a>" in client.get("/").content.decode()
+    assert client.get(reverse("admin:index")).status_code == 200
+
+
+@pytest.mark.django_db
+def test_logout_is_post(client, plain_user, password):
+    client.login(username=plain_user.username, password=password)
+    r = client.post("/accounts/logout/")
+    assert r.status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_vendored_assets_recorded():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "static" / "vendor"
+    versions = (root / "VERSIONS").read_text()
+    assert "htmx.org 2.0.11" in versions and "chart.js 4.5.1" in versions
+    assert (root / "htmx.min.js").stat().st_size > 10_000
+    assert json.dumps({"ok": True})
