@@ -213,6 +213,11 @@ SENTIMENT_MAX_TEXTS = env_int("SENTIMENT_MAX_TEXTS", 256)
 SENTIMENT_MAX_TEXT_CHARS = env_int("SENTIMENT_MAX_TEXT_CHARS", 5000)
 SENTIMENT_MAX_UPLOAD_BYTES = env_int("SENTIMENT_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 SENTIMENT_BATCH_SIZE = env_int("SENTIMENT_BATCH_SIZE", 64)
+# Sentiment serving: micro-batch wait (requests arriving within it are predicted together), how many
+# non-live versions stay loaded (LRU), and CSV uploads up to this many rows run inline (bigger: RQ job).
+SENTIMENT_BATCH_WAIT_MS = env_float("SENTIMENT_BATCH_WAIT_MS", 3.0)
+SENTIMENT_VERSION_CACHE = env_int("SENTIMENT_VERSION_CACHE", 3)
+SENTIMENT_INLINE_ROWS = env_int("SENTIMENT_INLINE_ROWS", 200)
 
 # Annotate
 ANNOTATE_LEASE_SECONDS = env_int("ANNOTATE_LEASE_SECONDS", 600)
