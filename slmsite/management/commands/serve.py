@@ -69,7 +69,7 @@ class Command(BaseCommand):
             self.stdout.write("stopping…")
             for _, p in procs:
                 if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
+                    p.terminate()
             deadline = time.monotonic() + 15
             for _, p in procs:
                 try:
