@@ -1,3 +1,96 @@
-from ninja import Router
+"""Sentiment JSON API (DESIGN §4), mounted at /api/sentiment/.
 
-router = Router()
+POST /api/sentiment/predict  {"texts": [...], "model": "<version or omitted>"}
+  -> {"model": "name@version", "predictions": [{"label", "score", "probs": {label: p}}]}
+GET  /api/sentiment/models   -> the versions with metrics and which one is live.
+
+Every bad input is a 4xx JSON body with a "message"; no live model is a 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja import Field, Router, Schema
+
+from sentiment import selectors
+from sentiment.inference import InferenceError, get_service
+
+router = Router(tags=["sentiment"])
+
+
+class PredictIn(Schema):
+    texts: list[str] = Field(..., description="Texts to classify (1 to SENTIMENT_MAX_TEXTS).")
+    model: str | None = Field(
+        None, description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version."
+    )
+
+
+class PredictionOut(Schema):
+    label: str
+    score: float
+    probs: dict[str, float]
+
+
+class PredictOut(Schema):
+    model: str = Field(..., description="name@version that produced the predictions")
+    predictions: list[PredictionOut]
+
+
+class ErrorOut(Schema):
+    message: str
+    detail: Any = None
+
+
+class VersionOut(Schema):
+    version: str
+    ref: str
+    family: str
+    labels: list[str]
+    live: bool
+    created: str | None = None
+    parent: str | None = None
+    data_hash: str | None = None
+    metrics: dict[str, Any]
+
+
+class ModelsOut(Schema):
+    name: str
+    live: str | None
+    versions: list[VersionOut]
+
+
+def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"message": message, "detail": message}
+
+
+@router.post(
+    "/predict",
+    response={200: PredictOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    summary="Classify texts",
+)
+def predict(request: HttpRequest, payload: PredictIn) -> Any:
+    texts = payload.texts
+    max_texts = settings.SENTIMENT_MAX_TEXTS
+    max_chars = settings.SENTIMENT_MAX_TEXT_CHARS
+    if not texts:
+        return _error(422, "texts must be a non-empty list of strings")
+    if len(texts) > max_texts:
+        return _error(413, f"too many texts: {len(texts)} (at most {max_texts} per request)")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            return _error(413, f"texts[{i}] is too long: {len(text)} characters (at most {max_chars})")
+        if not text.strip():
+            return _error(422, f"texts[{i}] is empty")
+    try:
+        result = get_service().predict(texts, payload.model)
+    except InferenceError as exc:
+        return _error(exc.status, str(exc))
+    return 200, {"model": result.ref, "predictions": result.predictions()}
+
+
+@router.get("/models", response={200: ModelsOut}, summary="Versions with metrics and the live one")
+def models(request: HttpRequest) -> Any:
+    return selectors.models_overview()

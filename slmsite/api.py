@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
+from ninja.errors import HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
 
 from slmsite.services import api_token_authenticate
@@ -19,7 +22,34 @@ class BearerToken(HttpBearer):
         return user
 
 
-api = NinjaAPI(title="slm API", version="1", docs_url="/docs", auth=[django_auth, BearerToken()])
+# Bearer first: a token client never needs CSRF (django_auth checks CSRF before it looks at the session).
+api = NinjaAPI(title="slm API", version="1", docs_url="/docs", auth=[BearerToken(), django_auth])
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "payload"))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
+@api.exception_handler(ValidationError)
+def _on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    """422 with a human "message" (plus ninja's usual "detail" list)."""
+    return api.create_response(request, {"message": _validation_message(exc.errors), "detail": exc.errors}, status=422)
+
+
+@api.exception_handler(HttpError)
+def _on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return api.create_response(request, {"message": str(exc), "detail": str(exc)}, status=exc.status_code)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _on_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    msg = f"request body too large (limit {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes)"
+    return api.create_response(request, {"message": msg, "detail": msg}, status=413)
+
 
 api.add_router("/sentiment/", "sentiment.api.router")
 api.add_router("/", "annotate.api.router")

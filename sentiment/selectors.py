@@ -1,0 +1,229 @@
+"""Reads: registry versions of the sentiment model, model-card data, batch predictions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from sentiment.models import BatchPrediction
+from slm.registry import ModelVersion, Registry, RegistryError
+from slmsite.registry import get_registry
+
+METRIC_KEYS = ("accuracy", "macro_f1", "ece")
+
+
+def _registry(registry: Registry | None) -> Registry:
+    return registry or get_registry()
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:
+    meta = mv.metadata
+    labels = meta.get("labels") or []
+    if isinstance(labels, dict):  # id2label mapping
+        labels = [labels[k] for k in sorted(labels, key=lambda k: int(k))]
+    return {
+        "version": mv.version,
+        "ref": mv.ref,
+        "family": str(meta.get("family", "transformer")),
+        "labels": [str(label) for label in labels],
+        "live": mv.version == live,
+        "created": meta.get("created"),
+        "parent": meta.get("parent"),
+        "data_hash": meta.get("data_hash"),
+        "metrics": mv.metrics,
+    }
+
+
+def version_list(*, registry: Registry | None = None, name: str | None = None) -> list[dict[str, Any]]:
+    """All versions, newest first, each with metrics and a `live` flag."""
+    reg = _registry(registry)
+    name = name or settings.SENTIMENT_MODEL
+    live = reg.live_version(name)
+    return [version_summary(mv, live=live) for mv in reversed(reg.versions(name))]
+
+
+def models_overview(*, registry: Registry | None = None, name: str | None = None) -> dict[str, Any]:
+    reg = _registry(registry)
+    name = name or settings.SENTIMENT_MODEL
+    return {"name": name, "live": reg.live_version(name), "versions": version_list(registry=reg, name=name)}
+
+
+def family_comparison(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per family (ngram, transformer, ...): its live version if any, else its best by macro-F1."""
+    by_family: dict[str, dict[str, Any]] = {}
+    for v in versions:
+        best = by_family.get(v["family"])
+        score = _num(v["metrics"].get("macro_f1")) or -1.0
+        if (
+            best is None
+            or (v["live"] and not best["live"])
+            or (not best["live"] and score > (_num(best["metrics"].get("macro_f1")) or -1.0))
+        ):
+            by_family[v["family"]] = v
+    order = {"ngram": 0, "transformer": 1, "ensemble": 2}
+    rows = []
+    for family, v in sorted(by_family.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])):
+        rows.append(
+            {
+                "family": family,
+                "version": v["version"],
+                "live": v["live"],
+                "accuracy": _num(v["metrics"].get("accuracy")),
+                "macro_f1": _num(v["metrics"].get("macro_f1")),
+                "ece": _num(v["metrics"].get("ece")),
+            }
+        )
+    return rows
+
+
+def _curves(raw: Any) -> dict[str, list[float | None]]:
+    """Normalises curves to {"epoch": [...], series: [...]}: accepts a dict of lists or a list of per-epoch dicts."""
+    if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw):
+        keys: list[str] = []
+        for r in raw:
+            keys += [k for k in r if k not in keys]
+        data = {k: [_num(r.get(k)) for r in raw] for k in keys}
+    elif isinstance(raw, dict):
+        data = {}
+        for k, v in raw.items():
+            if isinstance(v, list) and all(isinstance(x, int | float) or x is None for x in v):
+                data[str(k)] = [_num(x) for x in v]
+    else:
+        return {}
+    series = {k: v for k, v in data.items() if k != "epoch" and any(x is not None for x in v)}
+    if not series:
+        return {}
+    length = max(len(v) for v in series.values())
+    epochs = data.get("epoch") or list(range(1, length + 1))
+    return {"epoch": epochs[:length], **series}
+
+
+def _per_class(metrics: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
+    raw = metrics.get("per_class") or {}
+    rows = []
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = [(str(r.get("label", i)), r) for i, r in enumerate(raw) if isinstance(r, dict)]
+    else:
+        items = []
+    for label, r in items:
+        if not isinstance(r, dict):
+            continue
+        rows.append(
+            {
+                "label": label,
+                "precision": _num(r.get("precision")),
+                "recall": _num(r.get("recall")),
+                "f1": _num(r.get("f1", r.get("f1-score"))),
+                "support": r.get("support"),
+            }
+        )
+    return rows
+
+
+def _matrix(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any] | None:
+    cm = metrics.get("confusion_matrix")
+    if isinstance(cm, dict):
+        labels = [str(x) for x in cm.get("labels", labels)]
+        cm = cm.get("matrix")
+    if not isinstance(cm, list) or not cm or not all(isinstance(row, list) for row in cm):
+        return None
+    n = len(cm)
+    if len(labels) != n:
+        labels = [str(i) for i in range(n)]
+    rows = []
+    peak = max((max(row) for row in cm if row), default=0) or 1
+    for i, (label, row) in enumerate(zip(labels, cm, strict=False)):
+        total = sum(row) or 1
+        cells = [
+            {"count": c, "share": c / total, "alpha": round(0.08 + 0.85 * c / peak, 3), "diag": i == j}
+            for j, c in enumerate(row)
+        ]
+        rows.append({"label": label, "cells": cells})
+    return {"labels": labels, "matrix": cm, "rows": rows}
+
+
+def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Flattens a nested dict into (dotted key, short string value) rows for key/value tables."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(d, dict):
+        return out
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and len(v) <= 30:
+            out += _flat(v, key + ".")
+        else:
+            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+            out.append((key, text if len(text) <= 300 else text[:297] + "..."))
+    return out
+
+
+def version_card(version: str, *, registry: Registry | None = None, name: str | None = None) -> dict[str, Any]:
+    """Everything a model card shows. Raises RegistryError for an unknown version."""
+    reg = _registry(registry)
+    name = name or settings.SENTIMENT_MODEL
+    mv = reg.get(name, version)
+    live = reg.live_version(name)
+    summary = version_summary(mv, live=live)
+    meta = mv.metadata
+    metrics = summary["metrics"]
+    config = meta.get("config") or {}
+    quality = meta.get("quality") or meta.get("quality_report") or meta.get("data_quality") or {}
+    timings = meta.get("timings") or {}
+    shown = {"config", "quality", "quality_report", "data_quality", "timings", "metrics", "curves", "labels"}
+    extra = {k: v for k, v in meta.items() if k not in shown}
+    matrix = _matrix(metrics, summary["labels"])
+    curves = _curves(meta.get("curves") or metrics.get("curves"))
+    headline = [(k, _num(metrics.get(k))) for k in METRIC_KEYS if _num(metrics.get(k)) is not None]
+    headline += [
+        (k, _num(v))
+        for k, v in metrics.items()
+        if k not in METRIC_KEYS and _num(v) is not None and not isinstance(v, bool)
+    ]
+    return {
+        **summary,
+        "headline": headline,
+        "per_class": _per_class(metrics, summary["labels"]),
+        "matrix": matrix,
+        "curves": curves,
+        "chart_data": {"matrix": matrix and {"labels": matrix["labels"], "matrix": matrix["matrix"]}, "curves": curves},
+        "config_rows": _flat(config),
+        "quality_rows": _flat(quality),
+        "timing_rows": _flat(timings),
+        "extra_rows": _flat(extra),
+    }
+
+
+def version_choices(*, registry: Registry | None = None, name: str | None = None) -> list[dict[str, Any]]:
+    return version_list(registry=registry, name=name)
+
+
+def version_exists(version: str, *, registry: Registry | None = None, name: str | None = None) -> bool:
+    try:
+        _registry(registry).get(name or settings.SENTIMENT_MODEL, version)
+    except RegistryError:
+        return False
+    return True
+
+
+def batch_for_user(*, batch_id: int, user: Any) -> BatchPrediction | None:
+    """The batch if the user may see it (owner or admin)."""
+    qs: QuerySet[BatchPrediction] = BatchPrediction.objects.filter(pk=batch_id)
+    if not (user.is_staff or user.is_superuser):
+        qs = qs.filter(owner=user)
+    return qs.first()
+
+
+def batch_recent(*, user: Any, limit: int = 5) -> list[BatchPrediction]:
+    return list(BatchPrediction.objects.filter(owner=user).order_by("-created")[:limit])

@@ -1,0 +1,165 @@
+"""Playground, compare, version pages, promote/rollback permissions."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from tests.sentiment.fakes import install_fake_loader, make_fake_version
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fake_models(monkeypatch, registry):
+    install_fake_loader(monkeypatch)
+    yield
+    import sentiment.inference
+
+    sentiment.inference.reset_services()
+
+
+@pytest.fixture
+def client_user(plain_user, password) -> Client:
+    c = Client()
+    assert c.login(username=plain_user.username, password=password)
+    return c
+
+
+@pytest.fixture
+def client_admin(admin_user, password) -> Client:
+    c = Client()
+    assert c.login(username=admin_user.username, password=password)
+    return c
+
+
+PAGES = [
+    ("sentiment:playground", {}),
+    ("sentiment:versions", {}),
+    ("sentiment:version", {"version": "v0001"}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", PAGES)
+def test_pages_redirect_anonymous_users_to_login(registry, name, kwargs):
+    make_fake_version(registry)
+    resp = Client().get(reverse(name, kwargs=kwargs))
+    assert resp.status_code == 302 and "/accounts/login/" in resp["Location"]
+
+
+@pytest.mark.parametrize("name,kwargs", PAGES)
+def test_pages_render_for_logged_in_user(client_user, registry, name, kwargs):
+    make_fake_version(registry)
+    make_fake_version(registry, family="transformer", promote=False)
+    resp = client_user.get(reverse(name, kwargs=kwargs))
+    assert resp.status_code == 200
+    html = resp.content.decode()
+    assert "ngram" in html and "transformer" in html  # families side by side
+
+
+def test_playground_renders_with_empty_registry(client_user, registry):
+    resp = client_user.get(reverse("sentiment:playground"))
+    assert resp.status_code == 200
+    assert "No live model yet" in resp.content.decode()
+    resp = client_user.post(reverse("sentiment:classify"), {"text": "好"}, HTTP_HX_REQUEST="true")
+    assert resp.status_code == 200
+    assert "no live version" in resp.content.decode()
+
+
+def test_classify_htmx_returns_fragment_with_bars_and_fix_form(client_user, registry):
+    make_fake_version(registry)
+    resp = client_user.post(reverse("sentiment:classify"), {"text": "这家酒店很好"}, HTTP_HX_REQUEST="true")
+    html = resp.content.decode()
+    assert resp.status_code == 200
+    assert "<html" not in html and 'id="result"' in html
+    assert 'data-label="positive"' in html
+    assert "width: 90.0%" in html and "width: 10.0%" in html
+    assert "Wrong? Fix it" in html
+    assert 'name="model_ref" value="sentiment@v0001"' in html
+
+
+def test_classify_without_js_renders_full_page(client_user, registry):
+    make_fake_version(registry)
+    resp = client_user.post(reverse("sentiment:classify"), {"text": "bad service"})
+    assert resp.status_code == 200
+    html = resp.content.decode()
+    assert "<html" in html and 'data-label="negative"' in html
+    # example links work without JS: GET with ?text=
+    resp = client_user.get(reverse("sentiment:playground"), {"text": "great hotel"})
+    assert 'data-label="positive"' in resp.content.decode()
+
+
+def test_classify_bad_input_shows_message(client_user, registry, settings):
+    make_fake_version(registry)
+    settings.SENTIMENT_MAX_TEXT_CHARS = 5
+    r = client_user.post(reverse("sentiment:classify"), {"text": "   "}, HTTP_HX_REQUEST="true")
+    assert "Type a text" in r.content.decode()
+    r = client_user.post(reverse("sentiment:classify"), {"text": "much too long"})
+    assert r.status_code == 413 and "too long" in r.content.decode()
+    r = client_user.post(reverse("sentiment:classify"), {"text": "ok", "model": "v0042"}, HTTP_HX_REQUEST="true")
+    assert "no version" in r.content.decode()
+
+
+def test_compare_shows_two_versions_side_by_side(client_user, registry):
+    make_fake_version(registry)
+    make_fake_version(registry, promote=False, bias=-0.5)
+    r = client_user.post(
+        reverse("sentiment:compare"), {"text": "good", "a": "v0001", "b": "v0002"}, HTTP_HX_REQUEST="true"
+    )
+    html = r.content.decode()
+    assert "sentiment@v0001" in html and "sentiment@v0002" in html
+    assert 'data-label="positive"' in html and 'data-label="negative"' in html
+
+
+def test_fix_form_falls_back_without_annotate_url(client_user, registry, monkeypatch):
+    import sentiment.views as views
+
+    make_fake_version(registry)
+    monkeypatch.setattr(views, "_fix_url", lambda: None)
+    r = client_user.post(reverse("sentiment:classify"), {"text": "good"}, HTTP_HX_REQUEST="true")
+    assert "not available" in r.content.decode()
+
+
+def test_model_card_shows_metrics_curves_and_chart_data(client_user, registry):
+    make_fake_version(registry)
+    r = client_user.get(reverse("sentiment:version", kwargs={"version": "v0001"}))
+    html = r.content.decode()
+    for needle in [
+        "abc123",
+        "Per class",
+        "precision",
+        "s-cm-chart",
+        "s-curves-chart",
+        "s-chart-data",
+        "lr",
+        "duplicates_dropped",
+        "train_s",
+    ]:
+        assert needle.lower() in html.lower(), needle
+    assert "<script>" not in html.replace('<script id="s-chart-data" type="application/json">', "")
+    assert client_user.get(reverse("sentiment:version", kwargs={"version": "v0099"})).status_code == 404
+
+
+def test_promote_and_rollback_are_admin_only(client_user, client_admin, registry):
+    make_fake_version(registry)
+    make_fake_version(registry, promote=False)
+    url = reverse("sentiment:promote", kwargs={"version": "v0002"})
+    assert client_user.post(url).status_code == 403
+    assert Client().post(url).status_code == 302  # anonymous -> login
+    assert registry.live_version("sentiment") == "v0001"
+    assert client_admin.get(url).status_code == 405
+    r = client_admin.post(url)
+    assert r.status_code == 302 and registry.live_version("sentiment") == "v0002"
+    assert client_user.post(reverse("sentiment:rollback")).status_code == 403
+    r = client_admin.post(reverse("sentiment:rollback"))
+    assert r.status_code == 302 and registry.live_version("sentiment") == "v0001"
+    page = client_admin.get(reverse("sentiment:version", kwargs={"version": "v0002"})).content.decode()
+    assert "Promote" in page
+    assert "Promote" not in client_user.get(reverse("sentiment:version", kwargs={"version": "v0002"})).content.decode()
+
+
+def test_promote_unknown_version_shows_message(client_admin, registry):
+    make_fake_version(registry)
+    r = client_admin.post(reverse("sentiment:promote", kwargs={"version": "v0042"}), follow=True)
+    assert r.status_code == 200 and "no version" in r.content.decode()
