@@ -86,26 +86,32 @@ def family_comparison(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _curves(raw: Any) -> dict[str, list[float | None]]:
-    """Normalises curves to {"epoch": [...], series: [...]}: accepts a dict of lists or a list of per-epoch dicts."""
+def _curves(raw: Any) -> dict[str, Any]:
+    """Normalises curves to {"x": name, "xs": [...], "series": {name: [...]}}.
+
+    Accepts the registry schema ({"x": "epoch", "epoch": [...], "train_loss": [...], ...}), a plain dict
+    of lists, or a list of per-epoch dicts. Empty when there is nothing to plot.
+    """
+    x_key = "epoch"
     if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw):
         keys: list[str] = []
         for r in raw:
             keys += [k for k in r if k not in keys]
         data = {k: [_num(r.get(k)) for r in raw] for k in keys}
     elif isinstance(raw, dict):
+        x_key = str(raw.get("x") or "epoch")
         data = {}
         for k, v in raw.items():
             if isinstance(v, list) and all(isinstance(x, int | float) or x is None for x in v):
                 data[str(k)] = [_num(x) for x in v]
     else:
         return {}
-    series = {k: v for k, v in data.items() if k != "epoch" and any(x is not None for x in v)}
+    series = {k: v for k, v in data.items() if k != x_key and any(x is not None for x in v)}
     if not series:
         return {}
     length = max(len(v) for v in series.values())
-    epochs = data.get("epoch") or list(range(1, length + 1))
-    return {"epoch": epochs[:length], **series}
+    xs = data.get(x_key) or list(range(1, length + 1))
+    return {"x": x_key, "xs": xs[:length], "series": series}
 
 
 def _per_class(metrics: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
@@ -164,6 +170,10 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(v, dict) and v and len(v) <= 30:
             out += _flat(v, key + ".")
         else:
+            if isinstance(v, float):
+                v = round(v, 4)
+            elif isinstance(v, list) and all(isinstance(x, float) for x in v):
+                v = [round(x, 4) for x in v]
             text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
             out.append((key, text if len(text) <= 300 else text[:297] + "..."))
     return out
@@ -182,6 +192,7 @@ def version_card(version: str, *, registry: Registry | None = None, name: str | 
     quality = meta.get("quality") or meta.get("quality_report") or meta.get("data_quality") or {}
     timings = meta.get("timings") or {}
     shown = {"config", "quality", "quality_report", "data_quality", "timings", "metrics", "curves", "labels"}
+    shown |= {"family", "name", "version", "created", "parent", "data_hash"}
     extra = {k: v for k, v in meta.items() if k not in shown}
     matrix = _matrix(metrics, summary["labels"])
     curves = _curves(meta.get("curves") or metrics.get("curves"))

@@ -102,7 +102,9 @@ def _batch_enqueue(batch_id: int) -> None:
     from sentiment.jobs import batch_predict_job
 
     try:
-        job = django_rq.get_queue("default").enqueue(batch_predict_job, batch_id, job_timeout=3600)
+        # Already inside on_commit: enqueue now ("auto"), not on yet another commit.
+        queue = django_rq.get_queue("default", commit_mode="auto")
+        job = queue.enqueue(batch_predict_job, batch_id, job_timeout=3600)
     except Exception as exc:  # the queue is down: say so instead of running silently in-process
         log.exception("enqueueing batch %s failed", batch_id)
         BatchPrediction.objects.filter(pk=batch_id).update(

@@ -50,33 +50,39 @@
     }
 
     var curvesCanvas = document.getElementById("s-curves-chart");
-    if (curvesCanvas && data.curves && data.curves.epoch) {
-      var keys = Object.keys(data.curves).filter(function (k) { return k !== "epoch"; });
+    if (curvesCanvas && data.curves && data.curves.series) {
+      var keys = Object.keys(data.curves.series);
+      var xs = data.curves.xs;
       var series = keys.map(function (k, i) {
         var isLoss = /loss/i.test(k);
         return {
           label: k,
-          data: data.curves[k],
+          data: data.curves.series[k],
           borderColor: PALETTE[i % PALETTE.length],
           backgroundColor: PALETTE[i % PALETTE.length],
           yAxisID: isLoss ? "loss" : "score",
           tension: 0.2,
-          pointRadius: data.curves.epoch.length > 40 ? 0 : 2,
+          pointRadius: xs.length > 40 ? 0 : 2,
           spanGaps: true,
         };
       });
+      var hasLoss = keys.some(function (k) { return /loss/i.test(k); });
+      var scales = {
+        x: { title: { display: true, text: data.curves.x.replace(/_/g, " ") } },
+        score: { type: "linear", position: "right", min: 0, max: 1,
+                 title: { display: true, text: "accuracy / F1" } },
+      };
+      if (hasLoss) {
+        scales.loss = { type: "linear", position: "left", title: { display: true, text: "loss" } };
+        scales.score.grid = { drawOnChartArea: false };
+      }
       new window.Chart(curvesCanvas, {
         type: "line",
-        data: { labels: data.curves.epoch, datasets: series },
+        data: { labels: xs, datasets: series },
         options: {
           responsive: true, maintainAspectRatio: false, animation: false,
           interaction: { mode: "index", intersect: false },
-          scales: {
-            x: { title: { display: true, text: "epoch" } },
-            loss: { type: "linear", position: "left", title: { display: true, text: "loss" } },
-            score: { type: "linear", position: "right", min: 0, max: 1, grid: { drawOnChartArea: false },
-                     title: { display: true, text: "accuracy / F1" } },
-          },
+          scales: scales,
         },
       });
     }

@@ -195,3 +195,19 @@ def test_openapi_docs_render(api, admin_user, password):
     docs = client.get("/api/docs")
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower() or b"openapi" in docs.content.lower()
+
+
+def test_predict_with_a_real_tiny_model(api, registry, monkeypatch):
+    """The default loader (slm.classify.base.load_classifier) end to end on a real n-gram version."""
+    import sentiment.inference as inference
+    from slm.classify.testing import make_tiny_version
+
+    monkeypatch.setattr(inference, "default_loader", lambda mv: inference.load_classifier(mv.path))
+    inference.reset_services()
+    make_tiny_version(registry)
+    body = post(api, {"texts": ["太好了，非常满意", "Awful, the food was cold."]}).json()
+    assert body["model"] == "sentiment@v0001"
+    assert [p["label"] for p in body["predictions"]] == ["positive", "negative"]
+    for p in body["predictions"]:
+        assert sum(p["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert p["score"] == max(p["probs"].values())

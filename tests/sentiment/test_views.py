@@ -163,3 +163,12 @@ def test_promote_unknown_version_shows_message(client_admin, registry):
     make_fake_version(registry)
     r = client_admin.post(reverse("sentiment:promote", kwargs={"version": "v0042"}), follow=True)
     assert r.status_code == 200 and "no version" in r.content.decode()
+
+
+def test_model_card_of_a_real_tiny_version(client_user, registry):
+    from slm.classify.testing import make_tiny_version
+
+    make_tiny_version(registry)
+    html = client_user.get(reverse("sentiment:version", kwargs={"version": "v0001"})).content.decode()
+    assert "train_fraction" in html and "duplicates_dropped" in html and "nb_alpha" in html
+    assert "weighted_f1" in html
