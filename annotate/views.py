@@ -1,13 +1,408 @@
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+"""Annotate pages (thin: parse, call a service or selector, render). Annotators label; admins manage."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from annotate import selectors, services
+from annotate.models import Export, ImportJob, Item, Project, TrainingRun
+from slm.registry import RegistryError
+from slmsite.roles import admin_required, annotator_required, is_admin
 
 
-@login_required
+def _err(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(exc.messages)
+    return str(exc)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+# ------------------------------------------------------------------ projects
+@annotator_required
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "annotate/index.html")
+    projects = [(p, selectors.project_stats(p, request.user)) for p in selectors.projects_for(request.user)]
+    return render(request, "annotate/index.html", {"projects": projects})
 
 
-@login_required
+def _project_form_values(post: Any) -> dict[str, Any]:
+    def num(name: str, default: float, cast: type = int) -> Any:
+        raw = (post.get(name) or "").strip()
+        if raw == "":
+            return default
+        try:
+            return cast(raw)
+        except ValueError as exc:
+            raise ValidationError(f"{name.replace('_', ' ')} must be a number") from exc
+
+    labels = [x for x in (post.get("labels") or "").replace("\n", ",").split(",")]
+    return {
+        "name": post.get("name", ""),
+        "labels": labels,
+        "guidelines": post.get("guidelines", ""),
+        "family": post.get("family", "ngram"),
+        "base_model": post.get("base_model", ""),
+        "strategy": post.get("strategy", "entropy"),
+        "batch_size": num("batch_size", 20),
+        "overlap_k": num("overlap_k", 2),
+        "overlap_fraction": num("overlap_fraction", 0.1, float),
+        "retrain_every": num("retrain_every", 50),
+        "gold_fraction": num("gold_fraction", 0.1, float),
+        "min_per_label": num("min_per_label", 5),
+        "promote_policy": post.get("promote_policy", "auto"),
+        "model_name": post.get("model_name") or settings.SENTIMENT_MODEL,
+    }
+
+
+@admin_required
+def project_create(request: HttpRequest) -> HttpResponse:
+    error = ""
+    values: dict[str, Any] = {}
+    if request.method == "POST":
+        try:
+            values = _project_form_values(request.POST)
+            project = services.project_create(user=request.user, **values)
+        except ValidationError as exc:
+            error = _err(exc)
+        else:
+            messages.success(request, f"Project “{project.name}” created. Import items to start labelling.")
+            return redirect("annotate:project", pk=project.pk)
+    return render(
+        request,
+        "annotate/project_form.html",
+        {
+            "error": error,
+            "values": values,
+            "strategies": services.STRATEGY_CHOICES,
+            "families": Project.Family.choices,
+            "policies": Project.PromotePolicy.choices,
+            "default_model": settings.SENTIMENT_MODEL,
+        },
+        status=400 if error else 200,
+    )
+
+
+@annotator_required
+def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    services.run_reap_stale(project=project)
+    runs = selectors.runs(project, limit=5)
+    ctx = {
+        "project": project,
+        "stats": selectors.project_stats(project, request.user),
+        "guidelines": selectors.render_guidelines(project.guidelines),
+        "runs": runs,
+        "polling": selectors.any_active(runs),
+        "agreement": selectors.agreement_summary(project),
+        "dashboard": selectors.dashboard_data(project),
+        "imports": list(ImportJob.objects.filter(project=project)[:5]),
+        "exports": selectors.exports(project),
+        "simulations": selectors.simulations(project),
+        "versions": selectors.versions(project)[:5],
+        "admin": is_admin(request.user),
+        "export_formats": Export.Format.choices,
+        "strategies": services.STRATEGY_CHOICES,
+    }
+    return render(request, "annotate/project.html", ctx)
+
+
+# ------------------------------------------------------------------ labelling
+@annotator_required
+def label(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    a = services.lease_next(project=project, user=request.user)
+    nxt = services.lease_next(project=project, user=request.user, exclude=[a.item_id]) if a else None
+    ctx = {
+        "project": project,
+        "item": selectors.item_payload(a.item, project) if a else None,
+        "next_item": selectors.item_payload(nxt.item, project) if nxt else None,
+        "stats": selectors.project_stats(project, request.user),
+        "guidelines": selectors.render_guidelines(project.guidelines),
+        "keys": [(i + 1, lab) for i, lab in enumerate(project.labels[:9])],
+        "recent": selectors.my_recent(project, request.user),
+    }
+    return render(request, "annotate/label.html", ctx)
+
+
+@annotator_required
+def next_item(request: HttpRequest, pk: int) -> JsonResponse:
+    project = get_object_or_404(Project, pk=pk)
+    exclude = [int(x) for x in request.GET.getlist("exclude") if x.isdigit()]
+    a = services.lease_next(project=project, user=request.user, exclude=exclude)
+    return JsonResponse({"item": selectors.item_payload(a.item, project) if a else None})
+
+
+def _progress(project: Project, user: Any) -> dict[str, Any]:
+    stats = selectors.project_stats(project, user)
+    return {k: stats[k] for k in ("done", "total", "percent", "mine", "annotations")}
+
+
+@require_POST
+@annotator_required
+def submit(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    try:
+        item_id = int(request.POST.get("item", ""))
+        seconds = float(request.POST["seconds"]) if request.POST.get("seconds") else None
+    except ValueError:
+        return _reply(request, project, error="bad item or time", status=400)
+    action = request.POST.get("action", "label")
+    try:
+        if action == "skip":
+            services.item_skip(project=project, user=request.user, item_id=item_id)
+        else:
+            services.label_submit(
+                project=project,
+                user=request.user,
+                item_id=item_id,
+                label=request.POST.get("label", ""),
+                seconds=seconds,
+            )
+    except services.LeaseLost as exc:
+        return _reply(request, project, error=str(exc), status=409)
+    except ValidationError as exc:
+        return _reply(request, project, error=_err(exc), status=400)
+    return _reply(request, project)
+
+
+def _reply(request: HttpRequest, project: Project, *, error: str = "", status: int = 200) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse(
+            {"ok": not error, "error": error, "progress": _progress(project, request.user)}, status=status
+        )
+    if error:
+        messages.error(request, error)
+    return redirect("annotate:label", pk=project.pk)
+
+
+@require_POST
+@annotator_required
+def undo(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    item = services.label_undo(project=project, user=request.user)
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "item": selectors.item_payload(item, project) if item else None,
+                "progress": _progress(project, request.user),
+            }
+        )
+    if item is None:
+        messages.info(request, "Nothing to undo.")
+    return redirect("annotate:label", pk=project.pk)
+
+
+@require_POST
+@annotator_required
+def fix(request: HttpRequest) -> HttpResponse:
+    nxt = request.POST.get("next") or reverse("sentiment:playground")
+    if not url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        nxt = reverse("sentiment:playground")
+    try:
+        item = services.fix_submit(
+            text=request.POST.get("text", ""),
+            label=request.POST.get("label", ""),
+            model_ref=request.POST.get("model_ref", ""),
+            user=request.user,
+        )
+    except ValidationError as exc:
+        messages.error(request, f"Could not send the fix: {_err(exc)}")
+    else:
+        messages.success(
+            request, f"Thanks: sent to “{item.project.name}” as “{item.suggested_label}” for an annotator to review."
+        )
+    return redirect(nxt)
+
+
+# ------------------------------------------------------------------ admin actions
+@require_POST
+@admin_required
+def import_items(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    text_field = request.POST.get("text_field") or "text"
+    label_field = request.POST.get("label_field", "label")
+    upload = request.FILES.get("file")
+    path = (request.POST.get("path") or "").strip()
+    try:
+        if upload is not None:
+            if upload.size > settings.ANNOTATE_MAX_IMPORT_BYTES:
+                raise ValidationError(f"the file is larger than {settings.ANNOTATE_MAX_IMPORT_BYTES // 2**20} MiB")
+            suffix = Path(upload.name).suffix.lower()
+            if suffix not in {".csv", ".tsv", ".jsonl", ".json"}:
+                raise ValidationError("upload a .csv, .tsv, .jsonl or .json file (or give a dataset directory path)")
+            folder = Path(settings.MEDIA_ROOT) / "annotate" / "uploads"
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder)
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in upload.chunks():
+                    fh.write(chunk)
+            path = tmp
+        elif path:
+            if not Path(path).exists():
+                raise ValidationError(f"{path} does not exist on the server")
+        else:
+            raise ValidationError("choose a file to upload or give a path")
+        services.import_create(
+            project=project, path=path, text_field=text_field, label_field=label_field, user=request.user
+        )
+    except ValidationError as exc:
+        messages.error(request, _err(exc))
+    else:
+        messages.success(request, "Import queued; progress below.")
+    return redirect("annotate:project", pk=pk)
+
+
+@require_POST
+@admin_required
+def retrain(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    run, created = services.run_trigger(project=project, user=request.user)
+    if created:
+        messages.success(request, f"Retrain #{run.pk} queued.")
+    else:
+        messages.info(request, f"Retrain #{run.pk} is already {run.status}; showing it.")
+    return redirect("annotate:run", pk=run.pk)
+
+
+@admin_required
+def review(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    if request.method == "POST":
+        item = get_object_or_404(Item, pk=request.POST.get("item") or 0, project=project)
+        try:
+            if request.POST.get("kind") == "gold":
+                services.item_set_gold(item=item, label=request.POST.get("label", ""), user=request.user)
+            else:
+                services.item_adjudicate(
+                    item=item,
+                    label=request.POST.get("label", ""),
+                    user=request.user,
+                    make_gold=bool(request.POST.get("make_gold")),
+                )
+        except ValidationError as exc:
+            messages.error(request, _err(exc))
+        else:
+            messages.success(request, f"Item {item.pk} labelled.")
+        return redirect("annotate:review", pk=pk)
+    return render(
+        request,
+        "annotate/review.html",
+        {
+            "project": project,
+            "disputed": selectors.disputed_items(project),
+            "gold_todo": selectors.gold_todo(project),
+        },
+    )
+
+
+@admin_required
+def models(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    versions = selectors.versions(project)
+    compare = None
+    a, b = request.GET.get("a"), request.GET.get("b")
+    if a and b:
+        try:
+            compare = selectors.compare_versions(project, a, b)
+        except RegistryError as exc:
+            messages.error(request, str(exc))
+    return render(request, "annotate/models.html", {"project": project, "versions": versions, "compare": compare})
+
+
+@require_POST
+@admin_required
+def model_action(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    version = request.POST.get("version") or None
+    try:
+        if request.POST.get("action") == "promote":
+            if not version:
+                raise ValidationError("choose a version")
+            ref = services.version_promote(project=project, version=version, user=request.user)
+            messages.success(request, f"{ref} is live; the playground serves it now.")
+        else:
+            ref = services.version_rollback(project=project, version=version, user=request.user)
+            messages.success(request, f"Rolled back: {ref} is live.")
+    except (RegistryError, ValidationError) as exc:
+        messages.error(request, _err(exc))
+    return redirect("annotate:models", pk=pk)
+
+
+@require_POST
+@admin_required
+def export(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    try:
+        services.export_create(project=project, fmt=request.POST.get("fmt", "jsonl"), user=request.user)
+    except ValidationError as exc:
+        messages.error(request, _err(exc))
+    else:
+        messages.success(request, "Export queued; the download link appears when it is ready.")
+    return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#exports")
+
+
+@admin_required
+def export_download(request: HttpRequest, pk: int) -> HttpResponse:
+    exp = get_object_or_404(Export, pk=pk, status="succeeded")
+    path = Path(exp.path)
+    if not path.exists():
+        raise Http404("the export file is gone")
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+
+
+@require_POST
+@admin_required
+def simulate(request: HttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(Project, pk=pk)
+    strategies = request.POST.getlist("strategies") or ["entropy", "margin"]
+    try:
+        rounds = int(request.POST.get("rounds") or 8)
+        services.simulation_create(project=project, user=request.user, strategies=strategies, rounds=rounds)
+    except (ValueError, ValidationError) as exc:
+        messages.error(request, _err(exc) if isinstance(exc, ValidationError) else "rounds must be a number")
+    else:
+        messages.success(request, "Simulation queued on the gpu worker; the chart appears when it finishes.")
+    return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#simulation")
+
+
+# ------------------------------------------------------------------ runs
+@annotator_required
 def runs(request: HttpRequest) -> HttpResponse:
-    return render(request, "annotate/runs.html")
+    services.run_reap_stale()
+    project = None
+    if request.GET.get("project", "").isdigit():
+        project = Project.objects.filter(pk=int(request.GET["project"])).first()
+    items = selectors.runs(project)
+    ctx = {"runs": items, "polling": selectors.any_active(items), "project": project}
+    if getattr(request, "htmx", False):
+        return render(request, "annotate/runs.html#runs-table", ctx)
+    return render(request, "annotate/runs.html", ctx)
+
+
+@annotator_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun.objects.select_related("project"), pk=pk)
+    services.run_reap_stale(project=run.project)
+    run.refresh_from_db()
+    ctx = {"run": run, "admin": is_admin(request.user)}
+    if getattr(request, "htmx", False):
+        return render(request, "annotate/run.html#run-status", ctx)
+    return render(request, "annotate/run.html", ctx)
+
+
+def bad_request(message: str) -> HttpResponseBadRequest:
+    return HttpResponseBadRequest(message)

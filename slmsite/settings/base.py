@@ -224,6 +224,16 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, SENTIMENT_MAX_TEXTS * SENTIMENT_MAX
 # Annotate
 ANNOTATE_LEASE_SECONDS = env_int("ANNOTATE_LEASE_SECONDS", 600)
 ANNOTATE_MAX_IMPORT_BYTES = env_int("ANNOTATE_MAX_IMPORT_BYTES", 200 * 1024 * 1024)
+# Retrain runs: job timeout, RQ retries, worker heartbeat and when a silent running run counts as dead.
+ANNOTATE_RETRAIN_TIMEOUT_S = env_int("ANNOTATE_RETRAIN_TIMEOUT_S", 2 * 3600)
+ANNOTATE_RETRAIN_RETRIES = env_int("ANNOTATE_RETRAIN_RETRIES", 1)
+ANNOTATE_RUN_HEARTBEAT_S = env_float("ANNOTATE_RUN_HEARTBEAT_S", 5.0)
+ANNOTATE_RUN_STALE_S = env_int("ANNOTATE_RUN_STALE_S", 60)
+ANNOTATE_GPU_QUEUE = os.environ.get("ANNOTATE_GPU_QUEUE", "gpu")  # RQ queue of retrain/simulation jobs
+ANNOTATE_DEFAULT_QUEUE = os.environ.get("ANNOTATE_DEFAULT_QUEUE", "default")  # imports, exports, pool refresh
+ANNOTATE_DEMO_PROJECT = os.environ.get("ANNOTATE_DEMO_PROJECT", "Demo: Chinese review sentiment")
+# Test hook only: while this file exists a retrain job waits (heartbeating) before training.
+ANNOTATE_TRAIN_PAUSE_FILE = os.environ.get("ANNOTATE_TRAIN_PAUSE_FILE", "")
 
 # Bootstrap: which default models `bootstrap_models` builds; "all" or comma list of builder names.
 SLM_BOOTSTRAP = env_list("SLM_BOOTSTRAP", ["all"])

@@ -1,0 +1,299 @@
+"""Annotate reads: project stats, agreement, learning curves, versions, dashboards."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from itertools import combinations
+from typing import Any
+
+import markdown
+import nh3
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, QuerySet
+from django.utils.safestring import SafeString, mark_safe
+
+from annotate.models import Annotation, Assignment, Export, Item, Project, Simulation, TrainingRun
+from slmsite.registry import get_registry
+
+_ALLOWED_TAGS = {
+    "p", "br", "strong", "em", "b", "i", "code", "pre", "ul", "ol", "li", "blockquote",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "table", "thead", "tbody", "tr", "th", "td", "hr",
+}  # fmt: skip
+
+
+def render_guidelines(text: str) -> SafeString:
+    """Markdown -> HTML, sanitised by nh3 (no scripts, no event handlers, safe links only)."""
+    html = markdown.markdown(text or "", extensions=["tables", "fenced_code"])
+    clean = nh3.clean(html, tags=_ALLOWED_TAGS, url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer")
+    return mark_safe(clean)  # sanitised above  # noqa: S308
+
+
+def projects_for(user: Any) -> QuerySet[Project]:
+    return Project.objects.annotate(
+        n_items=Count("items", distinct=True),
+    ).order_by("-created_at")
+
+
+def project_stats(project: Project, user: Any = None) -> dict[str, Any]:
+    items = Item.objects.filter(project=project)
+    agg = items.aggregate(
+        total=Count("id"),
+        done=Count("id", filter=~Q(final_label="")),
+        gold=Count("id", filter=Q(is_gold=True)),
+        gold_labelled=Count("id", filter=Q(is_gold=True) & ~Q(gold_label="")),
+        disputed=Count("id", filter=Q(disputed=True)),
+        overlap=Count("id", filter=Q(needed__gt=1)),
+    )
+    stats: dict[str, Any] = {k: int(v or 0) for k, v in agg.items()}
+    stats["annotations"] = Annotation.objects.filter(project=project).count()
+    stats["percent"] = round(100 * stats["done"] / stats["total"], 1) if stats["total"] else 0.0
+    dist = dict(items.filter(is_gold=False).exclude(final_label="").values_list("final_label").annotate(n=Count("id")))
+    stats["distribution"] = {lab: int(dist.get(lab, 0)) for lab in project.labels}
+    if user is not None and user.is_authenticated:
+        stats["mine"] = Annotation.objects.filter(project=project, annotator=user).count()
+    stats["live"] = get_registry().live_version(project.model_name)
+    stats["cold_start"] = min(stats["distribution"].values() or [0]) < project.min_per_label
+    return stats
+
+
+def item_payload(item: Item, project: Project) -> dict[str, Any]:
+    suggestion = None
+    if project.show_suggestions:
+        if item.suggested_label:
+            suggestion = {"label": item.suggested_label, "confidence": None, "source": "playground fix"}
+        elif item.pred_label and item.pred_conf is not None:
+            suggestion = {"label": item.pred_label, "confidence": round(item.pred_conf, 3), "source": "model"}
+    return {"id": item.id, "text": item.text, "gold": item.is_gold, "suggestion": suggestion}
+
+
+def my_recent(project: Project, user: Any, n: int = 5) -> list[Annotation]:
+    return list(
+        Annotation.objects.filter(project=project, annotator=user).select_related("item").order_by("-created_at")[:n]
+    )
+
+
+# ------------------------------------------------------------------ agreement
+def _labels_by_item(project: Project) -> dict[int, dict[int, str]]:
+    by_item: dict[int, dict[int, str]] = defaultdict(dict)
+    for item_id, user_id, label in Annotation.objects.filter(project=project, item__needed__gt=1).values_list(
+        "item_id", "annotator_id", "label"
+    ):
+        by_item[item_id][user_id] = label
+    return by_item
+
+
+def item_agreement(project: Project) -> dict[int, float]:
+    """Per overlap item: the share of its labels that agree with its most common label."""
+    out: dict[int, float] = {}
+    for item_id, labels in _labels_by_item(project).items():
+        if len(labels) >= 2:
+            top = Counter(labels.values()).most_common(1)[0][1]
+            out[item_id] = round(top / len(labels), 3)
+    return out
+
+
+def agreement_summary(project: Project) -> dict[str, Any]:
+    """Cohen's kappa per annotator pair, Fleiss' kappa over items with k labels, per-annotator figures
+    (mean kappa with others, accuracy on gold, labels, throughput)."""
+    from slm import agreement as ag
+
+    names = dict(get_user_model().objects.values_list("id", "username"))
+    cats = list(project.labels)
+    by_item = _labels_by_item(project)
+    pairs: list[dict[str, Any]] = []
+    per_user_kappas: dict[int, list[float]] = defaultdict(list)
+    users = sorted({u for labels in by_item.values() for u in labels})
+    for a, b in combinations(users, 2):
+        common = [(labels[a], labels[b]) for labels in by_item.values() if a in labels and b in labels]
+        if len(common) < 2:
+            continue
+        kappa = ag.cohen_kappa([x for x, _ in common], [y for _, y in common], labels=cats)
+        pairs.append({"a": names.get(a, a), "b": names.get(b, b), "n": len(common), "kappa": _num(kappa)})
+        per_user_kappas[a].append(kappa)
+        per_user_kappas[b].append(kappa)
+    fleiss = None
+    fleiss_n = 0
+    if project.overlap_k > 1:
+        rows = [list(labels.values()) for labels in by_item.values() if len(labels) >= project.overlap_k]
+        rows = [r[: project.overlap_k] for r in rows]
+        fleiss_n = len(rows)
+        if fleiss_n >= 2:
+            fleiss = _num(ag.fleiss_kappa(rows, labels=cats))
+    gold = {
+        i: g
+        for i, g in Item.objects.filter(project=project, is_gold=True)
+        .exclude(gold_label="")
+        .values_list("id", "gold_label")
+    }
+    per_user: dict[int, dict[str, Any]] = {}
+    for uid, item_id, label, created, seconds in Annotation.objects.filter(project=project).values_list(
+        "annotator_id", "item_id", "label", "created_at", "seconds"
+    ):
+        row = per_user.setdefault(
+            uid, {"labels": 0, "gold_n": 0, "gold_ok": 0, "first": created, "last": created, "secs": []}
+        )
+        row["labels"] += 1
+        row["first"] = min(row["first"], created)
+        row["last"] = max(row["last"], created)
+        if seconds is not None:
+            row["secs"].append(seconds)
+        if item_id in gold:
+            row["gold_n"] += 1
+            row["gold_ok"] += int(gold[item_id] == label)
+    annotators = []
+    for uid, row in sorted(per_user.items(), key=lambda kv: -kv[1]["labels"]):
+        span_h = max((row["last"] - row["first"]).total_seconds() / 3600, 1 / 60)
+        ks = per_user_kappas.get(uid, [])
+        annotators.append(
+            {
+                "annotator": names.get(uid, str(uid)),
+                "labels": row["labels"],
+                "per_hour": round(row["labels"] / span_h, 1),
+                "median_s": round(sorted(row["secs"])[len(row["secs"]) // 2], 1) if row["secs"] else None,
+                "gold_n": row["gold_n"],
+                "gold_accuracy": round(row["gold_ok"] / row["gold_n"], 3) if row["gold_n"] else None,
+                "kappa": _num(sum(ks) / len(ks)) if ks else None,
+            }
+        )
+    mean_cohen = _num(sum(p["kappa"] for p in pairs if p["kappa"] is not None) / len(pairs)) if pairs else None
+    return {
+        "pairs": pairs,
+        "cohen_mean": mean_cohen,
+        "fleiss": fleiss,
+        "fleiss_items": fleiss_n,
+        "annotators": annotators,
+    }
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if v != v else round(v, 4)
+
+
+def disputed_items(project: Project, limit: int = 100) -> list[dict[str, Any]]:
+    names = dict(get_user_model().objects.values_list("id", "username"))
+    items = list(Item.objects.filter(project=project, disputed=True).order_by("id")[:limit])
+    labels: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for item_id, uid, label in Annotation.objects.filter(item__in=items).values_list(
+        "item_id", "annotator_id", "label"
+    ):
+        labels[item_id].append((names.get(uid, str(uid)), label))
+    return [{"item": it, "labels": labels.get(it.id, [])} for it in items]
+
+
+def gold_todo(project: Project, limit: int = 50) -> list[Item]:
+    return list(Item.objects.filter(project=project, is_gold=True, gold_label="").order_by("id")[:limit])
+
+
+# ------------------------------------------------------------------ runs / versions
+def runs(project: Project | None = None, limit: int = 50) -> list[TrainingRun]:
+    qs = TrainingRun.objects.select_related("project", "triggered_by")
+    if project is not None:
+        qs = qs.filter(project=project)
+    return list(qs[:limit])
+
+
+def any_active(runs_: list[TrainingRun]) -> bool:
+    return any(r.is_active for r in runs_)
+
+
+def versions(project: Project) -> list[dict[str, Any]]:
+    registry = get_registry()
+    live = registry.live_version(project.model_name)
+    out = []
+    for mv in reversed(registry.versions(project.model_name)):
+        meta = mv.metadata
+        gold = meta.get("gold_metrics") or {}
+        m = mv.metrics
+        out.append(
+            {
+                "version": mv.version,
+                "ref": mv.ref,
+                "live": mv.version == live,
+                "family": meta.get("family", ""),
+                "created": meta.get("created", ""),
+                "parent": meta.get("parent") or "",
+                "n_train": (meta.get("annotate") or {}).get("n_train"),
+                "from_project": (meta.get("annotate") or {}).get("project") == project.pk,
+                "accuracy": _num(gold.get("accuracy", m.get("accuracy"))),
+                "macro_f1": _num(gold.get("macro_f1", m.get("macro_f1"))),
+                "on_gold": bool(gold),
+            }
+        )
+    return out
+
+
+def compare_versions(project: Project, a: str, b: str) -> dict[str, Any]:
+    registry = get_registry()
+    out: dict[str, Any] = {"a": a, "b": b, "rows": []}
+    ma = registry.get(project.model_name, a).metadata
+    mb = registry.get(project.model_name, b).metadata
+    ga = ma.get("gold_metrics") or ma.get("metrics") or {}
+    gb = mb.get("gold_metrics") or mb.get("metrics") or {}
+    for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "n"):
+        out["rows"].append({"metric": key, "a": _num(ga.get(key)), "b": _num(gb.get(key))})
+    for lab in project.labels:
+        fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
+        fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")
+        out["rows"].append({"metric": f"F1 {lab}", "a": _num(fa), "b": _num(fb)})
+    out["family"] = (ma.get("family", ""), mb.get("family", ""))
+    return out
+
+
+def learning_curve(project: Project) -> list[dict[str, Any]]:
+    """(labels used, gold macro-F1) per version this project trained."""
+    pts = []
+    for run in TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).order_by("created_at"):
+        gold = (run.metrics or {}).get("gold") or {}
+        if gold.get("macro_f1") is not None:
+            pts.append({"version": run.version, "labels": run.n_train, "macro_f1": _num(gold["macro_f1"])})
+    return pts
+
+
+def dashboard_data(project: Project) -> dict[str, Any]:
+    """Everything the dashboard charts need, for json_script."""
+    registry = get_registry()
+    live = registry.live(project.model_name)
+    gold = (live.metadata.get("gold_metrics") or live.metrics) if live else {}
+    latest = TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).first()
+    latest_gold = ((latest.metrics or {}).get("gold") if latest else None) or gold
+    stats = project_stats(project)
+    daily = (
+        Annotation.objects.filter(project=project)
+        .values_list("created_at__date")
+        .annotate(n=Count("id"))
+        .order_by("created_at__date")
+    )
+    sim = Simulation.objects.filter(project=project, status="succeeded").first()
+    return {
+        "labels": list(project.labels),
+        "learning_curve": learning_curve(project),
+        "per_class_f1": {
+            lab: _num(((latest_gold.get("per_class") or {}).get(lab) or {}).get("f1")) for lab in project.labels
+        },
+        "confusion": latest_gold.get("confusion_matrix") or [],
+        "confusion_labels": latest_gold.get("labels") or list(project.labels),
+        "distribution": stats["distribution"],
+        "throughput": [{"day": d.isoformat(), "n": n} for d, n in daily],
+        "stability": list(project.stability or []),
+        "simulation": sim.result if sim else None,
+    }
+
+
+def exports(project: Project) -> list[Export]:
+    return list(Export.objects.filter(project=project)[:10])
+
+
+def simulations(project: Project) -> list[Simulation]:
+    return list(Simulation.objects.filter(project=project)[:5])
+
+
+def active_leases(project: Project) -> int:
+    from django.utils import timezone
+
+    return Assignment.objects.filter(
+        project=project, status=Assignment.Status.LEASED, expires_at__gt=timezone.now()
+    ).count()

@@ -1,0 +1,198 @@
+"""Pages, the label JSON endpoints, the API contract (DESIGN §4) and roles: everyone who is not an
+annotator/admin gets 403 on every view, endpoint and job trigger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from annotate import services
+from annotate.models import Annotation, Export, Item, Project, Simulation, TrainingRun
+from slm.classify.testing import make_tiny_version
+from slmsite.services import api_token_create
+
+pytestmark = pytest.mark.django_db
+
+ANNOTATOR_VIEWS = [
+    ("get", "annotate:index", False),
+    ("get", "annotate:runs", False),
+    ("get", "annotate:run", "run"),
+    ("get", "annotate:project", "project"),
+    ("get", "annotate:label", "project"),
+    ("get", "annotate:next", "project"),
+    ("post", "annotate:submit", "project"),
+    ("post", "annotate:undo", "project"),
+    ("post", "annotate:fix", False),
+]
+ADMIN_VIEWS = [
+    ("get", "annotate:project_create", False),
+    ("post", "annotate:project_create", False),
+    ("post", "annotate:import", "project"),
+    ("post", "annotate:retrain", "project"),
+    ("get", "annotate:review", "project"),
+    ("post", "annotate:review", "project"),
+    ("get", "annotate:models", "project"),
+    ("post", "annotate:model_action", "project"),
+    ("post", "annotate:export", "project"),
+    ("get", "annotate:export_download", "export"),
+    ("post", "annotate:simulate", "project"),
+]
+
+
+@pytest.fixture
+def objs(project):  # type: ignore[no-untyped-def]
+    run = TrainingRun.objects.create(project=project, status="failed")
+    exp = Export.objects.create(project=project, status="succeeded", path="/nonexistent")
+    return {"project": project.pk, "run": run.pk, "export": exp.pk}
+
+
+def _url(name: str, kind, objs) -> str:  # type: ignore[no-untyped-def]
+    return reverse(name, kwargs={"pk": objs[kind]}) if kind else reverse(name)
+
+
+@pytest.mark.parametrize("method,name,kind", ANNOTATOR_VIEWS + ADMIN_VIEWS)
+def test_plain_user_gets_403_everywhere(client, plain_user, password, objs, method, name, kind):
+    client.login(username=plain_user.username, password=password)
+    resp = getattr(client, method)(_url(name, kind, objs))
+    assert resp.status_code == 403
+
+
+@pytest.mark.parametrize("method,name,kind", ANNOTATOR_VIEWS + ADMIN_VIEWS)
+def test_anonymous_is_sent_to_login(client, objs, method, name, kind):
+    resp = getattr(client, method)(_url(name, kind, objs))
+    assert resp.status_code == 302 and "/accounts/login/" in resp["Location"]
+
+
+@pytest.mark.parametrize("method,name,kind", ADMIN_VIEWS)
+def test_annotator_gets_403_on_admin_views(client, annotator_user, password, objs, method, name, kind):
+    client.login(username=annotator_user.username, password=password)
+    resp = getattr(client, method)(_url(name, kind, objs))
+    assert resp.status_code == 403
+    assert not Simulation.objects.exists() and TrainingRun.objects.count() == 1  # no job was triggered
+
+
+def test_no_job_trigger_for_plain_user(client, plain_user, password, project):
+    client.login(username=plain_user.username, password=password)
+    client.post(reverse("annotate:retrain", kwargs={"pk": project.pk}))
+    client.post(reverse("annotate:export", kwargs={"pk": project.pk}), {"fmt": "csv"})
+    assert not TrainingRun.objects.exists() and not Export.objects.exists()
+
+
+def test_label_page_and_json_flow(client, annotator_user, password, project):
+    client.login(username=annotator_user.username, password=password)
+    page = client.get(reverse("annotate:label", kwargs={"pk": project.pk}))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'data-key="1"' in html and "<kbd>s</kbd>" in html and 'id="a-next"' in html
+    current = page.context["item"]
+    nxt = page.context["next_item"]
+    assert current and nxt and current["id"] != nxt["id"]  # next item already leased and loaded
+    url = reverse("annotate:submit", kwargs={"pk": project.pk})
+    r = client.post(url, {"item": current["id"], "label": "positive", "seconds": "1.5"}, HTTP_ACCEPT="application/json")
+    assert r.status_code == 200 and r.json()["ok"] and r.json()["progress"]["mine"] == 1
+    r = client.post(url, {"item": current["id"], "label": "positive"}, HTTP_ACCEPT="application/json")
+    assert r.status_code == 409  # a repeated submit never duplicates
+    r = client.post(url, {"item": nxt["id"], "label": "nope"}, HTTP_ACCEPT="application/json")
+    assert r.status_code == 400 and "unknown label" in r.json()["error"]
+    r = client.post(url, {"item": "x"}, HTTP_ACCEPT="application/json")
+    assert r.status_code == 400
+    r = client.get(reverse("annotate:next", kwargs={"pk": project.pk}), {"exclude": [nxt["id"]]})
+    assert r.json()["item"]["id"] not in (current["id"], nxt["id"])
+    r = client.post(reverse("annotate:undo", kwargs={"pk": project.pk}), HTTP_ACCEPT="application/json")
+    assert r.json()["item"]["id"] == current["id"] and not Annotation.objects.exists()
+    # without JS: a plain form post redirects back to the label page
+    r = client.post(url, {"item": current["id"], "label": "negative"})
+    assert r.status_code == 302 and Annotation.objects.get().label == "negative"
+    r = client.post(url, {"item": nxt["id"], "action": "skip"}, HTTP_ACCEPT="application/json")
+    assert r.json()["ok"]
+
+
+def test_pages_render_for_annotator_and_admin(client, admin_user, annotator_user, password, project, registry):
+    make_tiny_version(registry)
+    client.login(username=annotator_user.username, password=password)
+    for name in ("annotate:index", "annotate:runs"):
+        assert client.get(reverse(name)).status_code == 200
+    resp = client.get(reverse("annotate:project", kwargs={"pk": project.pk}))
+    assert resp.status_code == 200 and b"dashboard-data" in resp.content and b"Retrain now" not in resp.content
+    client.login(username=admin_user.username, password=password)
+    resp = client.get(reverse("annotate:project", kwargs={"pk": project.pk}))
+    assert b"Retrain now" in resp.content
+    for name in ("annotate:review", "annotate:models"):
+        assert client.get(reverse(name, kwargs={"pk": project.pk})).status_code == 200
+    resp = client.get(reverse("annotate:models", kwargs={"pk": project.pk}), {"a": "v0001", "b": "v0001"})
+    assert resp.status_code == 200 and b"macro_f1" in resp.content
+
+
+def test_guidelines_markdown_is_sanitised(client, annotator_user, password, db):
+    p = services.project_create(
+        name="g", labels=["a", "b"], guidelines="**bold** <script>alert(1)</script> [x](javascript:alert(1))"
+    )
+    client.login(username=annotator_user.username, password=password)
+    html = client.get(reverse("annotate:project", kwargs={"pk": p.pk})).content.decode()
+    assert "<strong>bold</strong>" in html and "<script>alert" not in html and "javascript:" not in html
+
+
+def test_admin_creates_project_and_bad_input_is_a_400(client, admin_user, password):
+    client.login(username=admin_user.username, password=password)
+    url = reverse("annotate:project_create")
+    r = client.post(url, {"name": "X", "labels": "only-one"})
+    assert r.status_code == 400 and b"at least two" in r.content
+    r = client.post(url, {"name": "X", "labels": "a, b", "batch_size": "many"})
+    assert r.status_code == 400
+    r = client.post(url, {"name": "X", "labels": "neg, neu, pos", "strategy": "margin", "overlap_k": "3"})
+    assert r.status_code == 302
+    p = Project.objects.get(name="X")
+    assert p.labels == ["neg", "neu", "pos"] and p.overlap_k == 3 and p.model_name == "sentiment"
+
+
+def test_fix_adds_a_suggested_item_to_the_models_project(client, annotator_user, password, project):
+    client.login(username=annotator_user.username, password=password)
+    r = client.post(
+        reverse("annotate:fix"),
+        {"text": "这个其实很好", "label": "positive", "model_ref": "sentiment@v0001", "next": "/sentiment/"},
+    )
+    assert r.status_code == 302 and r["Location"] == "/sentiment/"
+    item = Item.objects.get(text="这个其实很好")
+    assert item.project == project and item.suggested_label == "positive" and item.source == "fix"
+    a = services.lease_next(project=project, user=annotator_user)
+    assert a.item_id == item.pk  # fixes are reviewed first
+    r = client.post(reverse("annotate:fix"), {"text": "x y", "label": "bogus", "next": "https://evil.example/"})
+    assert r.status_code == 302 and r["Location"] == reverse("sentiment:playground")
+
+
+def test_api_retrain_and_run_status(client, admin_user, annotator_user, plain_user, project):
+    url = f"/api/annotate/projects/{project.pk}/retrain"
+    admin_token = api_token_create(user=admin_user)
+    r = client.post(url, HTTP_AUTHORIZATION=f"Bearer {admin_token}")
+    assert r.status_code == 202
+    run_id = r.json()["run"]
+    r2 = client.post(url, HTTP_AUTHORIZATION=f"Bearer {admin_token}")
+    assert r2.status_code == 202 and r2.json()["run"] == run_id  # idempotent
+    for user in (annotator_user, plain_user):
+        tok = api_token_create(user=user)
+        assert client.post(url, HTTP_AUTHORIZATION=f"Bearer {tok}").status_code == 403
+    assert client.post(url).status_code == 401
+    assert (
+        client.post("/api/annotate/projects/999999/retrain", HTTP_AUTHORIZATION=f"Bearer {admin_token}").status_code
+        == 404
+    )
+    ann_token = api_token_create(user=annotator_user)
+    r = client.get(f"/api/runs/{run_id}", HTTP_AUTHORIZATION=f"Bearer {ann_token}")
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "queued" and body["progress"] == 0.0
+    assert {"metrics", "error", "progress", "status"} <= set(body)
+    plain_token = api_token_create(user=plain_user)
+    assert client.get(f"/api/runs/{run_id}", HTTP_AUTHORIZATION=f"Bearer {plain_token}").status_code == 403
+    r = client.get("/api/runs/999999", HTTP_AUTHORIZATION=f"Bearer {ann_token}")
+    assert r.status_code == 404 and "detail" in json.loads(r.content)
+
+
+def test_runs_page_polls_while_active(client, annotator_user, password, project):
+    TrainingRun.objects.create(project=project, status="running", log="epoch 1 loss 0.5")
+    client.login(username=annotator_user.username, password=password)
+    html = client.get(reverse("annotate:runs")).content.decode()
+    assert 'hx-trigger="every 2s"' in html
+    frag = client.get(reverse("annotate:runs"), HTTP_HX_REQUEST="true").content.decode()
+    assert frag.strip().startswith('<div id="runs-table"') and "<html" not in frag
