@@ -86,11 +86,53 @@ def _train_transformer(
     progress: Progress,
     log: Callable[[str], None],
 ) -> tuple[Any, Callable[[Path], None], dict[str, Any]]:
-    from slm.classify import transformer
+    from slm.classify.train import TrainConfig, train_transformer
+    from slm.classify.transformer import TransformerClassifier
+    from slm.classify.versions import build_metadata
+    from slm.data import data_hash
+    from slmsite.registry import get_registry
 
-    return transformer.train_for_annotate(
-        texts, labels, label_names, base_model=project.base_model, progress=progress, log=log
+    source = project.base_model.strip()
+    if not source:
+        raise TrainingError("the transformer family needs a base encoder (hub id, local path or registry:<name>)")
+    config = TrainConfig(
+        mode="frozen", encoder=source, epochs=30, val_fraction=0.1 if len(texts) >= 30 else 0.0, num_threads=2
     )
+    log(f"loading encoder {source} (frozen mode: features once, then {config.epochs} head epochs)")
+    try:
+        model = TransformerClassifier.from_encoder(source, label_names, registry=get_registry())
+    except Exception as exc:
+        raise TrainingError(f"could not load the encoder {source!r}: {exc}") from exc
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        epochs = int(row.get("epochs") or config.epochs)
+        epoch = int(row["epoch"])
+        progress(
+            0.1 + 0.8 * epoch / epochs, epoch=epoch, epochs=epochs, loss=row.get("train_loss"), eta_s=row.get("eta_s")
+        )
+
+    def report(message: str, fraction: float) -> None:
+        if not message.startswith("epoch") or fraction >= 0.9:
+            log(message)
+
+    result = train_transformer(model, texts, labels, config, progress=report, on_epoch=on_epoch)
+    log(f"best epoch {result.best_epoch} of {result.epochs_run}{' (stopped early)' if result.stopped_early else ''}")
+
+    def write(directory: Path) -> None:
+        result.model.save(directory)
+
+    meta = build_metadata(
+        family="transformer",
+        labels=label_names,
+        config={"family": "transformer", **config.to_dict()},
+        data_hash=data_hash(zip(texts, labels, strict=True)),
+        metrics={},
+        data={"source": "annotate labels", "n_train": result.n_train, "n_val": result.n_val, "n_test": 0},
+        curves={"x": "epoch", **result.curves},
+        timings=dict(result.timings),
+        description="transformer (frozen encoder + head) retrained from annotate labels",
+    )
+    return result.model, write, meta
 
 
 # ------------------------------------------------------------------ pool scoring
@@ -159,13 +201,31 @@ def simulate(project: Project, config: dict[str, Any], progress: Callable[[float
     )
     if len(set(labels)) < 2 or len(texts) < 50:
         raise TrainingError("the simulation needs a fully labelled pool (at least 50 labelled items, two labels)")
-    return al_sim.run_for_annotate(
-        texts=texts,
-        labels=labels,
-        gold_texts=[t for t, _ in gold],
-        gold_labels=[g for _, g in gold],
-        label_names=list(project.labels),
-        strategies=list(config.get("strategies") or ["entropy"]),
-        rounds=int(config.get("rounds") or 8),
-        progress=progress,
+    strategies = [x for x in (config.get("strategies") or ["entropy"]) if x != "random"]
+    n = len(texts)
+    batch = max(5, min(50, n // 40))
+    budget = int(config.get("budget") or min(n, max(10 * batch, n // 2)))
+
+    def report(fraction: float, _message: str = "") -> None:
+        progress(fraction)
+
+    curves = al_sim.simulate(
+        texts,
+        labels,
+        strategies=strategies,
+        budget=budget,
+        initial=batch,
+        batch_size=batch,
+        test_texts=[t for t, _ in gold] if len(gold) >= 10 else None,
+        test_labels=[g for _, g in gold] if len(gold) >= 10 else None,
+        pool_limit=int(config.get("pool_limit") or 5000),
+        repeats=int(config.get("repeats") or 1),
+        progress=report,
     )
+    return {
+        "curves": {k: {"labels": [int(a) for a, _ in v], "f1": [float(b) for _, b in v]} for k, v in curves.items()},
+        "savings": al_sim.label_savings(curves),
+        "budget": budget,
+        "batch_size": batch,
+        "pool": n,
+    }

@@ -44,6 +44,7 @@ class Command(BaseCommand):
             call_command("collectstatic", interactive=False, verbosity=0)
             if not opts["no_bootstrap"]:
                 call_command("bootstrap_models")
+                call_command("create_demo_project")
             env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             if not opts["no_worker"]:
