@@ -7,7 +7,8 @@ metadata.json of a classifier version (every key is present; values may be empty
     labels        ["negative", "positive"]               (column order of predict_proba)
     config        the training config (family specific: NgramConfig / TrainConfig as a dict)
     data_hash     sha256 of the (text, label) training rows after preprocessing
-    data          {"source", "n_train", "n_val", "n_test", "quality": QualityReport dict}
+    data          {"source", "n_train", "n_val", "n_test"}
+    quality       the QualityReport dict of the preprocessing run (counts, drops, balance, lengths)
     metrics       compute_metrics() on the evaluation split + {"split": "held-out" | ...}
     curves        {"x": "epoch", "epoch": [...], "train_loss": [...], "val_loss": [...],
                    "train_accuracy": [...], "val_accuracy": [...]}; plot curves[curves["x"]] against
@@ -58,6 +59,7 @@ def build_metadata(
     data_hash: str,
     metrics: dict[str, Any],
     data: dict[str, Any] | None = None,
+    quality: dict[str, Any] | None = None,
     curves: dict[str, Any] | None = None,
     timings: dict[str, Any] | None = None,
     description: str = "",
@@ -70,6 +72,7 @@ def build_metadata(
         "config": config,
         "data_hash": data_hash,
         "data": data or {},
+        "quality": quality or {},
         "metrics": metrics,
         "curves": curves or {},
         "timings": timings or {},
