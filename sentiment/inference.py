@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -133,6 +134,11 @@ class MicroBatcher:
 
     # -- worker
     def _run(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            # OpenMP settings are per thread: a new thread would otherwise use its own default thread
+            # count and contend with the rest of the process (see DESIGN §2 on torch in threads).
+            torch.set_num_threads(torch.get_num_threads())
         q = self._queue
         while True:
             job = q.get()
@@ -202,8 +208,6 @@ class MicroBatcher:
 
 
 def _current_exc() -> BaseException:
-    import sys
-
     exc = sys.exc_info()[1]
     assert exc is not None
     return exc

@@ -23,7 +23,10 @@ def api_token_authenticate(*, raw: str):  # type: ignore[no-untyped-def]
     token = ApiToken.objects.select_related("user").filter(key_hash=hash_token(raw)).first()
     if token is None or not token.user.is_active:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
+    now = timezone.now()
+    # At most one write a minute per token: a DB write on every API call serialises busy clients on SQLite.
+    if token.last_used is None or (now - token.last_used).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used=now)
     return token.user
 
 

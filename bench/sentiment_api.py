@@ -1,0 +1,297 @@
+"""Sentiment API throughput and p95 latency: our micro-batched service vs a bare transformers pipeline.
+
+Both serve the SAME transformer classifier weights to C concurrent clients, each sending R requests of
+one short text (batch load = many small concurrent requests):
+
+  * pipeline   a bare `pipeline("text-classification")` called per request from each client thread
+               (what a naive view does);
+  * unbatched  our InferenceService with SENTIMENT_BATCH_SIZE=1 (isolates the effect of batching);
+  * service    our InferenceService, micro-batched (requests within a few ms are predicted together);
+  * api        POST /api/sentiment/predict through the full Django stack (middleware, ninja, bearer
+               token auth, JSON) with the batched service behind it.
+
+The model: `--model DIR` (a save_pretrained sequence-classification model, e.g. a registry version of
+the transformer family) or, by default, a freshly initialised character BERT (4 layers, 256 wide — the
+size of the default Chinese transformer) with a character vocabulary; weights do not change speed.
+
+    .venv/bin/python bench/sentiment_api.py [--clients 16] [--requests 40] [--threads 2] [--device cpu]
+
+Prints one table and the throughput ratio service/pipeline (target >= 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXTS = [
+    "这家酒店的服务非常好，房间干净，下次还会再来。",
+    "送餐太慢了，饭菜都凉了，再也不会点这家。",
+    "手机用了一个星期就坏了，客服也不理人，太失望了。",
+    "物美价廉，包装精致，物流也很快，推荐购买！",
+    "位置不错，就是隔音太差，晚上很吵。",
+    "Absolutely loved it: friendly staff, spotless room and a great breakfast.",
+    "The food arrived cold and the driver was rude. Never again.",
+    "Battery died after two days and support never answered my emails.",
+]
+
+
+# ------------------------------------------------------------------------------------------ the model
+def build_tiny_bert(out: Path, *, layers: int = 4, hidden: int = 256) -> Path:
+    """A random-weight character BERT sequence classifier + tokenizer, saved with save_pretrained."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    chars = sorted({c for t in TEXTS for c in t.lower()} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    chars += [chr(cp) for cp in range(0x4E00, 0x4E00 + 3000) if chr(cp) not in chars]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=256,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    model = BertForSequenceClassification(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+class HFClassifier:
+    """The predict interface (labels + predict_proba) over a save_pretrained sequence classifier."""
+
+    def __init__(self, path: Path, device: str = "cpu", max_length: int = 128) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        id2label = self.model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+        self.max_length = max_length
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        torch = self.torch
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------ load driver
+def run_load(name: str, call: Callable[[str], Any], clients: int, requests: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+
+    def client(cid: int) -> None:
+        mine: list[float] = []
+        barrier.wait()
+        for i in range(requests):
+            text = TEXTS[(cid + i) % len(TEXTS)]
+            t0 = time.perf_counter()
+            try:
+                call(text)
+            except Exception as exc:  # noqa: BLE001
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = sorted(latencies)
+    n = len(lat)
+    return {
+        "mode": name,
+        "requests": n,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "wall_s": round(wall, 3),
+        "req_per_s": round(n / wall, 1),
+        "p50_ms": round(1000 * statistics.median(lat), 1),
+        "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1),
+    }
+
+
+def register(reg: Any, model_dir: Path) -> Any:
+    """Publishes model_dir as a live `sentiment` version of the registry."""
+    import shutil
+
+    def write(path: Path) -> None:
+        for f in model_dir.iterdir():
+            if f.is_file():
+                shutil.copy(f, path / f.name)
+
+    mv = reg.create_version("sentiment", write, {"family": "hf-bench", "labels": ["negative", "positive"]})
+    reg.promote("sentiment", mv.version)
+    return mv
+
+
+def setup_django(tmp: Path, model_dir: Path, device: str) -> tuple[Any, str]:
+    """A throwaway Django site (temp SQLite + registry) serving model_dir as the live sentiment version."""
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "slmsite.settings.base",
+            "SLM_VAR_DIR": str(tmp / "var"),
+            "SQLITE_PATH": str(tmp / "bench.sqlite3"),
+            "SLM_REGISTRY_DIR": str(tmp / "registry"),
+            "ALLOWED_HOSTS": "localhost",
+        }
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import sentiment.inference as inference
+    from slm.registry import Registry
+    from slmsite.services import api_token_create, user_create
+
+    register(Registry(tmp / "registry"), model_dir)
+    inference.default_loader = lambda mv: HFClassifier(mv.path, device)  # type: ignore[assignment]
+    user = user_create(username="bench", password="bench-password-1")
+    return inference, api_token_create(user=user)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="save_pretrained sequence-classification dir (default: tiny BERT)")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=40, help="requests per client")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--wait-ms", type=float, default=3.0)
+    ap.add_argument("--skip-api", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best of each mode is kept")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="slm-bench-sent-"))
+    model_dir = args.model or build_tiny_bert(tmp / "tiny-bert")
+
+    pipe = pipeline("text-classification", model=str(model_dir), device=torch.device(args.device), top_k=None)
+    pipe(TEXTS[0])  # warm-up
+
+    from slm.registry import Registry
+
+    reg = Registry(tmp / "registry")
+    if args.skip_api:
+        import sentiment.inference as inference
+
+        register(reg, model_dir)
+        token = ""
+    else:
+        inference, token = setup_django(tmp, model_dir, args.device)
+
+    def loader(mv: Any) -> HFClassifier:
+        return HFClassifier(mv.path, args.device)
+
+    services = {
+        "unbatched": inference.InferenceService(reg, "sentiment", loader=loader, batch_size=1, wait_ms=0),
+        "service": inference.InferenceService(
+            reg, "sentiment", loader=loader, batch_size=args.batch_size, wait_ms=args.wait_ms
+        ),
+    }
+    modes: dict[str, Callable[[str], Any]] = {"pipeline": lambda t: pipe(t)}
+    for mode, svc in services.items():
+        svc.predict([TEXTS[0]])
+        modes[mode] = lambda t, s=svc: s.predict([t])
+
+    if not args.skip_api:
+        from django.conf import settings
+        from django.test import Client
+
+        settings.SENTIMENT_BATCH_SIZE = args.batch_size
+        settings.SENTIMENT_BATCH_WAIT_MS = args.wait_ms
+        inference.reset_services()
+        local = threading.local()
+
+        def post(text: str) -> None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST="localhost")
+            r = client.post("/api/sentiment/predict", json.dumps({"texts": [text]}), content_type="application/json")
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.content[:200]!r}")
+
+        post(TEXTS[0])
+        services["api"] = inference.get_service()
+        modes["api"] = post
+
+    # The machine is shared: interleave the modes and keep each one's best run.
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(args.repeats):
+        for mode, call in modes.items():
+            svc = services.get(mode)
+            before = (svc.batcher.texts, svc.batcher.batches) if svc else (0, 0)
+            res = run_load(mode, call, args.clients, args.requests)
+            if svc:
+                texts, batches = svc.batcher.texts - before[0], svc.batcher.batches - before[1]
+                res["avg_batch"] = round(texts / max(1, batches), 1)
+            if mode not in best or res["req_per_s"] > best[mode]["req_per_s"]:
+                best[mode] = res
+    results = list(best.values())
+
+    print(f"\nSentiment serving: {args.clients} concurrent clients x {args.requests} requests of 1 text, ")
+    print(
+        f"model {model_dir.name}, device {args.device}, torch threads {args.threads}, "
+        f"best of {args.repeats} interleaved rounds, load avg {os.getloadavg()[0]:.1f}\n"
+    )
+    print(f"{'mode':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'avg batch':>10} {'errors':>7}")
+    for r in results:
+        print(
+            f"{r['mode']:<10} {r['req_per_s']:>8} {r['p50_ms']:>8} {r['p95_ms']:>8} "
+            f"{r.get('avg_batch', 1):>10} {r['errors']:>7}"
+        )
+    by = {r["mode"]: r for r in results}
+    ratio = by["service"]["req_per_s"] / by["pipeline"]["req_per_s"]
+    print(f"\nthroughput service / pipeline: {ratio:.2f}x (target >= 2x)")
+    if "api" in by:
+        print(f"throughput api / pipeline:     {by['api']['req_per_s'] / by['pipeline']['req_per_s']:.2f}x")
+    print(f"p95 latency pipeline / service: {by['pipeline']['p95_ms'] / by['service']['p95_ms']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
