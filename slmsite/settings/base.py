@@ -207,6 +207,11 @@ CHAT_LIMITS = {
     "stop_chars": 64,
 }
 
+# Chat default model built by `bootstrap_models chat` (chat/bootstrap.py): training wall-clock budget
+# in seconds, and size ("default", or "tiny" = a seconds-sized model for tests / browser-test stacks).
+CHAT_BOOTSTRAP_MAX_TIME_S = env_int("CHAT_BOOTSTRAP_MAX_TIME_S", 210)
+CHAT_BOOTSTRAP_SIZE = os.environ.get("CHAT_BOOTSTRAP_SIZE", "default")
+
 # Sentiment: the registry model name served by the playground and API.
 SENTIMENT_MODEL = os.environ.get("SENTIMENT_MODEL", "sentiment")
 SENTIMENT_MAX_TEXTS = env_int("SENTIMENT_MAX_TEXTS", 256)
