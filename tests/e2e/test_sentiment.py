@@ -62,8 +62,13 @@ def test_playground_classifies_chinese_and_english_and_uploads_csv(
     page.wait_for_function("() => document.querySelector('#result .s-label')?.dataset.label === 'negative'")
     assert page.locator("#result .s-ref").inner_text().startswith(tiny_live_version.ref)
     page.locator("#result details.s-fix summary").click()
-    assert page.locator("#result details.s-fix").inner_text()  # the fix form (or its fallback note) shows
     page.screenshot(path=str(shots / "sentiment-playground-desktop.png"), full_page=True)
+    fix_form = page.locator("#result form.s-fix-form")
+    if fix_form.count():  # the annotate app is installed: the correction goes there and we come back
+        assert fix_form.locator("select[name=label]").input_value() == "positive"
+        fix_form.locator("button[type=submit]").click()
+        page.wait_for_url("**/sentiment/")
+        assert page.locator(".messages .msg").count() >= 1
 
     # an example link fills the box and classifies (htmx)
     example = page.locator("a.s-example[lang=zh]").first
@@ -100,8 +105,13 @@ def test_playground_classifies_chinese_and_english_and_uploads_csv(
     page.locator("#batch-result:has-text('270 rows') a:has-text('Download CSV')").wait_for(timeout=60_000)
     assert page.locator("#batch-result tbody tr").count() == 200  # preview; the CSV has all rows
 
-    # model card with charts
-    page.goto(f"/sentiment/models/{tiny_live_version.version}/")
+    # versions list, then the model card with charts
+    page.goto("/sentiment/models/")
+    row = page.locator("table.s-versions tr", has_text=tiny_live_version.version)
+    assert "live" in row.inner_text()
+    page.screenshot(path=str(shots / "sentiment-versions-desktop.png"), full_page=True)
+    page.click(f"table.s-versions a:text-is('{tiny_live_version.version}')")
+    page.wait_for_url(f"**/sentiment/models/{tiny_live_version.version}/")
     page.locator("#s-cm-chart").wait_for()
     page.wait_for_function("() => window.Chart && Object.keys(window.Chart.instances || {}).length >= 2")
     page.screenshot(path=str(shots / "sentiment-model-card-desktop.png"), full_page=True)
@@ -112,3 +122,30 @@ def test_playground_classifies_chinese_and_english_and_uploads_csv(
     assert classify(page, "这本书写得太好了，值得一读") == "positive"
     page.screenshot(path=str(shots / "sentiment-playground-phone.png"), full_page=True)
     assert page.js_errors == []
+
+
+def test_browser_session_calls_the_api_with_csrf_under_daphne(page, plain_user, password, tiny_live_version):
+    """Session auth from the browser (CSRF header from the cookie) on daphne; concurrent calls all succeed."""
+    login(page, plain_user.username, password)
+    page.goto("/sentiment/")
+    result = page.evaluate(
+        """async () => {
+            const csrf = document.cookie.split("; ").find(c => c.startsWith("csrftoken=")).split("=")[1];
+            const call = (texts, headers) => fetch("/api/sentiment/predict", {
+                method: "POST", credentials: "same-origin",
+                headers: {"Content-Type": "application/json", ...headers},
+                body: JSON.stringify({texts})});
+            const noCsrf = await call(["好"], {});
+            const many = await Promise.all(Array.from({length: 12}, (_, i) =>
+                call([i % 2 ? "太好了，非常满意" : "Awful service and the food was cold."], {"X-CSRFToken": csrf})
+                    .then(async r => [r.status, await r.json()])));
+            const bad = await call([], {"X-CSRFToken": csrf});
+            return {noCsrf: noCsrf.status, many, bad: [bad.status, await bad.json()]};
+        }"""
+    )
+    assert result["noCsrf"] == 403
+    assert [status for status, _ in result["many"]] == [200] * 12
+    labels = [body["predictions"][0]["label"] for _, body in result["many"]]
+    assert labels == ["negative", "positive"] * 6
+    assert all(body["model"] == tiny_live_version.ref for _, body in result["many"])
+    assert result["bad"][0] == 422 and result["bad"][1]["message"]

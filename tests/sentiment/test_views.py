@@ -172,3 +172,14 @@ def test_model_card_of_a_real_tiny_version(client_user, registry):
     html = client_user.get(reverse("sentiment:version", kwargs={"version": "v0001"})).content.decode()
     assert "train_fraction" in html and "duplicates_dropped" in html and "nb_alpha" in html
     assert "weighted_f1" in html
+
+
+def test_versions_page_says_when_a_new_live_version_failed_to_load(client_user, registry):
+    from sentiment.inference import get_service
+
+    make_fake_version(registry)
+    get_service().predict(["warm"])
+    make_fake_version(registry, broken=True)
+    get_service().predict(["still served by v0001"])
+    html = client_user.get(reverse("sentiment:versions")).content.decode()
+    assert "could not be loaded" in html and "broken on purpose" in html
