@@ -149,3 +149,11 @@ def test_browser_session_calls_the_api_with_csrf_under_daphne(page, plain_user, 
     assert labels == ["negative", "positive"] * 6
     assert all(body["model"] == tiny_live_version.ref for _, body in result["many"])
     assert result["bad"][0] == 422 and result["bad"][1]["message"]
+
+
+def test_openapi_docs_render_in_the_browser(page, plain_user, password, artifacts_dir_session):
+    login(page, plain_user.username, password)
+    page.goto("/api/docs")
+    page.locator(".opblock-summary-path", has_text="/api/sentiment/predict").first.wait_for()
+    assert page.locator(".opblock-summary-path", has_text="/api/sentiment/models").count() >= 1
+    page.screenshot(path=str(artifacts_dir_session / "screenshots" / "api-docs.png"))
