@@ -1,0 +1,298 @@
+"""`/ws/chat/` — the chat protocol of DESIGN.md §3. The consumer is protocol only: it validates frames,
+hands the prompt to the process-wide engine (never generating on the event loop), relays its events
+as frames and persists the exchange through chat.services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import metrics, selectors, services
+from chat.engine_client import get_backend
+from slm.engine import AlreadyStreaming, EngineBusy, ModelUnavailable
+from slm.generation import GenerationParams, ParamError, PromptTooLong, resolve_seed, validate_params
+
+PROGRESS_SAVE_S = 0.5  # how often the partial reply is written (a refresh mid-reply shows it)
+DISCONNECT_WAIT_S = 10.0
+
+_rate_lock = threading.Lock()
+_recent: dict[int, deque[float]] = {}
+
+
+def rate_limited(user_id: int, per_minute: int, now: float | None = None) -> bool:
+    """Sliding one-minute window of generate requests per user (this process)."""
+    now = time.monotonic() if now is None else now
+    with _rate_lock:
+        window = _recent.setdefault(user_id, deque())
+        while window and now - window[0] > 60.0:
+            window.popleft()
+        if len(window) >= per_minute:
+            return True
+        window.append(now)
+        return False
+
+
+def reset_rate_limits() -> None:
+    with _rate_lock:
+        _recent.clear()
+
+
+class _Stream:
+    def __init__(self, request_id: str, message_id: int, backend: Any) -> None:
+        self.request_id = request_id
+        self.message_id = message_id
+        self.backend = backend
+        self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_how: str | None = None
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.stream: _Stream | None = None
+        self.open = False
+        user = self.scope.get("user")
+        await self.accept()
+        self.open = True
+        if user is None or not user.is_authenticated:
+            await self.send_error("not_authenticated", "log in to chat (no valid session)")
+            await self.close(code=4401)
+            self.open = False
+            return
+        self.user = user
+
+    async def disconnect(self, code: int) -> None:
+        self.open = False
+        stream = self.stream
+        if stream is not None and stream.task is not None and not stream.task.done():
+            self._cancel(stream, "disconnect")
+            try:
+                await asyncio.wait_for(asyncio.shield(stream.task), DISCONNECT_WAIT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+
+    # ------------------------------------------------------------------------------ frames out
+    async def send_json(self, payload: dict[str, Any]) -> None:
+        if self.open:
+            try:
+                await self.send(text_data=json.dumps(payload, ensure_ascii=False))
+            except Exception:  # the socket went away under us
+                self.open = False
+
+    async def send_error(self, code: str, message: str) -> None:
+        metrics.ERRORS.labels(code=code).inc()
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    # ------------------------------------------------------------------------------- frames in
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not getattr(self, "user", None):
+            await self.send_error("not_authenticated", "log in to chat")
+            return
+        if text_data is None:
+            await self.send_error("bad_json", "frames must be JSON text")
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            await self.send_error("bad_json", "the frame is not valid JSON")
+            return
+        if not isinstance(frame, dict):
+            await self.send_error("bad_json", "a frame must be a JSON object with a 'type'")
+            return
+        kind = frame.get("type")
+        if kind == "generate":
+            await self.generate(frame)
+        elif kind == "stop":
+            if self.stream is not None and self.stream.task is not None and not self.stream.task.done():
+                self._cancel(self.stream, "stop")
+        else:
+            await self.send_error("unknown_type", f"unknown frame type {kind!r} (use 'generate' or 'stop')")
+
+    def _cancel(self, stream: _Stream, how: str) -> None:
+        if stream.cancel_how is None:
+            stream.cancel_how = how
+            stream.backend.cancel(stream.request_id)
+
+    async def generate(self, frame: dict[str, Any]) -> None:
+        if self.stream is not None and self.stream.task is not None and not self.stream.task.done():
+            await self.send_error("already_streaming", "a reply is still streaming on this connection; stop it first")
+            return
+        prompt = frame.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            await self.send_error("missing_prompt", "'prompt' must be a non-empty string")
+            return
+        if len(prompt) > settings.CHAT_MAX_PROMPT_CHARS:
+            await self.send_error(
+                "prompt_too_long", f"the prompt has {len(prompt)} characters; at most {settings.CHAT_MAX_PROMPT_CHARS}"
+            )
+            return
+        try:
+            params = validate_params(frame.get("params"), settings.CHAT_DEFAULT_PARAMS, settings.CHAT_LIMITS)
+        except ParamError as exc:
+            await self.send_error("bad_params", str(exc))
+            return
+        if rate_limited(self.user.pk, settings.CHAT_RATE_LIMIT_PER_MIN):
+            await self.send_error(
+                "rate_limited", f"at most {settings.CHAT_RATE_LIMIT_PER_MIN} messages a minute; wait a little"
+            )
+            return
+        conversation = None
+        if frame.get("conversation") is not None:
+            conversation = await database_sync_to_async(selectors.conversation_get)(
+                user=self.user, conversation_id=frame.get("conversation")
+            )
+            if conversation is None:
+                await self.send_error("not_found", "no such conversation")
+                return
+        history = (
+            await database_sync_to_async(selectors.conversation_history)(conversation=conversation)
+            if conversation is not None
+            else []
+        )
+        params = resolve_seed(params)
+        try:
+            backend = await sync_to_async(get_backend, thread_sensitive=False)()
+            model_ref, chat_prompt = await sync_to_async(backend.prepare, thread_sensitive=False)(
+                history, prompt, params
+            )
+        except PromptTooLong as exc:
+            await self.send_error("prompt_too_long", str(exc))
+            return
+        except ModelUnavailable as exc:
+            await self.send_error("model_unavailable", str(exc))
+            return
+        await self._start(backend, conversation, prompt, params, model_ref, chat_prompt)
+
+    async def _start(
+        self, backend: Any, conversation: Any, prompt: str, params: GenerationParams, model_ref: str, chat_prompt: Any
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:  # engine thread -> event loop
+            loop.call_soon_threadsafe(events.put_nowait, (kind, data))
+
+        try:
+            request_id, position = await sync_to_async(backend.submit, thread_sensitive=False)(
+                chat_prompt, params, on_event, user_key=str(self.user.pk), model_ref=model_ref
+            )
+        except EngineBusy as exc:
+            await self.send_error("busy", str(exc))
+            return
+        except AlreadyStreaming as exc:
+            await self.send_error("already_streaming", str(exc))
+            return
+        except ModelUnavailable as exc:
+            await self.send_error("model_unavailable", str(exc))
+            return
+        try:
+            conversation, _, agent = await database_sync_to_async(services.exchange_start)(
+                owner=self.user,
+                conversation=conversation,
+                prompt=prompt,
+                params=params.to_dict(),
+                seed=params.seed,
+                model_ref=model_ref,
+                queued=position > 0,
+            )
+        except Exception:
+            backend.cancel(request_id)
+            raise
+        stream = _Stream(request_id, agent.pk, backend)
+        stream.events = events
+        self.stream = stream
+        metrics.STREAMS.inc()
+        metrics.ACTIVE.inc()
+        metrics.QUEUE_DEPTH.set(backend.stats()["queued"])
+        await self.send_json(
+            {
+                "type": "start",
+                "conversation": conversation.pk,
+                "message": agent.pk,
+                "model": model_ref,
+                "queue_position": position,
+            }
+        )
+        stream.task = asyncio.create_task(self._pump(stream, model_ref))
+
+    async def _pump(self, stream: _Stream, model_ref: str) -> None:
+        text = ""
+        last_save = time.monotonic()
+        mid = stream.message_id
+        try:
+            while True:
+                kind, data = await stream.events.get()
+                if kind == "started":
+                    model_ref = data.get("model") or model_ref
+                    await database_sync_to_async(services.message_progress)(
+                        message_id=mid, text=text, model_ref=model_ref
+                    )
+                elif kind == "token":
+                    text += data["text"]
+                    await self.send_json({"type": "token", "message": mid, "text": data["text"]})
+                    if time.monotonic() - last_save >= PROGRESS_SAVE_S:
+                        last_save = time.monotonic()
+                        await database_sync_to_async(services.message_progress)(message_id=mid, text=text)
+                elif kind == "end":
+                    await self._finish(stream, data)
+                    return
+                elif kind == "error":
+                    await database_sync_to_async(services.message_finish)(
+                        message_id=mid, text=text, reason="error", error=True
+                    )
+                    await self.send_error(
+                        data.get("code", "model_unavailable"), data.get("message", "generation failed")
+                    )
+                    return
+        finally:
+            metrics.ACTIVE.dec()
+            metrics.QUEUE_DEPTH.set(stream.backend.stats()["queued"])
+
+    async def _finish(self, stream: _Stream, data: dict[str, Any]) -> None:
+        reason = data["reason"]
+        usage = data.get("usage") or {}
+        timing = data.get("timing") or {}
+        ttft, tps = timing.get("ttft_ms"), timing.get("tokens_per_s")
+        await database_sync_to_async(services.message_finish)(
+            message_id=stream.message_id,
+            text=data["text"],
+            reason=reason,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            ttft_ms=ttft,
+            tokens_per_s=tps,
+            model_ref=data.get("model") or None,
+        )
+        metrics.STREAMS_FINISHED.labels(reason=reason).inc()
+        metrics.COMPLETION_TOKENS.inc(int(usage.get("completion_tokens") or 0))
+        if reason == "cancelled":
+            metrics.CANCELLATIONS.labels(how=stream.cancel_how or "stop").inc()
+        if ttft is not None:
+            metrics.TTFT.observe(ttft / 1000)
+        if tps:
+            metrics.TOKENS_PER_S.observe(tps)
+        await self.send_json(
+            {
+                "type": "end",
+                "message": stream.message_id,
+                "reason": reason,
+                "text": data["text"],
+                "usage": {
+                    "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                    "completion_tokens": int(usage.get("completion_tokens") or 0),
+                },
+                "timing": {
+                    "ttft_ms": round(ttft, 2) if ttft is not None else None,
+                    "tokens_per_s": round(tps, 2) if tps else None,
+                },
+            }
+        )

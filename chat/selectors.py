@@ -1,0 +1,54 @@
+"""Reads for the chat app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from chat.models import Conversation, Message
+
+HISTORY_TURNS = 64  # newest turns considered for a prompt (older ones never fit a GPT-2 window anyway)
+
+
+def conversation_list(*, user: Any, limit: int = 100) -> QuerySet[Conversation]:
+    return Conversation.objects.filter(owner=user).order_by("-updated")[:limit]
+
+
+def conversation_get(*, user: Any, conversation_id: Any) -> Conversation | None:
+    """The user's conversation, or None when it does not exist or belongs to someone else."""
+    try:
+        cid = int(conversation_id)
+    except (TypeError, ValueError):
+        return None
+    return Conversation.objects.filter(owner=user, pk=cid).first()
+
+
+def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.order_by("created", "id")
+
+
+def conversation_history(*, conversation: Conversation, limit: int = HISTORY_TURNS) -> list[tuple[str, str]]:
+    """(role, text) of the finished turns, oldest first, for the dialogue prompt."""
+    rows = list(
+        conversation.messages.exclude(text="")
+        .exclude(status__in=[Message.Status.QUEUED, Message.Status.ERROR])
+        .order_by("-created", "-id")
+        .values_list("role", "text")[:limit]
+    )
+    rows.reverse()
+    return [(role, text.strip()) for role, text in rows if text.strip()]
+
+
+def message_get(*, user: Any, message_id: Any) -> Message | None:
+    try:
+        mid = int(message_id)
+    except (TypeError, ValueError):
+        return None
+    return Message.objects.select_related("conversation").filter(pk=mid, conversation__owner=user).first()
+
+
+def user_has_streaming(*, user: Any) -> bool:
+    return Message.objects.filter(
+        conversation__owner=user, status__in=[Message.Status.QUEUED, Message.Status.STREAMING]
+    ).exists()

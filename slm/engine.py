@@ -1,0 +1,706 @@
+"""The chat serving engine: one owner of the model, one batched decode loop for every stream.
+
+`EngineCore` runs the loop. Each step it takes commands (submit / cancel / shutdown), admits waiting
+requests FIFO up to `max_batch` (a prefill of the new prompt alone, whose KV cache then joins the
+batch cache), runs ONE forward pass for all active requests with a shared, left-padded KV cache
+(`transformers.DynamicCache`, rows added and removed between steps), and samples each row with its
+own `LogitsSampler`. Requests join and leave between steps; a cancel is seen before the next step, so
+a stop costs at most one token. Between steps it also checks the registry's live pointer and swaps
+to a newly promoted version once the running batch has drained (new requests wait for the swap).
+
+`Engine` is the facade a server process uses: it keeps the bounded FIFO queue accounting (positions,
+`EngineBusy`, one live stream per user key), tokenizes prompts, and runs the core either in its own
+process (mode "process", a multiprocessing *spawn* child fed through queues; torch runs in that
+child's main thread at full speed) or in a dedicated thread (mode "thread"; it sets
+`torch.set_num_threads` for itself). Events come back through a callback per request:
+
+    ("started", {"model": ref, "prompt_tokens": n})
+    ("token", {"text": delta})
+    ("end", {"reason": eos|length|stop|cancelled, "text": ..., "usage": {...}, "timing": {...}, "model": ref})
+    ("error", {"code": ..., "message": ...})
+
+No Django in here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from slm.generation import (
+    ChatPrompt,
+    GenerationParams,
+    IncrementalDecoder,
+    LogitsSampler,
+    format_chat_prompt,
+    make_decode,
+)
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class EngineError(RuntimeError):
+    code = "engine_error"
+
+
+class EngineBusy(EngineError):
+    code = "busy"
+
+
+class AlreadyStreaming(EngineError):
+    code = "already_streaming"
+
+
+class ModelUnavailable(EngineError):
+    code = "model_unavailable"
+
+
+@dataclass
+class EngineConfig:
+    model: str = "registry:chat"  # registry:<name>[@version] | local dir | hub id
+    registry_root: str | None = None
+    precision: str = "int8"  # fp32 | int8 | bf16 | fp16
+    max_batch: int = 8
+    queue_size: int = 32
+    device: str = "auto"
+    num_threads: int | None = None  # torch threads in the engine (None: leave as is)
+    swap_check_s: float = 1.0  # how often the live pointer is re-read
+
+
+@dataclass
+class GenRequest:
+    id: str
+    prompt_ids: list[int]
+    params: GenerationParams
+    prompt_text: str = ""
+    model_ref: str = ""  # the tokenizer the ids came from; re-encoded if the engine runs another
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """Replaces GPT-2's `Conv1D` layers (which `quantize_dynamic` skips) by equivalent `nn.Linear`."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                lin = torch.nn.Linear(n_in, n_out, bias=True)
+                with torch.no_grad():
+                    lin.weight.copy_(child.weight.t())
+                    lin.bias.copy_(child.bias)
+                setattr(module, name, lin)
+    return model
+
+
+def apply_precision(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
+    precision = precision.lower()
+    if precision == "fp32":
+        return model
+    if precision == "int8":
+        if device.type != "cpu":
+            return model  # dynamic int8 is a CPU path; accelerators keep fp32 (or use bf16/fp16)
+        conv1d_to_linear(model)
+        # lm_head shares its weight with wte; quantizing it gives the head an int8 copy (the big matmul)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if precision in ("bf16", "fp16"):
+        return model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    raise ValueError(f"unknown precision {precision!r} (fp32 | int8 | bf16 | fp16)")
+
+
+@dataclass
+class LoadedModel:
+    ref: str
+    model: Any
+    tokenizer: Any
+    n_positions: int
+    eos_ids: set[int]
+    device: torch.device
+    min_step_s: float = 0.0  # version metadata serving.min_step_s: paces streaming (demos, browser tests)
+
+
+def _registry(cfg: EngineConfig) -> Any:
+    from slm.registry import Registry
+
+    return Registry(cfg.registry_root) if cfg.registry_root else None
+
+
+def resolve_ref(cfg: EngineConfig) -> tuple[str, Any]:
+    """(display ref, ResolvedSource) for the configured source at this moment (live pointer read)."""
+    from slm.loader import ModelNotAvailable, resolve_source
+
+    try:
+        src = resolve_source(cfg.model, registry=_registry(cfg))
+    except ModelNotAvailable as exc:
+        raise ModelUnavailable(str(exc)) from exc
+    return src.ref, src
+
+
+def load_tokenizer(cfg: EngineConfig) -> tuple[str, Any, int]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    ref, src = resolve_ref(cfg)
+    target = str(src.path) if src.path is not None else cfg.model
+    try:
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
+        conf = AutoConfig.from_pretrained(target, local_files_only=True)
+    except OSError as exc:
+        raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
+    return ref, tok, _n_positions(conf)
+
+
+def _n_positions(conf: Any) -> int:
+    return int(getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None) or 1024)
+
+
+def load_model(cfg: EngineConfig) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slm.device import pick_device
+
+    ref, src = resolve_ref(cfg)
+    target = str(src.path) if src.path is not None else cfg.model
+    device = pick_device(cfg.device)
+    try:
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)
+    except OSError as exc:
+        raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
+    model.eval()
+    model = apply_precision(model.to(device), cfg.precision, device)
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = tok.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    serving = (src.metadata or {}).get("serving") or {}
+    pace = float(serving.get("min_step_s") or 0.0)
+    return LoadedModel(ref, model, tok, _n_positions(model.config), eos_ids, device, pace)
+
+
+# ------------------------------------------------------------------------------------------- core
+@dataclass
+class _Row:
+    req: GenRequest
+    sampler: LogitsSampler
+    decoder: IncrementalDecoder
+    seen: torch.Tensor  # prompt + generated ids (repetition penalty)
+    cached: int  # tokens in the KV cache for this row
+    last: int  # the token to feed next
+    generated: int = 0
+    t_admit: float = 0.0
+    t_first: float = 0.0
+    t_last: float = 0.0
+    prompt_tokens: int = 0
+
+
+class EngineCore:
+    """The decode loop. Not thread-safe: one thread drives `run()` (or `step()` in tests)."""
+
+    def __init__(self, cfg: EngineConfig, emit: Callable[[str | None, str, dict[str, Any]], None]) -> None:
+        self.cfg = cfg
+        self.emit = emit
+        self.loaded: LoadedModel | None = None
+        self.waiting: deque[GenRequest] = deque()
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None  # [B, T] 1 = real token
+        self.cancelled: set[str] = set()
+        self._next_check = 0.0
+        self._pending_ref: str | None = None
+        self.steps = 0
+
+    # ---- model management
+    def ensure_model(self) -> None:
+        if self.loaded is None:
+            self.loaded = load_model(self.cfg)
+            self.emit(None, "model", {"model": self.loaded.ref})
+            self._next_check = time.monotonic() + self.cfg.swap_check_s
+
+    def _watch_live(self) -> None:
+        """Notices a newly promoted version; swaps once no request is running on the old one."""
+        now = time.monotonic()
+        if self.loaded is None or now < self._next_check:
+            if self._pending_ref is None:
+                return
+        else:
+            self._next_check = now + self.cfg.swap_check_s
+            if not self.cfg.model.startswith("registry:") or "@" in self.cfg.model:
+                return
+            try:
+                ref, _ = resolve_ref(self.cfg)
+            except ModelUnavailable:
+                return
+            self._pending_ref = ref if ref != self.loaded.ref else None
+        if self._pending_ref is not None and not self.rows:
+            old = self.loaded.ref if self.loaded else None
+            try:
+                new = load_model(self.cfg)
+            except Exception as exc:  # keep serving the old version
+                log.warning("chat engine: could not load %s: %s", self._pending_ref, exc)
+                self._pending_ref = None
+                return
+            self.loaded, self._pending_ref = new, None
+            log.info("chat engine: swapped %s -> %s", old, new.ref)
+            self.emit(None, "model", {"model": new.ref})
+
+    # ---- commands
+    def submit(self, req: GenRequest) -> None:
+        self.waiting.append(req)
+
+    def cancel(self, req_id: str) -> None:
+        self.cancelled.add(req_id)
+
+    def _drop_cancelled(self) -> None:
+        if not self.cancelled:
+            return
+        keep = deque()
+        for req in self.waiting:
+            if req.id in self.cancelled:
+                self.emit(req.id, "end", self._end_payload(req, "cancelled", "", 0, 0, None, None))
+            else:
+                keep.append(req)
+        self.waiting = keep
+        gone = [i for i, r in enumerate(self.rows) if r.req.id in self.cancelled]
+        for i in gone:
+            self._finish(self.rows[i], "cancelled")
+        self._remove_rows(gone)
+        self.cancelled.clear()
+
+    # ---- results
+    def _end_payload(
+        self,
+        req: GenRequest,
+        reason: str,
+        text: str,
+        prompt_tokens: int,
+        completion: int,
+        ttft: float | None,
+        tps: float | None,
+    ) -> dict[str, Any]:
+        return {
+            "reason": reason,
+            "text": text,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion},
+            "timing": {"ttft_ms": ttft, "tokens_per_s": tps},
+            "model": self.loaded.ref if self.loaded else "",
+            "seed": req.params.seed,
+        }
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        tail = row.decoder.finish()
+        if tail:
+            self.emit(row.req.id, "token", {"text": tail})
+        ttft = (row.t_first - row.req.submitted) * 1000 if row.t_first else None
+        span = row.t_last - row.t_first
+        tps = (row.generated - 1) / span if row.generated > 1 and span > 0 else None
+        payload = self._end_payload(row.req, reason, row.decoder.text, row.prompt_tokens, row.generated, ttft, tps)
+        self.emit(row.req.id, "end", payload)
+
+    # ---- batch cache manipulation
+    def _remove_rows(self, idx: list[int]) -> None:
+        if not idx:
+            return
+        keep = [i for i in range(len(self.rows)) if i not in set(idx)]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache, self.mask = None, None
+            return
+        sel = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.mask = self.mask.index_select(0, sel)
+        lead = int((self.mask.sum(0) == 0).long().cumprod(0).sum().item())  # all-padding columns on the left
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, sel)[:, :, lead:]
+            layer.values = layer.values.index_select(0, sel)[:, :, lead:]
+        self.mask = self.mask[:, lead:]
+
+    def _join(self, row: _Row, cache: Any) -> None:
+        n = row.cached
+        device = self.loaded.device  # type: ignore[union-attr]
+        if self.cache is None:
+            self.cache = cache
+            self.mask = torch.ones(1, n, dtype=torch.long, device=device)
+            self.rows = [row]
+            return
+        t = self.mask.shape[1]
+        if n > t:  # grow everybody on the left
+            pad = n - t
+            self.mask = torch.cat([torch.zeros(self.mask.shape[0], pad, dtype=torch.long, device=device), self.mask], 1)
+            for layer in self.cache.layers:
+                k, v = layer.keys, layer.values
+                z = k.new_zeros(k.shape[0], k.shape[1], pad, k.shape[3])
+                layer.keys, layer.values = torch.cat([z, k], 2), torch.cat([z.clone(), v], 2)
+            t = n
+        pad = t - n
+        row_mask = torch.cat(
+            [torch.zeros(1, pad, dtype=torch.long, device=device), torch.ones(1, n, dtype=torch.long, device=device)], 1
+        )
+        self.mask = torch.cat([self.mask, row_mask], 0)
+        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
+            k, v = new.keys, new.values
+            if pad:
+                z = k.new_zeros(1, k.shape[1], pad, k.shape[3])
+                k, v = torch.cat([z, k], 2), torch.cat([z.clone(), v], 2)
+            layer.keys = torch.cat([layer.keys, k], 0)
+            layer.values = torch.cat([layer.values, v], 0)
+        self.rows.append(row)
+
+    # ---- the loop
+    def _admit(self) -> None:
+        lm = self.loaded
+        assert lm is not None
+        while self.waiting and len(self.rows) < self.cfg.max_batch and self._pending_ref is None:
+            req = self.waiting.popleft()
+            ids = req.prompt_ids
+            if req.model_ref and req.model_ref != lm.ref and req.prompt_text:
+                ids = lm.tokenizer(req.prompt_text)["input_ids"]
+            if not ids or len(ids) >= lm.n_positions:
+                self.emit(req.id, "error", {"code": "prompt_too_long", "message": "prompt does not fit the model"})
+                continue
+            t_admit = time.perf_counter()
+            self.emit(req.id, "started", {"model": lm.ref, "prompt_tokens": len(ids)})
+            input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
+            with torch.inference_mode():
+                out = lm.model(input_ids=input_ids, use_cache=True)
+            row = _Row(
+                req=req,
+                sampler=LogitsSampler(req.params, device=lm.device),
+                decoder=IncrementalDecoder(make_decode(lm.tokenizer), req.params.stop),
+                seen=input_ids[0],
+                cached=len(ids),
+                last=-1,
+                t_admit=t_admit,
+                prompt_tokens=len(ids),
+            )
+            done = self._accept_token(row, out.logits[0, -1])
+            if done:
+                self._finish(row, done)
+            else:
+                self._join(row, out.past_key_values)
+
+    def _accept_token(self, row: _Row, logits: torch.Tensor) -> str | None:
+        """Samples the row's next token, streams its text; returns a finish reason or None."""
+        lm = self.loaded
+        assert lm is not None
+        tok = row.sampler.next_token(logits, row.seen)
+        now = time.perf_counter()
+        if not row.t_first:
+            row.t_first = now
+        if tok in lm.eos_ids:
+            row.t_last = now
+            return "eos"
+        row.generated += 1
+        row.t_last = now
+        row.last = tok
+        row.seen = torch.cat([row.seen, torch.tensor([tok], dtype=row.seen.dtype, device=row.seen.device)])
+        delta = row.decoder.push(tok)
+        if delta:
+            self.emit(row.req.id, "token", {"text": delta})
+        if row.decoder.stopped:
+            return "stop"
+        if row.generated >= row.req.params.max_new_tokens or row.cached + 1 >= lm.n_positions:
+            return "length"
+        return None
+
+    def _decode_step(self) -> None:
+        lm = self.loaded
+        assert lm is not None and self.mask is not None
+        b = len(self.rows)
+        input_ids = torch.tensor([[r.last] for r in self.rows], dtype=torch.long, device=lm.device)
+        position_ids = torch.tensor([[r.cached] for r in self.rows], dtype=torch.long, device=lm.device)
+        mask = torch.cat([self.mask, torch.ones(b, 1, dtype=torch.long, device=lm.device)], 1)
+        with torch.inference_mode():
+            out = lm.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        self.cache, self.mask = out.past_key_values, mask
+        logits = out.logits[:, -1]
+        finished: list[int] = []
+        for i, row in enumerate(self.rows):
+            row.cached += 1
+            reason = self._accept_token(row, logits[i])
+            if reason:
+                self._finish(row, reason)
+                finished.append(i)
+        self._remove_rows(finished)
+        self.steps += 1
+
+    def step(self) -> bool:
+        """One scheduling round: cancels, swap check, admissions, one decode step. True if work remains."""
+        self._drop_cancelled()
+        self._watch_live()
+        if self.waiting and self._pending_ref is None:
+            self._admit()
+        if self.rows:
+            self._decode_step()
+        return bool(self.rows or self.waiting)
+
+    def fail_all(self, code: str, message: str) -> None:
+        for req in list(self.waiting):
+            self.emit(req.id, "error", {"code": code, "message": message})
+        self.waiting.clear()
+        for row in self.rows:
+            self.emit(row.req.id, "error", {"code": code, "message": message})
+        self.rows, self.cache, self.mask = [], None, None
+
+    def run(self, inbox: Any) -> None:
+        """Serves commands from `inbox` (a queue of tuples) until ("shutdown",)."""
+        last_step = 0.0
+        while True:
+            timeout: float | None = None
+            if not (self.rows or self.waiting):
+                timeout = self.cfg.swap_check_s
+            elif self.loaded is not None and self.loaded.min_step_s:
+                timeout = self.loaded.min_step_s - (time.perf_counter() - last_step)
+            try:
+                cmd = inbox.get(timeout=timeout) if timeout is not None and timeout > 0 else inbox.get_nowait()
+            except queue.Empty:
+                cmd = None
+            while cmd is not None:
+                kind = cmd[0]
+                if kind == "shutdown":
+                    self.fail_all("model_unavailable", "the chat engine is shutting down")
+                    return
+                if kind == "submit":
+                    self.submit(cmd[1])
+                elif kind == "cancel":
+                    self.cancel(cmd[1])
+                try:
+                    cmd = inbox.get_nowait()
+                except queue.Empty:
+                    cmd = None
+            if self.waiting and self.loaded is None:
+                try:
+                    self.ensure_model()
+                except Exception as exc:
+                    self.fail_all("model_unavailable", f"the chat model is not available: {exc}")
+                    continue
+            if self.loaded is None:
+                continue
+            if self.loaded.min_step_s and time.perf_counter() - last_step < self.loaded.min_step_s:
+                continue
+            last_step = time.perf_counter()
+            try:
+                self.step()
+            except Exception as exc:  # never leave streams hanging
+                log.exception("chat engine step failed")
+                self.fail_all("engine_error", f"generation failed: {type(exc).__name__}: {exc}")
+
+
+def _process_main(cfg: EngineConfig, inbox: Any, outbox: Any) -> None:
+    """Entry point of the engine child process (spawn)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    core = EngineCore(cfg, lambda rid, kind, data: outbox.put((rid, kind, data)))
+    try:
+        core.run(inbox)
+    finally:
+        outbox.put((None, "exited", {}))
+
+
+# ------------------------------------------------------------------------------------------ facade
+@dataclass
+class _Ticket:
+    callback: EventCallback
+    user_key: str | None
+    started: bool = False
+
+
+class Engine:
+    """Process-side handle on the engine: admission control, prompt building, event fan-out."""
+
+    def __init__(self, cfg: EngineConfig, mode: str = "process") -> None:
+        if mode not in ("process", "thread"):
+            raise ValueError("engine mode must be 'process' or 'thread'")
+        self.cfg = cfg
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._tickets: dict[str, _Ticket] = {}
+        self._users: dict[str, str] = {}
+        self._tokenizers: dict[str, tuple[Any, int]] = {}
+        self._started = False
+        self._thread: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._proc: Any = None
+        self._inbox: Any = None
+        self._outbox: Any = None
+        self.model_ref: str | None = None
+        self.closed = False
+
+    # ---- lifecycle
+    def start(self) -> Engine:
+        with self._lock:
+            if self._started:
+                return self
+            self._started = True
+            if self.mode == "thread":
+                self._inbox = queue.Queue()
+
+                def target() -> None:
+                    if self.cfg.num_threads:
+                        torch.set_num_threads(self.cfg.num_threads)
+                    EngineCore(self.cfg, self._dispatch).run(self._inbox)
+
+                self._thread = threading.Thread(target=target, name="chat-engine", daemon=True)
+                self._thread.start()
+            else:
+                ctx = mp.get_context("spawn")
+                self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
+                self._proc = ctx.Process(
+                    target=_process_main, args=(self.cfg, self._inbox, self._outbox), name="chat-engine", daemon=True
+                )
+                self._proc.start()
+                self._reader = threading.Thread(target=self._read_events, name="chat-engine-events", daemon=True)
+                self._reader.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        if not self._started or self.closed:
+            return
+        self.closed = True
+        self._inbox.put(("shutdown",))
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._proc is not None:
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(2)
+            if self._reader is not None:
+                self._outbox.put((None, "exited", {}))
+                self._reader.join(timeout)
+            for q in (self._inbox, self._outbox):
+                q.close()
+                q.join_thread()
+
+    def alive(self) -> bool:
+        if self._thread is not None:
+            return self._thread.is_alive()
+        if self._proc is not None:
+            return self._proc.is_alive()
+        return False
+
+    # ---- events
+    def _read_events(self) -> None:
+        while True:
+            try:
+                rid, kind, data = self._outbox.get()
+            except (EOFError, OSError):
+                return
+            if rid is None and kind == "exited":
+                self._fail_all("model_unavailable", "the chat engine stopped")
+                return
+            self._dispatch(rid, kind, data)
+
+    def _fail_all(self, code: str, message: str) -> None:
+        with self._lock:
+            items = list(self._tickets.items())
+        for rid, _ in items:
+            self._dispatch(rid, "error", {"code": code, "message": message})
+
+    def _dispatch(self, rid: str | None, kind: str, data: dict[str, Any]) -> None:
+        if rid is None:
+            if kind == "model":
+                self.model_ref = data.get("model")
+            return
+        with self._lock:
+            ticket = self._tickets.get(rid)
+            if ticket is None:
+                return
+            if kind == "started":
+                ticket.started = True
+            if kind in ("end", "error"):
+                self._tickets.pop(rid, None)
+                if ticket.user_key is not None and self._users.get(ticket.user_key) == rid:
+                    self._users.pop(ticket.user_key, None)
+        try:
+            ticket.callback(kind, data)
+        except Exception:  # a consumer's bug must not kill the engine's event thread
+            log.exception("chat engine callback failed")
+
+    # ---- requests
+    def tokenizer(self) -> tuple[str, Any, int]:
+        """(ref, tokenizer, context window) of the version new requests will run on."""
+        ref, _ = resolve_ref(self.cfg)
+        cached = self._tokenizers.get(ref)
+        if cached is None:
+            _, tok, n_pos = load_tokenizer(self.cfg)
+            self._tokenizers = {ref: (tok, n_pos)}
+            cached = (tok, n_pos)
+        return ref, cached[0], cached[1]
+
+    def prepare(
+        self, history: list[tuple[str, str]], user_text: str, params: GenerationParams
+    ) -> tuple[str, ChatPrompt]:
+        """Builds the dialogue prompt for the live model, dropping old turns; raises PromptTooLong."""
+        ref, tok, n_pos = self.tokenizer()
+        budget = n_pos - params.max_new_tokens
+
+        def encode(text: str) -> list[int]:
+            return list(tok(text)["input_ids"])
+
+        return ref, format_chat_prompt(history, user_text, encode, max(1, budget))
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            running = sum(1 for t in self._tickets.values() if t.started)
+            pending = len(self._tickets) - running
+        return {"running": running, "pending": pending, "queued": max(0, running + pending - self.cfg.max_batch)}
+
+    def submit(
+        self,
+        prompt: ChatPrompt,
+        params: GenerationParams,
+        callback: EventCallback,
+        *,
+        user_key: str | None = None,
+        model_ref: str = "",
+    ) -> tuple[str, int]:
+        """Queues a request; returns (request id, queue position: 0 = starts now). Raises EngineBusy
+        when the wait queue is full and AlreadyStreaming when `user_key` has a live stream."""
+        if self.closed:
+            raise ModelUnavailable("the chat engine is stopped")
+        self.start()
+        rid = uuid.uuid4().hex
+        with self._lock:
+            if user_key is not None and user_key in self._users:
+                raise AlreadyStreaming("you already have a reply streaming; stop it or wait for it to finish")
+            total = len(self._tickets)
+            position = max(0, total + 1 - self.cfg.max_batch)
+            if position > self.cfg.queue_size:
+                raise EngineBusy(f"the server is busy ({self.cfg.queue_size} requests waiting); try again shortly")
+            self._tickets[rid] = _Ticket(callback, user_key)
+            if user_key is not None:
+                self._users[user_key] = rid
+        req = GenRequest(rid, list(prompt.ids), params, prompt_text=prompt.text, model_ref=model_ref)
+        self._inbox.put(("submit", req))
+        return rid, position
+
+    def cancel(self, rid: str) -> None:
+        if self._started and not self.closed:
+            self._inbox.put(("cancel", rid))
+
+    def active_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._tickets)
+
+
+def default_num_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))

@@ -1,0 +1,340 @@
+"""The /ws/chat/ protocol (DESIGN.md §3) with WebsocketCommunicator: every error code, streaming,
+persistence, greedy == generate, seeds, stop/disconnect, concurrency, context truncation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import torch
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from chat.models import Conversation, Message
+from chat.routing import websocket_urlpatterns
+from tests.chat.tiny import tiny_model, tiny_tokenizer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+TIMEOUT = 20
+
+
+async def connect(user: Any) -> WebsocketCommunicator:
+    comm = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/chat/")
+    comm.scope["user"] = user
+    connected, _ = await comm.connect(timeout=TIMEOUT)
+    assert connected
+    return comm
+
+
+async def recv(comm: WebsocketCommunicator) -> dict[str, Any]:
+    return await comm.receive_json_from(timeout=TIMEOUT)
+
+
+async def collect(comm: WebsocketCommunicator) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """(start, token texts, end) of one generation."""
+    start = await recv(comm)
+    assert start["type"] == "start", start
+    tokens: list[str] = []
+    while True:
+        frame = await recv(comm)
+        if frame["type"] == "token":
+            assert frame["message"] == start["message"]
+            tokens.append(frame["text"])
+        else:
+            assert frame["type"] == "end", frame
+            return start, tokens, frame
+
+
+async def expect_error(comm: WebsocketCommunicator, payload: Any, code: str) -> dict[str, Any]:
+    if isinstance(payload, str):
+        await comm.send_to(text_data=payload)
+    else:
+        await comm.send_json_to(payload)
+    frame = await recv(comm)
+    assert frame["type"] == "error", frame
+    assert frame["code"] == code, frame
+    assert frame["message"]
+    return frame
+
+
+GREEDY = {"do_sample": False, "max_new_tokens": 12, "repetition_penalty": 1.2, "stop": []}
+
+
+async def test_not_authenticated_gets_error_and_close(chat_model) -> None:  # type: ignore[no-untyped-def]
+    from slmsite.asgi import application
+
+    comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")])
+    connected, _ = await comm.connect(timeout=TIMEOUT)
+    assert connected
+    frame = await recv(comm)
+    assert frame == {"type": "error", "code": "not_authenticated", "message": frame["message"]}
+    out = await comm.receive_output(timeout=TIMEOUT)
+    assert out["type"] == "websocket.close" and out["code"] == 4401
+    await comm.disconnect()
+
+
+async def test_every_bad_frame_gets_its_code_and_socket_stays_usable(chat_model, plain_user, admin_user, settings):  # type: ignore[no-untyped-def]
+    other = await database_sync_to_async(Conversation.objects.create)(owner=admin_user, title="not yours")
+    comm = await connect(plain_user)
+    await expect_error(comm, "not json{", "bad_json")
+    await expect_error(comm, "[1, 2]", "bad_json")
+    await expect_error(comm, {"type": "dance"}, "unknown_type")
+    await expect_error(comm, {"prompt": "hi"}, "unknown_type")
+    await expect_error(comm, {"type": "generate"}, "missing_prompt")
+    await expect_error(comm, {"type": "generate", "prompt": "   "}, "missing_prompt")
+    await expect_error(comm, {"type": "generate", "prompt": 5}, "missing_prompt")
+    for params in (
+        {"temperature": 99},
+        {"top_p": -1},
+        {"max_new_tokens": 0},
+        {"max_new_tokens": 10**6},
+        {"top_k": "many"},
+        {"do_sample": "yes"},
+        {"seed": -3},
+        {"stop": [1, 2]},
+        {"stop": ["x"] * 50},
+        {"bogus": 1},
+        "not an object",
+    ):
+        frame = await expect_error(comm, {"type": "generate", "prompt": "hi", "params": params}, "bad_params")
+        assert frame["message"]
+    await expect_error(
+        comm, {"type": "generate", "prompt": "x" * (settings.CHAT_MAX_PROMPT_CHARS + 1)}, "prompt_too_long"
+    )
+    # fits in characters but not in the 128-token window once max_new_tokens is reserved
+    await expect_error(
+        comm,
+        {"type": "generate", "prompt": "hello there " * 40, "params": {"max_new_tokens": 100}},
+        "prompt_too_long",
+    )
+    await expect_error(comm, {"type": "generate", "prompt": "hi", "conversation": other.pk}, "not_found")
+    await expect_error(comm, {"type": "generate", "prompt": "hi", "conversation": "abc"}, "not_found")
+    # still usable: a normal generation works on the same socket
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": GREEDY})
+    start, tokens, end = await collect(comm)
+    assert end["reason"] in ("eos", "length", "stop")
+    assert "".join(tokens) == end["text"]
+    assert not await database_sync_to_async(Conversation.objects.filter(owner=plain_user, title="").exists)()
+    await comm.disconnect()
+
+
+async def test_rate_limited(chat_model, plain_user, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.CHAT_RATE_LIMIT_PER_MIN = 2
+    comm = await connect(plain_user)
+    for _ in range(2):
+        await comm.send_json_to({"type": "generate", "prompt": "hi", "params": {**GREEDY, "max_new_tokens": 2}})
+        await collect(comm)
+    await expect_error(comm, {"type": "generate", "prompt": "hi"}, "rate_limited")
+    await comm.disconnect()
+
+
+async def test_model_unavailable_when_registry_empty(chat_settings, plain_user) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    frame = await expect_error(comm, {"type": "generate", "prompt": "hi"}, "model_unavailable")
+    assert "bootstrap_models" in frame["message"]
+    await comm.disconnect()
+
+
+async def test_streams_persists_and_matches_greedy_generate(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "conversation": None, "prompt": "hello there", "params": GREEDY})
+    start, tokens, end = await collect(comm)
+    assert start["model"] == chat_model.ref and start["queue_position"] == 0
+    assert isinstance(start["conversation"], int) and isinstance(start["message"], int)
+    assert "".join(tokens) == end["text"]
+    assert set(end) == {"type", "message", "reason", "text", "usage", "timing"}
+    assert end["usage"]["prompt_tokens"] > 0 and end["timing"]["ttft_ms"] > 0
+
+    tok = tiny_tokenizer()
+    model = tiny_model()
+    ids = tok("User: hello there\nAgent:")["input_ids"]
+    assert end["usage"]["prompt_tokens"] == len(ids)
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=12,
+        repetition_penalty=1.2,
+        pad_token_id=tok.eos_token_id,
+    )[0, len(ids) :].tolist()
+    if tok.eos_token_id in out:
+        out = out[: out.index(tok.eos_token_id)]
+    assert end["text"] == tok.decode(out, skip_special_tokens=True)
+    assert end["usage"]["completion_tokens"] == len(out)
+
+    msgs = await database_sync_to_async(list)(
+        Message.objects.filter(conversation_id=start["conversation"]).order_by("id")
+    )
+    assert [m.role for m in msgs] == ["user", "agent"]
+    user_msg, agent = msgs
+    assert user_msg.text == "hello there"
+    assert agent.pk == start["message"] and agent.text == end["text"]
+    assert agent.status == "done" and agent.finish_reason == end["reason"]
+    assert agent.model_ref == chat_model.ref
+    assert agent.params["max_new_tokens"] == 12 and agent.params["do_sample"] is False
+    assert agent.completion_tokens == end["usage"]["completion_tokens"] and agent.ttft_ms is not None
+    conv = await database_sync_to_async(Conversation.objects.get)(pk=start["conversation"])
+    assert conv.owner_id == plain_user.pk and conv.title == "hello there"
+    await comm.disconnect()
+
+
+async def test_seed_reproducible_and_recorded(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    params = {
+        "do_sample": True,
+        "temperature": 1.5,
+        "top_k": 50,
+        "top_p": 0.95,
+        "seed": 1234,
+        "max_new_tokens": 16,
+        "stop": [],
+    }
+    texts = []
+    for _ in range(2):
+        await comm.send_json_to({"type": "generate", "prompt": "tell me a joke", "params": params})
+        _, _, end = await collect(comm)
+        texts.append(end["text"])
+    assert texts[0] == texts[1]
+    # no seed given: one is drawn and stored, and replaying it reproduces the reply
+    await comm.send_json_to({"type": "generate", "prompt": "tell me a joke", "params": {**params, "seed": None}})
+    start, _, end = await collect(comm)
+    agent = await database_sync_to_async(Message.objects.get)(pk=start["message"])
+    assert agent.seed is not None and agent.params["seed"] == agent.seed
+    await comm.send_json_to({"type": "generate", "prompt": "tell me a joke", "params": {**params, "seed": agent.seed}})
+    _, _, again = await collect(comm)
+    assert again["text"] == end["text"]
+    await comm.disconnect()
+
+
+async def test_stop_cancels_within_a_token_and_socket_reusable(paced_chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 100}})
+    start = await recv(comm)
+    first = await recv(comm)
+    while first["type"] != "token":
+        first = await recv(comm)
+    received = 1
+    await comm.send_json_to({"type": "stop"})
+    while True:
+        frame = await recv(comm)
+        if frame["type"] == "end":
+            break
+        received += 1
+    assert frame["reason"] == "cancelled"
+    # the engine notices the stop before its next step: at most one token beyond those in flight
+    assert frame["usage"]["completion_tokens"] <= received + 1
+    assert frame["usage"]["completion_tokens"] < 100
+    agent = await database_sync_to_async(Message.objects.get)(pk=start["message"])
+    assert agent.status == "cancelled" and agent.finish_reason == "cancelled"
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 3}})
+    _, _, end = await collect(comm)
+    assert end["reason"] in ("length", "eos", "stop")
+    await comm.disconnect()
+
+
+async def test_disconnect_cancels_and_persists(paced_chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    from chat.engine_client import peek_backend
+
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 100}})
+    start = await recv(comm)
+    assert (await recv(comm))["type"] == "token"
+    await comm.disconnect()
+    agent = await database_sync_to_async(Message.objects.get)(pk=start["message"])
+    assert agent.status == "cancelled" and 0 < agent.completion_tokens < 100
+    assert peek_backend().active_ids() == []
+
+
+async def test_one_live_stream_per_user_and_busy(
+    paced_chat_model, plain_user, admin_user, annotator_user, settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings.CHAT_MAX_BATCH = 1
+    settings.CHAT_QUEUE_SIZE = 1
+    long = {**GREEDY, "max_new_tokens": 100}
+    a1 = await connect(plain_user)
+    await a1.send_json_to({"type": "generate", "prompt": "hello", "params": long})
+    start = await recv(a1)
+    assert start["queue_position"] == 0
+    await expect_error(a1, {"type": "generate", "prompt": "again", "params": long}, "already_streaming")
+    a2 = await connect(plain_user)  # a second tab of the same user
+    await expect_error(a2, {"type": "generate", "prompt": "again", "params": long}, "already_streaming")
+    b = await connect(admin_user)
+    await b.send_json_to({"type": "generate", "prompt": "queued", "params": {**GREEDY, "max_new_tokens": 2}})
+    queued = await recv(b)
+    assert queued["type"] == "start" and queued["queue_position"] == 1
+    c = await connect(annotator_user)
+    await expect_error(c, {"type": "generate", "prompt": "no room"}, "busy")
+    await a1.send_json_to({"type": "stop"})
+    while (await recv(a1))["type"] != "end":
+        pass
+    while (frame := await recv(b))["type"] != "end":
+        pass
+    assert frame["reason"] in ("length", "eos", "stop")
+    for comm in (a1, a2, b, c):
+        await comm.disconnect()
+
+
+async def test_concurrent_streams_interleave(paced_chat_model, plain_user, admin_user) -> None:  # type: ignore[no-untyped-def]
+    comms = [await connect(plain_user), await connect(admin_user)]
+    for i, comm in enumerate(comms):
+        await comm.send_json_to(
+            {"type": "generate", "prompt": f"hello {i}", "params": {**GREEDY, "max_new_tokens": 20}}
+        )
+    order: list[tuple[int, float]] = []
+
+    async def run(i: int, comm: WebsocketCommunicator) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        start = await recv(comm)
+        assert start["type"] == "start"
+        texts = []
+        while True:
+            frame = await recv(comm)
+            if frame["type"] == "token":
+                order.append((i, loop.time()))
+                texts.append(frame["text"])
+            else:
+                assert "".join(texts) == frame["text"]
+                return frame
+
+    ends = await asyncio.gather(*(run(i, c) for i, c in enumerate(comms)))
+    assert all(e["type"] == "end" for e in ends)
+    order.sort(key=lambda x: x[1])
+    firsts = {i: next(k for k, (j, _) in enumerate(order) if j == i) for i in (0, 1)}
+    lasts = {i: max(k for k, (j, _) in enumerate(order) if j == i) for i in (0, 1)}
+    # both streams were live at the same time: each one's first token came before the other's last
+    assert firsts[0] < lasts[1] and firsts[1] < lasts[0]
+    for comm in comms:
+        await comm.disconnect()
+
+
+async def test_multi_turn_prompt_and_truncation(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "first question", "params": {**GREEDY, "max_new_tokens": 4}})
+    start, _, end1 = await collect(comm)
+    conv = start["conversation"]
+    await comm.send_json_to(
+        {"type": "generate", "conversation": conv, "prompt": "second", "params": {**GREEDY, "max_new_tokens": 4}}
+    )
+    start2, _, end2 = await collect(comm)
+    assert start2["conversation"] == conv
+    tok = tiny_tokenizer()
+    expected = f"User: first question\nAgent: {' '.join(end1['text'].split())}\nUser: second\nAgent:"
+    assert end2["usage"]["prompt_tokens"] == len(tok(expected)["input_ids"])
+    # a long history is cut from the oldest turn to fit 128 - max_new_tokens
+    for i in range(6):
+        await comm.send_json_to(
+            {
+                "type": "generate",
+                "conversation": conv,
+                "prompt": f"turn {i} " + "hello there " * 6,
+                "params": {**GREEDY, "max_new_tokens": 4},
+            }
+        )
+        _, _, end = await collect(comm)
+        assert end["usage"]["prompt_tokens"] <= 128 - 4
+    count = await database_sync_to_async(Message.objects.filter(conversation_id=conv).count)()
+    assert count == 16
+    await comm.disconnect()
