@@ -187,6 +187,11 @@ CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
 CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)
 CHAT_MAX_PROMPT_CHARS = env_int("CHAT_MAX_PROMPT_CHARS", 4000)
 CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
+# Chat engine: "process" = a spawned child process owns the model (torch runs in its main thread at full
+# speed); "thread" = a dedicated thread in the server process. CHAT_ENGINE_THREADS: torch threads (0 = default).
+CHAT_ENGINE_MODE = os.environ.get("CHAT_ENGINE_MODE", "process")
+CHAT_ENGINE_THREADS = env_int("CHAT_ENGINE_THREADS", 0)
+CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 CHAT_DEFAULT_PARAMS = {
     "max_new_tokens": 64,
     "temperature": 0.6,
