@@ -10,9 +10,10 @@ one short text (batch load = many small concurrent requests):
   * api        POST /api/sentiment/predict through the full Django stack (middleware, ninja, bearer
                token auth, JSON) with the batched service behind it.
 
-The model: `--model DIR` (a save_pretrained sequence-classification model, e.g. a registry version of
-the transformer family) or, by default, a freshly initialised character BERT (4 layers, 256 wide — the
-size of the default Chinese transformer) with a character vocabulary; weights do not change speed.
+The model: `--model DIR` (a `transformer`-family registry version: config.json + encoder/ + head) or, by
+default, a freshly initialised character BERT of the default Chinese size (4 layers, 256 wide, ~3k-char
+vocabulary) saved the same way; weights do not change speed. Our service loads it with the real
+TransformerClassifier; the pipeline wraps the same encoder weights (AutoModelForSequenceClassification).
 
     .venv/bin/python bench/sentiment_api.py [--clients 16] [--requests 40] [--threads 2] [--device cpu]
 
@@ -33,8 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -51,54 +50,29 @@ TEXTS = [
 
 
 # ------------------------------------------------------------------------------------------ the model
-def build_tiny_bert(out: Path, *, layers: int = 4, hidden: int = 256) -> Path:
-    """A random-weight character BERT sequence classifier + tokenizer, saved with save_pretrained."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+def build_char_bert_version(out: Path, *, layers: int = 4, hidden: int = 256) -> Path:
+    """A `transformer`-family classifier (char BERT, the default Chinese size) saved like a registry version."""
+    from slm.classify.charbert import char_bert_classifier
 
-    chars = sorted({c for t in TEXTS for c in t.lower()} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
-    chars += [chr(cp) for cp in range(0x4E00, 0x4E00 + 3000) if chr(cp) not in chars]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True, tokenize_chinese_chars=True)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=hidden * 4,
-        max_position_embeddings=256,
-        num_labels=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
+    corpus = TEXTS + [chr(cp) * 2 for cp in range(0x4E00, 0x4E00 + 3000)]  # a realistic ~3k-char vocabulary
+    clf = char_bert_classifier(
+        corpus, ["negative", "positive"], num_layers=layers, hidden_size=hidden, min_freq=1, max_length=200
     )
-    model = BertForSequenceClassification(cfg)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    clf.save(out)
+    (out / "metadata.json").write_text(json.dumps({"family": "transformer", "labels": clf.labels}))
     return out
 
 
-class HFClassifier:
-    """The predict interface (labels + predict_proba) over a save_pretrained sequence classifier."""
+def bare_pipeline(version_dir: Path, device: str) -> Any:
+    """A bare transformers pipeline over the same encoder weights (a sequence-classification head on top)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    def __init__(self, path: Path, device: str = "cpu", max_length: int = 128) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.torch = torch
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
-        id2label = self.model.config.id2label
-        self.labels = [str(id2label[i]) for i in range(len(id2label))]
-        self.max_length = max_length
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        torch = self.torch
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        with torch.inference_mode():
-            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    cfg = json.loads((version_dir / "config.json").read_text())
+    enc = version_dir / "encoder"
+    model = AutoModelForSequenceClassification.from_pretrained(enc, num_labels=len(cfg["labels"]))
+    tok = AutoTokenizer.from_pretrained(enc)
+    tok.model_max_length = int(cfg.get("max_length", 200))
+    return pipeline("text-classification", model=model, tokenizer=tok, device=device, top_k=None)
 
 
 # ------------------------------------------------------------------------------------------ load driver
@@ -151,15 +125,18 @@ def register(reg: Any, model_dir: Path) -> Any:
 
     def write(path: Path) -> None:
         for f in model_dir.iterdir():
-            if f.is_file():
-                shutil.copy(f, path / f.name)
+            if f.name == "metadata.json":
+                continue
+            (shutil.copytree if f.is_dir() else shutil.copy)(f, path / f.name)
 
-    mv = reg.create_version("sentiment", write, {"family": "hf-bench", "labels": ["negative", "positive"]})
+    meta = json.loads((model_dir / "metadata.json").read_text()) if (model_dir / "metadata.json").exists() else {}
+    meta = {"family": meta.get("family", "transformer"), "labels": meta.get("labels", ["negative", "positive"])}
+    mv = reg.create_version("sentiment", write, meta)
     reg.promote("sentiment", mv.version)
     return mv
 
 
-def setup_django(tmp: Path, model_dir: Path, device: str) -> tuple[Any, str]:
+def setup_django(tmp: Path, model_dir: Path) -> tuple[Any, str]:
     """A throwaway Django site (temp SQLite + registry) serving model_dir as the live sentiment version."""
     os.environ.update(
         {
@@ -181,14 +158,13 @@ def setup_django(tmp: Path, model_dir: Path, device: str) -> tuple[Any, str]:
     from slmsite.services import api_token_create, user_create
 
     register(Registry(tmp / "registry"), model_dir)
-    inference.default_loader = lambda mv: HFClassifier(mv.path, device)  # type: ignore[assignment]
     user = user_create(username="bench", password="bench-password-1")
     return inference, api_token_create(user=user)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, help="save_pretrained sequence-classification dir (default: tiny BERT)")
+    ap.add_argument("--model", type=Path, help="a transformer-family version dir (default: a fresh 4x256 char BERT)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=40, help="requests per client")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -201,16 +177,15 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="slm-bench-sent-"))
-    model_dir = args.model or build_tiny_bert(tmp / "tiny-bert")
+    model_dir = args.model or build_char_bert_version(tmp / "char-bert")
 
-    pipe = pipeline("text-classification", model=str(model_dir), device=torch.device(args.device), top_k=None)
-    pipe(TEXTS[0])  # warm-up
+    pipe = bare_pipeline(model_dir, args.device)
+    pipe(TEXTS[0], truncation=True)  # warm-up
 
     from slm.registry import Registry
 
@@ -221,10 +196,12 @@ def main() -> None:
         register(reg, model_dir)
         token = ""
     else:
-        inference, token = setup_django(tmp, model_dir, args.device)
+        inference, token = setup_django(tmp, model_dir)
 
-    def loader(mv: Any) -> HFClassifier:
-        return HFClassifier(mv.path, args.device)
+    def loader(mv: Any) -> Any:  # the real predict interface (slm.classify.base.load_classifier)
+        from slm.classify.transformer import TransformerClassifier
+
+        return TransformerClassifier.load(mv.path, device=args.device)
 
     services = {
         "unbatched": inference.InferenceService(reg, "sentiment", loader=loader, batch_size=1, wait_ms=0),
@@ -232,7 +209,7 @@ def main() -> None:
             reg, "sentiment", loader=loader, batch_size=args.batch_size, wait_ms=args.wait_ms
         ),
     }
-    modes: dict[str, Callable[[str], Any]] = {"pipeline": lambda t: pipe(t)}
+    modes: dict[str, Callable[[str], Any]] = {"pipeline": lambda t: pipe(t, truncation=True)}
     for mode, svc in services.items():
         svc.predict([TEXTS[0]])
         modes[mode] = lambda t, s=svc: s.predict([t])
