@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +132,21 @@ def write_jsonl_dialogues(dialogues: Iterable[Dialogue], path: str | Path) -> Pa
 
 
 def chatterbot_dialogues(languages: Sequence[str] = ("english",)) -> list[Dialogue]:
-    """chatterbot-corpus conversations (shipped in the package) as dialogues."""
+    """chatterbot-corpus conversations (shipped in the package) as dialogues (parsed once per process)."""
+    return [[dict(m) for m in d] for lang in languages for d in _chatterbot_dialogues(lang)]
+
+
+@lru_cache(maxsize=4)
+def _chatterbot_dialogues(language: str) -> tuple[Dialogue, ...]:
     from slm.data import chatterbot_conversations
 
     out: list[Dialogue] = []
-    for lang in languages:
-        for conv in chatterbot_conversations(lang):
-            try:
-                out.append(turns_to_dialogue(conv))
-            except DialogueFormatError:
-                continue
-    return out
+    for conv in chatterbot_conversations(language):
+        try:
+            out.append(turns_to_dialogue(conv))
+        except DialogueFormatError:
+            continue
+    return tuple(out)
 
 
 def split_dialogues(
