@@ -35,6 +35,7 @@
     let shownAt = performance.now();
     let chain = Promise.resolve();
     let loading = false;
+    const inflight = new Set(); // items whose label is queued but not yet saved: never fetch them again
 
     function say(msg, isError) {
       status.textContent = msg || "";
@@ -67,11 +68,12 @@
     }
 
     function post(url, data) {
-      const body = new FormData();
-      Object.entries(data || {}).forEach(([k, v]) => body.append(k, v));
+      const entries = Object.entries(data || {});
+      const body = new URLSearchParams();
+      entries.forEach(([k, v]) => body.append(k, v));
       return fetch(url, {
         method: "POST",
-        body: body,
+        body: entries.length ? body : undefined,
         credentials: "same-origin",
         headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
       }).then((r) => r.json().then((j) => ({ status: r.status, body: j })));
@@ -88,7 +90,7 @@
     }
 
     function refill() {
-      const held = [current && current.id].concat(queue.map((q) => q.id)).filter(Boolean);
+      const held = [current && current.id].concat(queue.map((q) => q.id), Array.from(inflight)).filter(Boolean);
       const qs = held.map((id) => "exclude=" + id).join("&");
       loading = !current;
       return fetch(urls.next + (qs ? "?" + qs : ""), { credentials: "same-origin", headers: { Accept: "application/json" } })
@@ -129,15 +131,20 @@
       if (!current) loading = true;
       render();
       if (kind === "label") addRecent(label, item.text);
+      inflight.add(item.id);
       say(kind === "skip" ? "Skipped." : "Saved “" + label + "”.");
       chain = chain
         .then(() => post(urls.submit, kind === "skip" ? { item: item.id, action: "skip" } : { item: item.id, label: label, seconds: seconds }))
         .then((res) => {
+          inflight.delete(item.id);
           if (!res.body.ok) say(res.body.error || "Could not save that label.", true);
           progress(res.body.progress);
           return refill();
         })
-        .catch(() => say("Network error: the label was not saved. Reload the page.", true));
+        .catch(() => {
+          inflight.delete(item.id);
+          say("Network error: the label was not saved. Reload the page.", true);
+        });
     }
 
     function undo() {
@@ -152,7 +159,7 @@
           if (recent && recent.firstElementChild) recent.firstElementChild.remove();
           say("Undone: label item #" + current.id + " again.");
         })
-        .catch(() => say("Network error while undoing.", true));
+        .catch((err) => say("Network error while undoing (" + err + ").", true));
     }
 
     root.addEventListener("click", (ev) => {

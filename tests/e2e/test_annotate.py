@@ -1,0 +1,114 @@
+"""Browser test of the closed loop: an annotator labels with the keyboard (number keys), undoes one and
+relabels it; an admin presses Retrain, watches the run page update itself until the real RQ worker has
+trained and promoted a new version, and the playground serves that version. Desktop and phone shots."""
+
+from __future__ import annotations
+
+import pytest
+
+from slm.text import clean_text
+from tests.annotate.conftest import NEG, POS, make_project
+from tests.e2e.conftest import login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def swapped_live_version():  # type: ignore[no-untyped-def]
+    """A live tiny model with its labels swapped (wrong on purpose), so a retrain must beat it on gold."""
+    from django.conf import settings
+
+    from slm.classify.testing import make_tiny_version
+    from slm.registry import Registry
+
+    return make_tiny_version(
+        Registry(settings.SLM_REGISTRY_DIR), name=settings.SENTIMENT_MODEL, labels=("positive", "negative")
+    )
+
+
+CLEAN_POS = {clean_text(t) for t in POS}
+
+
+def _key_for(text: str) -> str:
+    return "2" if text in CLEAN_POS else "1"  # labels: 1 negative, 2 positive
+
+
+def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
+    page, annotator_user, admin_user, password, swapped_live_version, artifacts_dir_session
+):
+    from annotate.models import Annotation, Item, TrainingRun
+
+    shots = artifacts_dir_session / "screenshots"
+    project = make_project(gold_fraction=0.35, guidelines="Label the **sentiment**. 中文和英文都有。")
+    n_items = Item.objects.filter(project=project).count()
+    login(page, annotator_user.username, password)
+    page.goto(f"/annotate/p/{project.pk}/label/")
+    text = page.locator("#a-text")
+    text.wait_for()
+    page.screenshot(path=str(shots / "annotate-label-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(shots / "annotate-label-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    labelled: list[str] = []
+    undone = False
+    for _ in range(n_items + 2):
+        if page.locator("#a-empty").is_visible():
+            break
+        current = text.inner_text()
+        page.keyboard.press(_key_for(current))
+        labelled.append(current)
+        page.wait_for_function(
+            "t => document.getElementById('a-empty').hidden === false || document.getElementById('a-text').textContent !== t",
+            arg=current,
+        )
+        if len(labelled) == 4 and not undone:
+            page.keyboard.press("u")  # undo the 4th label: it comes back
+            page.wait_for_function("t => document.getElementById('a-text').textContent === t", arg=current)
+            assert "Undone" in page.locator("#a-status").inner_text()
+            labelled.pop()
+            undone = True
+    page.locator("#a-empty").wait_for(state="visible")
+    page.wait_for_load_state("networkidle")
+    assert undone
+    assert page.js_errors == []
+    anns = Annotation.objects.filter(project=project)
+    assert anns.count() == n_items == len(labelled) == len(set(labelled))  # nothing lost, nothing twice
+    assert set(anns.values_list("item_id", flat=True)) == set(
+        Item.objects.filter(project=project).values_list("id", flat=True)
+    )
+    wrong = [
+        a for a in anns.select_related("item") if a.label != ("positive" if a.item.text in CLEAN_POS else "negative")
+    ]
+    assert not wrong
+    assert NEG  # the fixture data has both labels
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"/annotate/p/{project.pk}/label/")
+    page.screenshot(path=str(shots / "annotate-label-phone-done.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # the admin retrains
+    page.context.clear_cookies()
+    login(page, admin_user.username, password)
+    page.goto(f"/annotate/p/{project.pk}/")
+    page.screenshot(path=str(shots / "annotate-project-desktop.png"), full_page=True)
+    page.click("[data-testid=retrain]")
+    page.wait_for_url("**/annotate/runs/*/")
+    page.locator("#run-badge", has_text="succeeded").wait_for(timeout=90_000)  # htmx polling, real worker
+    run = TrainingRun.objects.get(project=project)
+    assert run.promoted and run.version
+    assert "promoted" in page.locator("#run-log").inner_text()
+    page.screenshot(path=str(shots / "annotate-run-desktop.png"), full_page=True)
+    page.goto("/annotate/runs/")
+    assert page.locator(f"tr[data-run='{run.pk}'] .badge.succeeded").is_visible()
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(shots / "annotate-runs-phone.png"), full_page=True)
+    page.goto(f"/annotate/p/{project.pk}/")
+    page.screenshot(path=str(shots / "annotate-project-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    # the playground serves the new version without a restart
+    page.goto("/sentiment/")
+    assert f"sentiment@{run.version}" in page.locator(".s-head").inner_text()
+    assert page.js_errors == []
