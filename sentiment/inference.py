@@ -32,11 +32,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
 from slm.classify.base import Classifier, load_classifier
 from slm.registry import ModelVersion, Registry, RegistryError, VersionNotFound, parse_ref
 
 log = logging.getLogger(__name__)
+
+# Prometheus metrics (served by /metrics from the default registry).
+REQUESTS = Counter("slm_sentiment_requests_total", "Sentiment predict calls", ["outcome"])
+TEXTS = Counter("slm_sentiment_texts_total", "Texts classified")
+BATCH_TEXTS = Histogram(
+    "slm_sentiment_batch_texts", "Texts per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+LATENCY = Histogram(
+    "slm_sentiment_request_seconds",
+    "Predict call latency (queueing + batch)",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 Loader = Callable[[ModelVersion], Classifier]
 
@@ -185,6 +198,7 @@ class MicroBatcher:
         if not live:
             return
         texts = [t for j in live for t in j.texts]
+        BATCH_TEXTS.observe(len(texts))
         self.batches += 1
         self.texts += len(texts)
         self.largest_batch = max(self.largest_batch, len(texts))
@@ -314,16 +328,26 @@ class InferenceService:
 
     # -- predicting
     def predict(self, texts: Sequence[str], model: str | None = None) -> PredictResult:
-        mv, clf = self.resolve(model)
+        started = time.perf_counter()
+        try:
+            mv, clf = self.resolve(model)
+        except InferenceError as exc:
+            REQUESTS.labels(type(exc).__name__).inc()
+            raise
         fut = self.batcher.submit(clf, texts)
         try:
             probs = fut.result(timeout=self.timeout_s)
         except FutureTimeout as exc:
             fut.cancel()
+            REQUESTS.labels("Timeout").inc()
             raise ModelUnavailable(f"{mv.ref} did not answer within {self.timeout_s:.0f}s (server busy)") from exc
         except Exception as exc:
             log.exception("prediction with %s failed", mv.ref)
+            REQUESTS.labels("PredictError").inc()
             raise ModelUnavailable(f"{mv.ref} failed to predict: {type(exc).__name__}: {exc}") from exc
+        REQUESTS.labels("ok").inc()
+        TEXTS.inc(len(texts))
+        LATENCY.observe(time.perf_counter() - started)
         return PredictResult(ref=mv.ref, labels=list(clf.labels), probs=probs, metadata=mv.metadata)
 
     async def apredict(self, texts: Sequence[str], model: str | None = None) -> PredictResult:

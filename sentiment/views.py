@@ -83,7 +83,13 @@ def _classify(text: str, model: str | None) -> tuple[dict[str, Any] | None, str 
 
 def _page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
     versions = selectors.version_list()
+    live = next((v["version"] for v in versions if v["live"]), None)
+    others = [v["version"] for v in versions if v["version"] != live]
+    default_a = live or (versions[0]["version"] if versions else "")
+    default_b = others[0] if others else default_a
     return {
+        "default_a": default_a,
+        "default_b": default_b,
         "versions": versions,
         "families": selectors.family_comparison(versions),
         "live": next((v for v in versions if v["live"]), None),

@@ -196,3 +196,18 @@ def test_apredict_from_async_code(registry, service):
         return [r.predictions()[0]["label"] for r in results]
 
     assert asyncio.run(main()) == ["positive"] * 5
+
+
+def test_prometheus_metrics_count_requests(registry, service):
+    from prometheus_client import REGISTRY
+
+    def value(outcome: str) -> float:
+        return REGISTRY.get_sample_value("slm_sentiment_requests_total", {"outcome": outcome}) or 0.0
+
+    before_ok, before_missing = value("ok"), value("ModelUnavailable")
+    with pytest.raises(ModelUnavailable):
+        service.predict(["x"])
+    make_fake_version(registry)
+    service.predict(["x", "y"])
+    assert value("ok") == before_ok + 1
+    assert value("ModelUnavailable") == before_missing + 1

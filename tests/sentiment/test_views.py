@@ -183,3 +183,14 @@ def test_versions_page_says_when_a_new_live_version_failed_to_load(client_user, 
     get_service().predict(["still served by v0001"])
     html = client_user.get(reverse("sentiment:versions")).content.decode()
     assert "could not be loaded" in html and "broken on purpose" in html
+
+
+def test_compare_defaults_to_live_versus_newest_other(client_user, registry):
+    make_fake_version(registry)
+    make_fake_version(registry, promote=False)
+    make_fake_version(registry, promote=False)
+    html = client_user.get(reverse("sentiment:playground")).content.decode()
+    a = html.split('name="a"')[1].split("</select>")[0]
+    b = html.split('name="b"')[1].split("</select>")[0]
+    assert 'value="v0001" selected' in a
+    assert 'value="v0003" selected' in b
