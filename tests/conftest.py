@@ -21,6 +21,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+    # Browser tests last: Playwright's session-wide event loop must not be running under other tests.
+    items.sort(key=lambda item: "e2e" in item.keywords)
 
 
 @pytest.fixture

@@ -30,8 +30,13 @@ CHROMIUM_ARGS = [
 ]
 
 pytestmark = pytest.mark.e2e
-# Playwright's sync API keeps an event loop running in this thread; the ORM calls in fixtures are sync.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(autouse=True)
+def _allow_sync_orm_beside_playwright(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Playwright's sync API keeps an event loop running in this thread; the ORM calls in e2e fixtures
+    and tests are sync. Scoped to e2e tests only (tests/conftest.py runs them last)."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 def free_port() -> int:
