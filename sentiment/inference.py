@@ -176,7 +176,13 @@ class MicroBatcher:
             for j in pending:
                 groups.setdefault(id(j.classifier), []).append(j)
             for group in groups.values():
-                self._run_group(group)
+                try:
+                    self._run_group(group)
+                except BaseException as exc:  # never leave a caller waiting on a future nobody completes
+                    log.exception("sentiment batch failed unexpectedly")
+                    for j in group:
+                        if not j.future.done():
+                            j.future.set_exception(exc)
             if stop:
                 return
 

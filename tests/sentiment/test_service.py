@@ -211,3 +211,17 @@ def test_prometheus_metrics_count_requests(registry, service):
     service.predict(["x", "y"])
     assert value("ok") == before_ok + 1
     assert value("ModelUnavailable") == before_missing + 1
+
+
+def test_wrong_shaped_probabilities_are_an_error_not_a_hang():
+    class Bad(FakeClassifier):
+        def predict_proba(self, texts):
+            return np.zeros((len(texts) + 1, 2))
+
+    batcher = MicroBatcher(batch_size=8, wait_ms=0)
+    try:
+        with pytest.raises(ValueError, match="shape"):
+            batcher.submit(Bad(["a", "b"]), ["x"]).result(5)
+        assert batcher.submit(FakeClassifier(["a", "b"]), ["good"]).result(5).shape == (1, 2)  # worker alive
+    finally:
+        batcher.close()
