@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -48,6 +49,11 @@ def feedback_dialogues(*, limit: int | None = None) -> list[Dialogue]:
         except ValueError:
             continue
     return out
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe metrics: NaN/inf (a diverged run) become None (PostgreSQL jsonb rejects NaN)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
 class _RunRecorder:
@@ -146,8 +152,8 @@ def run_finetune(run_id: int, *, echo: Callable[[str], None] | None = None) -> d
         result = train_causal_lm(
             model, tokenizer, train_texts, eval_texts, train_cfg, progress=on_progress, log=rec.log
         )
-        metrics: dict[str, Any] = {**result.metrics, **base_metrics}
-        if "eval_loss" in metrics and "base_eval_loss" in metrics:
+        metrics: dict[str, Any] = _finite({**result.metrics, **base_metrics})
+        if metrics.get("eval_loss") is not None and metrics.get("base_eval_loss") is not None:
             metrics["improved"] = bool(metrics["eval_loss"] < metrics["base_eval_loss"])
         rec.write(force=True, progress=0.95)
 

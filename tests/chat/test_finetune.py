@@ -168,3 +168,14 @@ def test_queue_down_marks_run_failed(base, admin_user, data_file, monkeypatch):
     run = finetune_run_create(user=admin_user, config={"data_path": str(data_file)})
     run.refresh_from_db()
     assert run.status == FinetuneRun.Status.FAILED and "could not enqueue" in run.error
+
+
+def test_metrics_are_json_safe():
+    from chat.jobs import _finite
+
+    assert _finite({"a": float("nan"), "b": float("inf"), "c": 1.5, "d": "cpu"}) == {
+        "a": None,
+        "b": None,
+        "c": 1.5,
+        "d": "cpu",
+    }
