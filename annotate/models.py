@@ -59,6 +59,13 @@ class Project(models.Model):
 
 
 class Item(models.Model):
+    # lanes: where an item waits to be labelled
+    CLOSED = 0  # has all its labels (or was adjudicated)
+    POOL = 1  # ordinary pool item, ordered by the query strategy
+    GOLD = 2  # gold item with a gold label: mixed into annotators' queues to measure accuracy
+    FIX = 3  # sent from the playground's "Wrong? Fix it": reviewed first
+    GOLD_TODO = 4  # gold item without a gold label yet: admins only
+
     class Source(models.TextChoices):
         IMPORT = "import", "import"
         FIX = "fix", "playground fix"
@@ -80,6 +87,8 @@ class Item(models.Model):
     pred_label = models.CharField(max_length=100, blank=True, default="")
     pred_conf = models.FloatField(null=True, blank=True)
     score = models.FloatField(default=0.0, help_text="query priority (higher = ask sooner)")
+    # Which queue the item waits in (an integer so SQLite and PostgreSQL both use the queue indexes).
+    lane = models.PositiveSmallIntegerField(default=1)
     rand = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -87,11 +96,20 @@ class Item(models.Model):
         constraints = [models.UniqueConstraint(fields=["project", "text_hash"], name="annotate_item_unique_text")]
         indexes = [
             models.Index(fields=["project", "is_gold", "-score", "rand"], name="annotate_item_queue"),
+            models.Index(fields=["project", "lane", "-score", "rand"], name="annotate_item_lane_score"),
+            models.Index(fields=["project", "lane", "rand"], name="annotate_item_lane_rand"),
             models.Index(fields=["project", "final_label"], name="annotate_item_final"),
         ]
 
     def __str__(self) -> str:
         return self.text[:60]
+
+    def compute_lane(self) -> int:
+        if self.adjudicated or self.n_labels >= self.needed:
+            return Item.CLOSED
+        if self.is_gold:
+            return Item.GOLD if self.gold_label else Item.GOLD_TODO
+        return Item.FIX if self.source == Item.Source.FIX else Item.POOL
 
 
 class Assignment(models.Model):

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from annotate.models import (
@@ -196,19 +196,19 @@ def items_add(
             report.label_counts[label] = report.label_counts.get(label, 0) + 1
         is_gold = source == Item.Source.IMPORT and _fraction(h, 0) < project.gold_fraction
         overlap = project.overlap_k > 1 and _fraction(h, 1) < project.overlap_fraction
-        pending.append(
-            Item(
-                project=project,
-                text=cleaned,
-                text_hash=h,
-                source=source,
-                is_gold=is_gold,
-                gold_label=label if is_gold else "",
-                needed=project.overlap_k if overlap else 1,
-                meta={"source_label": label} if label else {},
-                rand=rng.random(),
-            )
+        item = Item(
+            project=project,
+            text=cleaned,
+            text_hash=h,
+            source=source,
+            is_gold=is_gold,
+            gold_label=label if is_gold else "",
+            needed=project.overlap_k if overlap else 1,
+            meta={"source_label": label} if label else {},
+            rand=rng.random(),
         )
+        item.lane = item.compute_lane()
+        pending.append(item)
         if len(pending) >= chunk:
             flush()
     flush()
@@ -257,6 +257,7 @@ def fix_submit(*, text: str, label: str, model_ref: str, user: Any) -> Item:
             "meta": {"fixed_by": user.get_username(), "model": model_ref},
             "score": 2.0,  # reviewed first: above any uncertainty score
             "rand": random.random(),
+            "lane": Item.FIX,
         },
     )
     if not created and not item.final_label:
@@ -285,37 +286,52 @@ def in_cold_start(project: Project) -> bool:
     return min(label_counts(project).values() or [0]) < project.min_per_label
 
 
-def _candidates(project: Project, user: Any, exclude: Sequence[int], limit: int) -> list[int]:
+def _open_ids(
+    project: Project, user: Any, lane: int, order: Sequence[str], exclude: set[int], want: int, pages: int = 5
+) -> list[int]:
+    """Up to `want` ids from one lane, in queue order, that this annotator may take now: not theirs already
+    (held, done or skipped) and with a free slot. Reads the queue index in pages, checks only those rows."""
     now = timezone.now()
-    mine = Assignment.objects.filter(annotator=user, project=project).values("item_id")
-    qs = Item.objects.filter(project=project, n_labels__lt=F("needed"), adjudicated=False).exclude(id__in=mine)
-    if exclude:
-        qs = qs.exclude(id__in=list(exclude))
-    if not is_admin(user):
-        qs = qs.exclude(is_gold=True, gold_label="")  # unlabelled gold items wait for an admin
-    # items whose slots are all held (unexpired) or done are not candidates
-    busy = (
-        Assignment.objects.filter(project=project, slot__isnull=False)
-        .filter(Q(status=Assignment.Status.DONE) | Q(expires_at__gt=now))
-        .values("item_id")
-        .annotate(n=Count("id"))
-        .filter(n__gte=F("item__needed"))
-        .values("item_id")
-    )
-    qs = qs.exclude(id__in=busy)
+    out: list[int] = []
+    page = 200
+    for n in range(pages):
+        rows = list(
+            Item.objects.filter(project=project, lane=lane)
+            .order_by(*order)
+            .values_list("id", "needed")[n * page : (n + 1) * page]
+        )
+        if not rows:
+            break
+        ids = [i for i, _ in rows]
+        mine = set(Assignment.objects.filter(annotator=user, item_id__in=ids).values_list("item_id", flat=True))
+        held = Counter(
+            Assignment.objects.filter(item_id__in=ids, slot__isnull=False)
+            .filter(Q(status=Assignment.Status.DONE) | Q(expires_at__gt=now))
+            .values_list("item_id", flat=True)
+        )
+        out += [i for i, need in rows if i not in mine and i not in exclude and held[i] < need]
+        if len(out) >= want or len(rows) < page:
+            break
+    return out[:want]
+
+
+def _candidates(project: Project, user: Any, exclude: Sequence[int], limit: int) -> list[int]:
+    skip = set(exclude)
+    gold_lanes = [Item.GOLD] + ([Item.GOLD_TODO] if is_admin(user) else [])
     gold_turn = project.gold_fraction > 0 and random.random() < project.gold_fraction
-    ordered: list[int] = []
-    if gold_turn:
-        ordered = list(qs.filter(is_gold=True).order_by("rand").values_list("id", flat=True)[:limit])
-    pool = qs.filter(is_gold=False)
     order = ["rand"] if project.strategy == "random" or in_cold_start(project) else ["-score", "rand"]
-    # playground fixes are reviewed first, then the strategy's order (random during cold start)
-    ordered += list(pool.filter(source=Item.Source.FIX).order_by("created_at").values_list("id", flat=True)[:limit])
-    ordered += list(pool.order_by(*order).values_list("id", flat=True)[:limit])
+    plan: list[tuple[int, list[str]]] = []
+    if gold_turn:
+        plan += [(lane, ["rand"]) for lane in gold_lanes]
+    plan += [(Item.FIX, ["created_at", "id"]), (Item.POOL, order)]  # playground fixes are reviewed first
     if not gold_turn:
-        ordered += list(qs.filter(is_gold=True).order_by("rand").values_list("id", flat=True)[:limit])
-    seen: set[int] = set()
-    return [i for i in ordered if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+        plan += [(lane, ["rand"]) for lane in gold_lanes]
+    out: list[int] = []
+    for lane, lane_order in plan:
+        out += _open_ids(project, user, lane, lane_order, skip | set(out), limit - len(out))
+        if len(out) >= limit:
+            break
+    return out
 
 
 def _try_lease(item_id: int, needed: int, project: Project, user: Any) -> Assignment | None:
@@ -390,7 +406,8 @@ def _item_refresh(item_id: int) -> Item:
         else:
             item.disputed = False
             item.final_label = ""
-    item.save(update_fields=["n_labels", "final_label", "disputed"])
+    item.lane = item.compute_lane()
+    item.save(update_fields=["n_labels", "final_label", "disputed", "lane"])
     return item
 
 
@@ -408,7 +425,9 @@ def label_submit(*, project: Project, user: Any, item_id: int, label: str, secon
     ann = Annotation.objects.create(item_id=item_id, project=project, annotator=user, label=label, seconds=seconds)
     item = _item_refresh(item_id)
     if item.is_gold and not item.gold_label and is_admin(user):
-        Item.objects.filter(id=item_id, gold_label="").update(gold_label=label)
+        item.gold_label = label
+        item.lane = item.compute_lane()
+        item.save(update_fields=["gold_label", "lane"])
     transaction.on_commit(lambda: _maybe_auto_retrain(project.pk))
     return ann
 
@@ -450,11 +469,12 @@ def item_adjudicate(*, item: Item, label: str, user: Any, make_gold: bool = Fals
     item.final_label = label
     item.adjudicated = True
     item.disputed = False
-    fields = ["final_label", "adjudicated", "disputed"]
+    fields = ["final_label", "adjudicated", "disputed", "lane"]
     if make_gold or item.is_gold:
         item.is_gold = True
         item.gold_label = label
         fields += ["is_gold", "gold_label"]
+    item.lane = item.compute_lane()
     item.save(update_fields=fields)
     return item
 
@@ -464,8 +484,11 @@ def item_set_gold(*, item: Item, label: str, user: Any) -> Item:
     """An admin labels a gold item (gold items are never trained on; they measure models and annotators)."""
     if label not in item.project.labels:
         raise ValidationError(f"unknown label {label!r}")
-    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label=label)
-    item.refresh_from_db()
+    item = Item.objects.select_for_update().get(pk=item.pk)
+    item.is_gold = True
+    item.gold_label = label
+    item.lane = item.compute_lane()
+    item.save(update_fields=["is_gold", "gold_label", "lane"])
     return item
 
 

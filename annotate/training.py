@@ -137,7 +137,7 @@ def _train_transformer(
 
 # ------------------------------------------------------------------ pool scoring
 def query_scores(
-    strategy: str, probs: np.ndarray, embeddings: np.ndarray | None, *, batch_size: int, top: int = 2000
+    strategy: str, probs: np.ndarray, embeddings: np.ndarray | None, *, batch_size: int, top: int = 500
 ) -> np.ndarray:
     """A priority per pool row (higher = ask sooner) from the project's query strategy.
 

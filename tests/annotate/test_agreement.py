@@ -72,7 +72,7 @@ def test_gold_accuracy_and_gold_never_trained_on(annotator_user, admin_user):
 def test_admin_labels_unlabelled_gold_and_adjudication_can_make_gold(admin_user, annotator_user, client, password):
     project = make_project()
     item = Item.objects.filter(project=project).first()
-    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="")
+    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="", lane=Item.GOLD_TODO)
     # annotators never get unlabelled gold items; the review page lists them for admins
     client.login(username=admin_user.username, password=password)
     assert item.pk in [it.pk for it in selectors.gold_todo(project)]
