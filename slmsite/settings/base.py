@@ -228,6 +228,13 @@ SENTIMENT_BATCH_SIZE = env_int("SENTIMENT_BATCH_SIZE", 64)
 SENTIMENT_BATCH_WAIT_MS = env_float("SENTIMENT_BATCH_WAIT_MS", 3.0)
 SENTIMENT_VERSION_CACHE = env_int("SENTIMENT_VERSION_CACHE", 3)
 SENTIMENT_INLINE_ROWS = env_int("SENTIMENT_INLINE_ROWS", 200)
+# Sentiment default models built by `bootstrap_models sentiment` (sentiment/bootstrap.py): the
+# transformer's training wall-clock budget in seconds, the size ("default", or "tiny" = seconds, for
+# tests / browser-test stacks), and an optional real encoder (hub id or path, trained in frozen mode)
+# used instead of the offline character BERT when it is present.
+SENTIMENT_BOOTSTRAP_MAX_TIME_S = env_int("SENTIMENT_BOOTSTRAP_MAX_TIME_S", 240)
+SENTIMENT_BOOTSTRAP_SIZE = os.environ.get("SENTIMENT_BOOTSTRAP_SIZE", "default")
+SENTIMENT_BOOTSTRAP_ENCODER = os.environ.get("SENTIMENT_BOOTSTRAP_ENCODER", "")
 # Room for a full-size predict request (JSON-escaped CJK text takes up to 6 bytes a character).
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, SENTIMENT_MAX_TEXTS * SENTIMENT_MAX_TEXT_CHARS * 6 + 65_536)
 

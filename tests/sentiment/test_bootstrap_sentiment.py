@@ -1,0 +1,46 @@
+"""The sentiment bootstrap builder with the tiny size: both families + ensemble, best one live, idempotent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from django.core.management import call_command
+
+from slm.classify.base import load_classifier
+
+
+@pytest.fixture
+def tiny_bootstrap(settings):  # type: ignore[no-untyped-def]
+    settings.SENTIMENT_BOOTSTRAP_SIZE = "tiny"
+    settings.SENTIMENT_MODEL = "sentiment"
+    torch.set_num_threads(1)
+
+
+def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, registry, capsys) -> None:  # type: ignore[no-untyped-def]
+    call_command("bootstrap_models", "sentiment")
+    versions = registry.versions("sentiment")
+    assert [v.metadata["family"] for v in versions] == ["ngram", "transformer", "ensemble"]
+    hashes = {v.metadata["data_hash"] for v in versions}
+    test_hashes = {v.metadata["metrics"]["test_hash"] for v in versions}
+    assert len(hashes) == 1 and len(test_hashes) == 1  # one split for all candidates
+    for v in versions:
+        meta = v.metadata
+        assert meta["labels"] == ["negative", "positive"]
+        assert meta["metrics"]["split"] == "held-out" and meta["metrics"]["n"] == meta["data"]["n_test"] > 0
+        for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "ece"):
+            assert key in meta["metrics"]
+        assert meta["quality"]["conflicts_dropped"] > 0 and meta["quality"]["duplicates_dropped"] > 0
+        assert meta["timings"] and meta["config"]["family"] == meta["family"]
+        assert meta["parent"] is None
+    transformer = versions[1].metadata
+    assert transformer["curves"]["x"] == "epoch" and transformer["curves"]["val_loss"]
+    live = registry.live("sentiment")
+    assert live is not None
+    best = max(v.metadata["metrics"]["macro_f1"] for v in versions)
+    assert live.metadata["metrics"]["macro_f1"] == best
+    model = load_classifier(live.path)
+    assert model.predict_proba(["很好", "太差"]).shape == (2, 2)
+
+    call_command("bootstrap_models", "sentiment")  # idempotent: nothing new
+    assert len(registry.versions("sentiment")) == 3
+    assert "skipping" in capsys.readouterr().out
