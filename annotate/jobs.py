@@ -51,7 +51,7 @@ def _enqueue(queue: str, func: Callable[..., Any], *args: Any, job_id: str, time
     q = get_queue(queue)
     kwargs: dict[str, Any] = {"job_id": job_id, "job_timeout": timeout}
     if retries:
-        kwargs["retry"] = Retry(max=retries, interval=5)
+        kwargs["retry"] = Retry(max=retries)  # re-queued at once after an exception (a crash is reaped)
     return q.enqueue(func, *args, **kwargs)
 
 
@@ -152,7 +152,8 @@ class _RunLog:
 
     def __init__(self, run_id: int) -> None:
         self.run_id = run_id
-        self.lines: list[str] = []
+        previous = TrainingRun.objects.filter(pk=run_id).values_list("log", flat=True).first() or ""
+        self.lines: list[str] = previous.splitlines()  # a retried run keeps the earlier attempt's log
         self._last = 0.0
 
     def line(self, text: str) -> None:

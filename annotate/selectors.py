@@ -260,6 +260,14 @@ def dashboard_data(project: Project) -> dict[str, Any]:
     gold = (live.metadata.get("gold_metrics") or live.metrics) if live else {}
     latest = TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).first()
     latest_gold = ((latest.metrics or {}).get("gold") if latest else None) or gold
+    if latest and (latest.metrics or {}).get("gold"):
+        source = f"{latest.version}, on this project's gold items"
+    elif live is not None and live.metadata.get("gold_metrics"):
+        source = f"live {live.version}, on gold items"
+    elif live is not None:
+        source = f"live {live.version}, its own evaluation split (no retrain here yet)"
+    else:
+        source = "no model yet"
     stats = project_stats(project)
     daily = (
         Annotation.objects.filter(project=project)
@@ -270,6 +278,7 @@ def dashboard_data(project: Project) -> dict[str, Any]:
     sim = Simulation.objects.filter(project=project, status="succeeded").first()
     return {
         "labels": list(project.labels),
+        "metrics_source": source,
         "learning_curve": learning_curve(project),
         "per_class_f1": {
             lab: _num(((latest_gold.get("per_class") or {}).get(lab) or {}).get("f1")) for lab in project.labels

@@ -225,3 +225,27 @@ def test_worker_killed_mid_run_fails_the_run_and_keeps_live(
     # the project is not stuck: a new trigger creates a new run
     _, created = services.run_trigger(project=project, user=admin_user)
     assert created
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crashing_attempt_is_retried_by_rq(registry, admin_user, annotator_user, run_worker, monkeypatch):
+    from annotate import training
+
+    make_tiny_version(registry)
+    project = make_project(gold_fraction=0.35)
+    _label_all(project, annotator_user)
+    real = training.train
+    calls = []
+
+    def flaky(**kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(**kwargs)
+
+    monkeypatch.setattr(training, "train", flaky)
+    run, _ = services.run_trigger(project=project, user=admin_user)
+    run_worker()
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.attempts == 2 and len(calls) == 2
+    assert "CUDA out of memory" in run.log and run.error == ""
