@@ -13,6 +13,16 @@ from tests.e2e.conftest import login
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sync_orm_beside_playwright():  # type: ignore[no-untyped-def]
+    """Module-wide (so the transactional flush at each test's teardown is covered too): Playwright's sync
+    API keeps an event loop running in this thread while the ORM calls here are sync."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def tiny_live_version():  # type: ignore[no-untyped-def]
     """A real tiny n-gram version, live, in the registry the daphne/worker subprocesses use."""
@@ -45,7 +55,7 @@ def classify(page, text: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_playground_classifies_chinese_and_english_and_uploads_csv(
-    page, admin_user, password, artifacts_dir_session, tiny_live_version
+    live_stack, page, admin_user, password, artifacts_dir_session, tiny_live_version
 ):
     shots = artifacts_dir_session / "screenshots"
     login(page, admin_user.username, password)
@@ -124,7 +134,9 @@ def test_playground_classifies_chinese_and_english_and_uploads_csv(
     assert page.js_errors == []
 
 
-def test_browser_session_calls_the_api_with_csrf_under_daphne(page, plain_user, password, tiny_live_version):
+def test_browser_session_calls_the_api_with_csrf_under_daphne(
+    live_stack, page, plain_user, password, tiny_live_version
+):
     """Session auth from the browser (CSRF header from the cookie) on daphne; concurrent calls all succeed."""
     login(page, plain_user.username, password)
     page.goto("/sentiment/")
@@ -151,7 +163,7 @@ def test_browser_session_calls_the_api_with_csrf_under_daphne(page, plain_user, 
     assert result["bad"][0] == 422 and result["bad"][1]["message"]
 
 
-def test_openapi_docs_render_in_the_browser(page, plain_user, password, artifacts_dir_session):
+def test_openapi_docs_render_in_the_browser(live_stack, page, plain_user, password, artifacts_dir_session):
     login(page, plain_user.username, password)
     page.goto("/api/docs")
     page.locator(".opblock-summary-path", has_text="/api/sentiment/predict").first.wait_for()
