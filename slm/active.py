@@ -318,14 +318,20 @@ def kcenter_greedy(
     else:
         dist = np.full(n_pool, np.inf, dtype=np.float32)
     chosen = np.empty(n, dtype=np.int64)
+    buf = np.empty(n_pool, dtype=np.float32)
     for k in range(n):
-        if np.isinf(dist).all():
+        if k == 0 and np.isinf(dist).all():
             i = int((rng or np.random.default_rng(0)).integers(n_pool))
         else:
             i = int(np.argmax(dist))
         chosen[k] = i
-        d = pn + pn[i] - 2.0 * (emb @ emb[i])
-        np.minimum(dist, np.maximum(d, 0.0), out=dist)
+        # ||x - c||^2 = ||x||^2 + ||c||^2 - 2 x.c, in place (one mat-vec over the pool per pick)
+        np.dot(emb, emb[i], out=buf)
+        buf *= -2.0
+        buf += pn
+        buf += pn[i]
+        np.maximum(buf, 0.0, out=buf)
+        np.minimum(dist, buf, out=dist)
         dist[i] = 0.0
     return chosen, dist
 

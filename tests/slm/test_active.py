@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
 from sklearn.metrics import cohen_kappa_score, pairwise_distances
+from threadpoolctl import threadpool_limits
 
 from slm import active as A
 
@@ -165,13 +166,17 @@ def test_query_time_100k_under_bound() -> None:
         labeled_embeddings=rng.standard_normal((200, 64)).astype(np.float32),
         seed=0,
     )
-    times = {}
-    for name in A.STRATEGIES:
-        t0 = time.perf_counter()
-        idx = A.get_strategy(name).query(ctx, 50)
-        times[name] = time.perf_counter() - t0
-        assert idx.size == 50 and len(set(idx.tolist())) == 50
-    print("query seconds over 100k:", {k: round(v, 3) for k, v in times.items()})
+    times, wall = {}, {}
+    # CPU seconds of one BLAS thread: the work done, independent of how busy the shared machine is
+    with threadpool_limits(limits=1):
+        for name in A.STRATEGIES:
+            t0, c0 = time.perf_counter(), time.process_time()
+            idx = A.get_strategy(name).query(ctx, 50)
+            times[name] = time.process_time() - c0
+            wall[name] = time.perf_counter() - t0
+            assert idx.size == 50 and len(set(idx.tolist())) == 50
+    print("query CPU s over 100k:", {k: round(v, 3) for k, v in times.items()})
+    print("query wall s over 100k:", {k: round(v, 3) for k, v in wall.items()})
     assert max(times.values()) < 2.0, times
 
 
