@@ -57,6 +57,10 @@ class _Stream:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
+    # Tokens come straight from the in-process engine handle, never through the channel layer: an alias
+    # that names no layer means no per-socket Redis channel (nothing to time out or leak).
+    channel_layer_alias = "chat-no-layer"
+
     async def connect(self) -> None:
         self.stream: _Stream | None = None
         self.open = False

@@ -1,8 +1,134 @@
+"""Chat pages (thin: parse, call a selector/service, render). The socket itself is chat.consumers."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
+from chat.models import Conversation, Message
+
+PRESETS = [
+    {
+        "name": "balanced",
+        "label": "Balanced",
+        "params": {"do_sample": True, "temperature": 0.6, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.2},
+    },
+    {
+        "name": "precise",
+        "label": "Precise (greedy)",
+        "params": {"do_sample": False, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.2},
+    },
+    {
+        "name": "creative",
+        "label": "Creative",
+        "params": {"do_sample": True, "temperature": 1.0, "top_k": 100, "top_p": 0.95, "repetition_penalty": 1.1},
+    },
+]
+
+
+def _conversation_or_404(request: HttpRequest, pk: int) -> Conversation:
+    conv = selectors.conversation_get(user=request.user, conversation_id=pk)
+    if conv is None:
+        raise Http404("no such conversation")
+    return conv
+
+
+def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    defaults = dict(settings.CHAT_DEFAULT_PARAMS)
+    return render(
+        request,
+        "chat/index.html",
+        {
+            "conversations": selectors.conversation_list(user=request.user),
+            "conversation": conversation,
+            "chat_messages": selectors.conversation_messages(conversation=conversation) if conversation else [],
+            "defaults": defaults,
+            "stop_text": ", ".join(defaults.get("stop") or []),
+            "limits": settings.CHAT_LIMITS,
+            "presets": PRESETS,
+            "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+        },
+    )
 
 
 @login_required
+@require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/index.html")
+    return _page(request, None)
+
+
+@login_required
+@require_GET
+def conversation(request: HttpRequest, pk: int) -> HttpResponse:
+    return _page(request, _conversation_or_404(request, pk))
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest) -> HttpResponse:
+    active = selectors.conversation_get(user=request.user, conversation_id=request.GET.get("active"))
+    return render(
+        request,
+        "chat/index.html#conv_list",
+        {"conversations": selectors.conversation_list(user=request.user), "conversation": active},
+    )
+
+
+@login_required
+@require_POST
+def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
+    conv = _conversation_or_404(request, pk)
+    try:
+        services.conversation_rename(conversation=conv, title=request.POST.get("title", ""))
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    return redirect("chat:conversation", pk=conv.pk)
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    conv = _conversation_or_404(request, pk)
+    services.conversation_delete(conversation=conv)
+    messages.success(request, "Conversation deleted.")
+    if getattr(request, "htmx", False):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("chat:index")
+        return response
+    return redirect("chat:index")
+
+
+def _message_or_404(request: HttpRequest, pk: int) -> Message:
+    msg = selectors.message_get(user=request.user, message_id=pk)
+    if msg is None:
+        raise Http404("no such message")
+    return msg
+
+
+@login_required
+@require_GET
+def message(request: HttpRequest, pk: int) -> HttpResponse:
+    """One message (polled while a reply is still streaming, e.g. after a page refresh)."""
+    return render(request, "chat/index.html#message", {"m": _message_or_404(request, pk)})
+
+
+@login_required
+@require_POST
+def message_rate(request: HttpRequest, pk: int) -> HttpResponse:
+    msg = _message_or_404(request, pk)
+    try:
+        rating = int(request.POST.get("rating", ""))
+        if msg.rating == rating:
+            rating = 0  # pressing the same thumb again clears it
+        services.message_rate(message=msg, rating=rating)
+    except ValueError as exc:
+        return HttpResponse(f"bad rating: {exc}", status=400, content_type="text/plain")
+    if getattr(request, "htmx", False):
+        return render(request, "chat/index.html#message", {"m": msg})
+    return redirect("chat:conversation", pk=msg.conversation_id)

@@ -1,0 +1,93 @@
+"""Chat in Chromium against the live daphne: log in, send with Enter, watch tokens arrive one by one,
+press Stop, reload and find the conversation (with the stopped reply) again; phone layout too."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.chat.tiny import add_tiny_chat_version
+from tests.e2e.conftest import login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _sync_orm_until_db_teardown() -> Iterator[None]:
+    """Playwright's loop runs in this thread; the transactional-db flush after the test is sync ORM too."""
+    old = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if old is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = old
+
+
+@pytest.fixture
+def live_chat_model(live_stack):  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    from slm.registry import Registry
+
+    # The live stack's registry is the test process's: a tiny, paced (50 ms a token) model goes live.
+    return add_tiny_chat_version(Registry(settings.SLM_REGISTRY_DIR), serving={"min_step_s": 0.05})
+
+
+def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, password, page, artifacts_dir_session):  # type: ignore[no-untyped-def]
+    shots = artifacts_dir_session / "screenshots"
+    login(page, plain_user.username, password)
+    page.goto("/chat/")
+    page.wait_for_selector("#chat[data-socket=open]", timeout=20_000)
+    page.click("#chat-params summary")
+    page.fill("#p-max_new_tokens", "100")
+    page.fill("#p-stop", "")
+    box = page.locator("#chat-input")
+    box.fill("hello there")
+    box.press("Shift+Enter")  # a newline, not a send
+    assert page.locator(".cm-user").count() == 0
+    box.press("Enter")
+    assert page.locator(".cm-user .cm-text").inner_text().startswith("hello there")
+
+    streaming = page.locator(".cm-agent.is-streaming .cm-text")
+    # the engine child process starts on the first message (imports torch): allow it time
+    page.wait_for_function(
+        "() => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= 2",
+        timeout=90_000,
+    )
+    seen = [int(streaming.get_attribute("data-tokens"))]
+    for target in (seen[0] + 1, seen[0] + 2):
+        page.wait_for_function(
+            f"() => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= {target}"
+        )
+        seen.append(int(streaming.get_attribute("data-tokens")))
+    assert seen == sorted(seen) and seen[-1] > seen[0]  # tokens arrive one frame at a time
+    assert page.locator("#stop-btn").is_enabled() and page.locator("#send-btn").is_disabled()
+    page.screenshot(path=str(shots / "chat-streaming-desktop.png"))
+
+    page.click("#stop-btn")
+    page.wait_for_selector("#chat-status:has-text('Stopped')")
+    page.wait_for_selector(".cm-agent .badge:has-text('stopped')")
+    stopped_text = page.locator(".cm-agent .cm-text").inner_text()
+    assert page.locator("#send-btn").is_enabled()
+    assert "/chat/c/" in page.url
+    page.wait_for_selector(".cm-conv.active")
+
+    page.reload()
+    page.wait_for_selector(".cm-agent")
+    assert page.locator(".cm-user .cm-text").inner_text().startswith("hello there")
+    assert page.locator(".cm-agent .cm-text").inner_text() == stopped_text
+    assert page.locator(".cm-agent .badge").inner_text() == "stopped"
+    assert page.locator(".cm-conv.active .cm-conv-title").inner_text() == "hello there"
+    page.locator(".cm-agent .cm-details summary").click()
+    assert live_chat_model.ref in page.locator(".cm-agent .cm-details").inner_text()
+    # keyboard: rate the reply with Tab focus + Enter
+    page.locator(".cm-agent button[aria-label='Good reply']").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".cm-agent button[aria-label='Good reply'][aria-pressed=true]")
+    page.screenshot(path=str(shots / "chat-desktop.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(shots / "chat-phone.png"), full_page=True)
+    assert page.js_errors == []
