@@ -186,17 +186,30 @@ class MicroBatcher:
             if stop:
                 return
 
+    def length_buckets(self, texts: Sequence[str]) -> list[list[int]]:
+        """Indices grouped by similar length, at most batch_size each: a padded transformer batch then
+        wastes little on padding (a 20-character review beside a 300-character one would cost 300)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        buckets: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            shortest = len(texts[current[0]]) if current else 0
+            if current and (len(current) >= self.batch_size or len(texts[i]) > 2 * max(16, shortest)):
+                buckets.append(current)
+                current = []
+            current.append(i)
+        if current:
+            buckets.append(current)
+        return buckets
+
     def _predict(self, classifier: Classifier, texts: list[str]) -> np.ndarray:
         n_labels = len(classifier.labels)
-        if not texts:
-            return np.zeros((0, n_labels), dtype=np.float32)
-        parts = [
-            np.asarray(classifier.predict_proba(texts[i : i + self.batch_size]), dtype=np.float64)
-            for i in range(0, len(texts), self.batch_size)
-        ]
-        probs = np.concatenate(parts, axis=0)
-        if probs.shape != (len(texts), n_labels):
-            raise ValueError(f"classifier returned shape {probs.shape}, expected {(len(texts), n_labels)}")
+        probs = np.zeros((len(texts), n_labels), dtype=np.float64)
+        for idx in self.length_buckets(texts):
+            part = np.asarray(classifier.predict_proba([texts[i] for i in idx]), dtype=np.float64)
+            if part.shape != (len(idx), n_labels):
+                raise ValueError(f"classifier returned shape {part.shape}, expected {(len(idx), n_labels)}")
+            probs[idx] = part
         return probs
 
     def _run_group(self, group: list[_Job]) -> None:

@@ -225,3 +225,21 @@ def test_wrong_shaped_probabilities_are_an_error_not_a_hang():
         assert batcher.submit(FakeClassifier(["a", "b"]), ["good"]).result(5).shape == (1, 2)  # worker alive
     finally:
         batcher.close()
+
+
+def test_batches_are_split_by_length_and_results_keep_request_order():
+    batcher = MicroBatcher(batch_size=4, wait_ms=0)
+    texts = ["short"] * 3 + ["x" * 200] + ["good " * 3] + ["y" * 90] + ["ok"]
+    buckets = batcher.length_buckets(texts)
+    assert sorted(i for b in buckets for i in b) == list(range(len(texts)))
+    assert all(len(b) <= 4 for b in buckets)
+    for b in buckets:
+        lengths = [len(texts[i]) for i in b]
+        assert max(lengths) <= 2 * max(16, min(lengths))
+    clf = FakeClassifier(["negative", "positive"])
+    try:
+        probs = batcher.submit(clf, texts).result(5)
+        assert list(probs[:, 1].round(2)) == [0.2, 0.2, 0.2, 0.2, 0.9, 0.2, 0.2]
+        assert len(clf.calls) == len(buckets)
+    finally:
+        batcher.close()
