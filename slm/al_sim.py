@@ -17,8 +17,10 @@ embeddings for k-center/hybrid), built once per run by a factory `(texts, n_clas
     embeddings = 64-d TruncatedSVD of that TF-IDF (L2-normalised). Fast: ~10 ms a round on a few thousand rows.
   * "ngram": the product's own `slm.classify.ngram.NgramClassifier` retrained from scratch each round
     (vocabulary from the labelled texts only, like a real retrain); slower, same embeddings.
-BALD needs stochastic predictions; these models have no dropout, so BALD uses a bootstrap ensemble
-(`slm.active.bootstrap_probs`, `bald_T` members trained on stratified resamples of the labelled set).
+BALD needs stochastic predictions; these models have no dropout. With `bald_source="laplace"` (default) a
+model offering `sample_probs` (the TF-IDF logistic model) draws `bald_T` weight samples from its diagonal
+Laplace posterior (`slm.active.linear_laplace_probs`); otherwise, or with "bootstrap", BALD uses a bootstrap
+ensemble (`slm.active.bootstrap_probs`, `bald_T` members trained on stratified resamples of the labelled set).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from sklearn.metrics import f1_score
 
-from slm.active import PoolContext, bootstrap_probs, get_strategy
+from slm.active import PoolContext, bootstrap_probs, get_strategy, linear_laplace_probs
 
 Progress = Callable[[float, str], None]
 Curve = list[tuple[int, float]]
@@ -116,6 +118,17 @@ class TfidfLogRegModel:
     def embed(self, idx: np.ndarray) -> np.ndarray:
         return self._embed(idx, self.x)
 
+    def sample_probs(self, idx: np.ndarray, labelled: np.ndarray, T: int, seed: int) -> np.ndarray | None:
+        """(T, len(idx), C) from the fitted model's diagonal Laplace posterior (BALD without dropout)."""
+        if self._clf is None:
+            return None
+        mc = linear_laplace_probs(
+            self.x[idx], self.x[labelled], self._clf.coef_, self._clf.intercept_, C=self.C, T=T, seed=seed
+        )
+        out = np.zeros((T, len(idx), self.n_classes))
+        out[:, :, self._clf.classes_] = mc
+        return out
+
 
 class NgramModel:
     """The product's NgramClassifier retrained from scratch on the labelled texts each fit."""
@@ -198,6 +211,7 @@ def simulate(
     seed: int = 0,
     model: str | ModelFactory = "tfidf_lr",
     bald_T: int = 5,
+    bald_source: str = "laplace",
     hybrid_factor: int = 10,
     threads: int | None = 1,
     progress: Progress | None = None,
@@ -215,7 +229,7 @@ def simulate(
             texts, labels, strategies=strategies, budget=budget, initial=initial, batch_size=batch_size,
             min_per_label=min_per_label, test_size=test_size, test_texts=test_texts, test_labels=test_labels,
             pool_limit=pool_limit, repeats=repeats, seed=seed, model=model, bald_T=bald_T,
-            hybrid_factor=hybrid_factor, progress=progress,
+            bald_source=bald_source, hybrid_factor=hybrid_factor, progress=progress,
         )  # fmt: skip
 
 
@@ -236,6 +250,7 @@ def _simulate(
     seed: int,
     model: str | ModelFactory,
     bald_T: int,
+    bald_source: str,
     hybrid_factor: int,
     progress: Progress | None,
 ) -> dict[str, Curve]:
@@ -247,6 +262,8 @@ def _simulate(
     order_names = ["random"] + [s for s in dict.fromkeys(strategies) if s != "random"]
     for s in order_names:
         get_strategy(s)  # unknown names fail before any work
+    if bald_source not in ("laplace", "bootstrap"):
+        raise ValueError("bald_source must be 'laplace' or 'bootstrap'")
     if batch_size < 1 or initial < 1 or budget < initial:
         raise ValueError("need batch_size >= 1, initial >= 1 and budget >= initial")
     if (test_texts is None) != (test_labels is None):
@@ -304,7 +321,7 @@ def _simulate(
                 if n_next <= 0:
                     break
                 unl = np.flatnonzero(~is_lab)
-                ctx = _context(strategy.name, sim_model, unl, labelled, y, n_classes, s_rng, bald_T)
+                ctx = _context(strategy.name, sim_model, unl, labelled, y, n_classes, s_rng, bald_T, bald_source)
                 picked = unl[np.asarray(strategy.query(ctx, n_next), dtype=np.int64)]
                 is_lab[picked] = True
                 labelled = np.concatenate([labelled, picked])
@@ -325,6 +342,7 @@ def _context(
     n_classes: int,
     rng: np.random.Generator,
     bald_T: int,
+    bald_source: str = "laplace",
 ) -> PoolContext:
     kw: dict[str, Any] = {"rng": rng, "label_counts": np.bincount(y[labelled], minlength=n_classes).tolist()}
     if name in ("least_confidence", "margin", "entropy", "hybrid"):
@@ -335,6 +353,12 @@ def _context(
             kw["embeddings"] = emb
             kw["labeled_embeddings"] = model.embed(labelled)
     if name == "bald":
+        sampler = getattr(model, "sample_probs", None)
+        if sampler is not None and bald_source == "laplace":
+            mc = sampler(unl, labelled, bald_T, int(rng.integers(1 << 31)))
+            if mc is not None:
+                kw["mc_probs"] = mc
+                return PoolContext(**kw)
 
         def fit_predict(sample: np.ndarray) -> np.ndarray:
             model.fit(labelled[sample], y[labelled[sample]])
@@ -371,7 +395,8 @@ def label_savings(curves: dict[str, Curve], *, reference: str = "random") -> dic
     ref_n, target = ref[-1]
     out: dict[str, dict[str, Any]] = {}
     for name, curve in curves.items():
-        n = labels_to_reach(curve, target)
+        # the reference needs its own budget by definition (an earlier noisy crossing does not count)
+        n = float(ref_n) if name == reference else labels_to_reach(curve, target)
         out[name] = {
             "target_f1": target,
             "reference_labels": ref_n,

@@ -108,13 +108,30 @@ def test_hybrid_is_kcenter_over_top_uncertain(rng: np.random.Generator) -> None:
     p = _probs(rng, n=500)
     emb = rng.standard_normal((500, 8))
     lab = rng.standard_normal((10, 8))
-    idx = A.Hybrid(factor=5).query(A.PoolContext(probs=p, embeddings=emb, labeled_embeddings=lab), 12)
+    idx = A.Hybrid(factor=5, diversity="kcenter").query(
+        A.PoolContext(probs=p, embeddings=emb, labeled_embeddings=lab), 12
+    )
     cand = np.argsort(-scipy_entropy(p, axis=1), kind="stable")[:60]
     expected = cand[_naive_kcenter(emb[cand], lab, 12)]
     assert idx.tolist() == expected.tolist()
     # without embeddings it is plain entropy order
     idx2 = A.Hybrid().query(A.PoolContext(probs=p), 12)
     assert idx2.tolist() == cand[:12].tolist()
+
+
+def test_hybrid_kmeans_one_most_uncertain_per_cluster(rng: np.random.Generator) -> None:
+    # 6 well separated blobs of 20 points; the default hybrid (k-means diversity) picks, in each blob,
+    # the candidate with the highest entropy
+    centers = rng.standard_normal((6, 5)) * 50
+    emb = np.repeat(centers, 20, axis=0) + rng.standard_normal((120, 5))
+    p = _probs(rng, n=120, c=2)
+    ent = scipy_entropy(p, axis=1)
+    idx = A.Hybrid(factor=20).query(A.PoolContext(probs=p, embeddings=emb, seed=0), 6)
+    expected = [int(blob * 20 + np.argmax(ent[blob * 20 : blob * 20 + 20])) for blob in range(6)]
+    assert sorted(idx.tolist()) == sorted(expected)
+    assert idx.tolist() == sorted(expected, key=lambda i: -ent[i])  # most uncertain first
+    with pytest.raises(ValueError, match="diversity"):
+        A.Hybrid(diversity="nope")
 
 
 def test_random_and_edge_sizes(rng: np.random.Generator) -> None:
@@ -264,3 +281,27 @@ def test_reduce_embeddings_keeps_distances(rng: np.random.Generator) -> None:
     d1 = pairwise_distances(red[:50])
     mask = ~np.eye(50, dtype=bool)
     assert np.median(np.abs(d1[mask] / d0[mask] - 1)) < 0.1
+
+
+def test_linear_laplace_probs_matches_hand_computation() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    x_lab = rng.random((30, 8))
+    x_pool = rng.random((12, 8))
+    coef = rng.standard_normal((1, 8))
+    b = np.array([0.3])
+    C, T = 2.0, 4
+    mc = A.linear_laplace_probs(sp.csr_matrix(x_pool), sp.csr_matrix(x_lab), coef, b, C=C, T=T, seed=9)
+    # by hand: precision_j = 1 + C sum_i p_i (1 - p_i) x_ij^2, logits = x (w + eps / sqrt(prec)) + b
+    p = 1 / (1 + np.exp(-(x_lab @ coef[0] + b[0])))
+    prec = 1 + C * ((p * (1 - p))[:, None] * x_lab**2).sum(axis=0)
+    eps = np.random.default_rng(9).standard_normal((8, T)) / np.sqrt(prec)[:, None]
+    z = (x_pool @ coef[0] + b[0])[:, None] + x_pool @ eps  # (n_pool, T)
+    s = 1 / (1 + np.exp(-z.T))
+    np.testing.assert_allclose(mc[:, :, 1], s, rtol=1e-10)
+    np.testing.assert_allclose(mc.sum(axis=2), 1.0)
+    # one-vs-rest multi-class: rows renormalised
+    mc3 = A.linear_laplace_probs(x_pool, x_lab, rng.standard_normal((3, 8)), np.zeros(3), T=3)
+    assert mc3.shape == (3, 12, 3)
+    np.testing.assert_allclose(mc3.sum(axis=2), 1.0)

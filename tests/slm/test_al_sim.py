@@ -73,6 +73,16 @@ def test_simulate_bad_input() -> None:
         al_sim.simulate(texts, labels, budget=5, initial=10)
     with pytest.raises(ValueError, match="simulation model"):
         al_sim.simulate(texts, labels, model="nope")
+    with pytest.raises(ValueError, match="bald_source"):
+        al_sim.simulate(texts, labels, bald_source="nope")
+
+
+def test_bald_sources() -> None:
+    texts, labels = _toy(150, seed=5)
+    kw = dict(strategies=["bald"], budget=30, initial=10, batch_size=10, bald_T=3)
+    laplace = al_sim.simulate(texts, labels, **kw)
+    boot = al_sim.simulate(texts, labels, bald_source="bootstrap", **kw)
+    assert [n for n, _ in laplace["bald"]] == [n for n, _ in boot["bald"]] == [10, 20, 30]
 
 
 def test_cancel_through_progress() -> None:
@@ -99,6 +109,8 @@ def test_labels_to_reach_and_savings() -> None:
     assert al_sim.labels_to_reach(curves["random"], 0.4) == 10.0
     s = al_sim.label_savings(curves)
     assert s["random"]["saving"] == 0.0 and s["random"]["labels"] == 40.0
+    noisy = {"random": [(10, 0.5), (20, 0.82), (40, 0.8)], "entropy": [(10, 0.5), (20, 0.81)]}
+    assert al_sim.label_savings(noisy)["random"]["labels"] == 40.0  # the reference's own budget
     assert s["entropy"]["saving"] == pytest.approx(1 - (20 + 10 * (0.1 / 0.15)) / 40)
     assert s["entropy"]["target_f1"] == 0.8
 
