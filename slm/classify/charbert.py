@@ -84,8 +84,10 @@ def char_bert_classifier(
     pooling: str = "mean",
     dropout: float = 0.1,
     seed: int = 0,
+    svd_init: bool = False,
 ) -> Any:
-    """A fresh TransformerClassifier over a char BERT whose vocabulary comes from `texts`."""
+    """A fresh TransformerClassifier over a char BERT whose vocabulary comes from `texts`
+    (with `svd_init`, its character embeddings start from PPMI-SVD vectors of `texts`)."""
     from slm.classify.transformer import TransformerClassifier
 
     vocab = build_char_vocab(texts, max_size=max_vocab, min_freq=min_freq)
@@ -99,7 +101,61 @@ def char_bert_classifier(
         dropout=dropout,
         seed=seed,
     )
-    source = f"char-bert(L{num_layers},H{hidden_size},V{len(vocab)})"
+    if svd_init:
+        import torch
+
+        vectors = svd_char_embeddings(texts, vocab, hidden_size, seed=seed)
+        with torch.no_grad():
+            encoder.embeddings.word_embeddings.weight.copy_(torch.from_numpy(vectors))
+    source = f"char-bert(L{num_layers},H{hidden_size},V{len(vocab)}{',svd' if svd_init else ''})"
     return TransformerClassifier(
         encoder, tokenizer, labels, pooling=pooling, dropout=dropout, max_length=max_length, encoder_source=source
     )
+
+
+def svd_char_embeddings(texts: Sequence[str], vocab: Sequence[str], dim: int, *, window: int = 2, seed: int = 0) -> Any:
+    """Character vectors from a PPMI-weighted co-occurrence matrix (window +-`window`) by truncated SVD.
+
+    Seconds on the training texts, no labels: it gives a from-scratch encoder meaningful character
+    embeddings to start from (a cheap stand-in for pretraining). Returns a (len(vocab), dim) float32
+    array scaled to std 0.02 (BERT's init scale); specials and unseen characters get small noise.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+    from sklearn.utils.extmath import randomized_svd
+
+    index = {tok: i for i, tok in enumerate(vocab)}
+    stream: list[int] = []
+    for text in texts:  # texts joined with `window` separators so no pair crosses a text boundary
+        stream.extend(index.get(ch, -1) for ch in text.lower() if not ch.isspace())
+        stream.extend([-2] * window)
+    arr = np.asarray(stream, dtype=np.int64)
+    row_parts, col_parts = [], []
+    for d in range(1, window + 1):
+        a, b = arr[:-d], arr[d:]
+        ok = (a >= 0) & (b >= 0)
+        row_parts += [a[ok], b[ok]]
+        col_parts += [b[ok], a[ok]]
+    rows = np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int64)
+    cols = np.concatenate(col_parts) if col_parts else np.zeros(0, dtype=np.int64)
+    n = len(vocab)
+    rng = np.random.default_rng(seed)
+    out = rng.normal(0.0, 0.02, size=(n, dim)).astype(np.float32)
+    if not len(rows) or dim >= n - 1:
+        return out
+    counts = sp.coo_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(n, n)).tocsr()
+    total = counts.sum()
+    row_sum = np.asarray(counts.sum(axis=1)).ravel()
+    col_sum = np.asarray(counts.sum(axis=0)).ravel() ** 0.75
+    col_sum = col_sum / col_sum.sum() * total
+    coo = counts.tocoo()
+    pmi = np.log(coo.data * total / (row_sum[coo.row] * col_sum[coo.col] + 1e-12) + 1e-12)
+    keep = pmi > 0
+    ppmi = sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=(n, n))
+    k = min(dim, n - 2)
+    u, s, _ = randomized_svd(ppmi, n_components=k, n_iter=4, random_state=seed)
+    vecs = u * np.sqrt(s)
+    seen = row_sum > 0
+    vecs = vecs / (vecs[seen].std() + 1e-12) * 0.02
+    out[seen, :k] = vecs[seen].astype(np.float32)
+    return out

@@ -93,3 +93,22 @@ def test_make_tiny_version_is_fast_and_complete(tmp_path: Path) -> None:
     mv3 = make_tiny_version(reg, name="topics", labels=("neg", "neu", "pos"), promote=False)
     assert reg.live_version("topics") is None
     assert load_classifier(mv3.path).predict_proba(["x"]).shape == (1, 3)
+
+
+def test_ensemble_round_trip(tmp_path: Path) -> None:
+    from slm.classify.ensemble import EnsembleClassifier
+
+    texts, labels = tiny_dataset()
+    a = NgramClassifier.train(texts, labels, NgramConfig(min_df=1, word_ngram=None))
+    b = NgramClassifier.train(texts, labels, NgramConfig(min_df=1, char_ngram=None, classifier="logreg"))
+    ens = EnsembleClassifier([a, b], [3, 1])
+    probe = ["非常好", "太差了", "great"]
+    np.testing.assert_allclose(
+        ens.predict_proba(probe), 0.75 * a.predict_proba(probe) + 0.25 * b.predict_proba(probe), rtol=1e-5
+    )
+    ens.save(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"family": "ensemble"}))
+    loaded = load_classifier(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(probe), ens.predict_proba(probe), rtol=1e-6)
+    with pytest.raises(ValueError):
+        EnsembleClassifier([a, b], [1])

