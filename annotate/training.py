@@ -171,12 +171,23 @@ def record_stability(
         old_map = dict(zip(old["ids"].tolist(), old["pred"].tolist(), strict=True))
         common = [(old_map[i], int(p)) for i, p in zip(ids, pred.tolist(), strict=True) if i in old_map]
         if common:
+            from slm.active import prediction_agreement, should_stop
+
             a = np.asarray(common)
             agreement = float((a[:, 0] == a[:, 1]).mean())
-            out = {"version": version, "previous": previous_version, "agreement": agreement, "n": len(common)}
+            kappa = float(prediction_agreement(a[:, 0].tolist(), a[:, 1].tolist()))
             project = Project.objects.get(pk=project_id)
-            history = list(project.stability or [])[-49:] + [out]
-            Project.objects.filter(pk=project_id).update(stability=history)
+            history = list(project.stability or [])[-49:]
+            kappas = [h.get("kappa") for h in history] + [kappa]
+            out = {
+                "version": version,
+                "previous": previous_version,
+                "agreement": agreement,
+                "kappa": kappa if np.isfinite(kappa) else None,
+                "n": len(common),
+                "should_stop": should_stop(kappas),
+            }
+            Project.objects.filter(pk=project_id).update(stability=[*history, out])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, ids=np.asarray(ids, dtype=np.int64), pred=np.asarray(pred, dtype=np.int64))
     return out

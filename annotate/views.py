@@ -65,6 +65,7 @@ def _project_form_values(post: Any) -> dict[str, Any]:
         "min_per_label": num("min_per_label", 5),
         "promote_policy": post.get("promote_policy", "auto"),
         "model_name": post.get("model_name") or settings.SENTIMENT_MODEL,
+        "show_suggestions": bool(post.get("show_suggestions")),
     }
 
 

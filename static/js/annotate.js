@@ -101,8 +101,9 @@
             if (!current) { current = j.item; render(); say(""); }
             else queue.push(j.item);
           } else if (!current) {
+            loading = inflight.size > 0; // a label still on its way may free more items: wait for it
             render();
-            say("");
+            if (!loading) say("");
           }
         });
     }
@@ -132,17 +133,20 @@
       render();
       if (kind === "label") addRecent(label, item.text);
       inflight.add(item.id);
+      root.dataset.pending = inflight.size;
       say(kind === "skip" ? "Skipped." : "Saved “" + label + "”.");
       chain = chain
         .then(() => post(urls.submit, kind === "skip" ? { item: item.id, action: "skip" } : { item: item.id, label: label, seconds: seconds }))
         .then((res) => {
           inflight.delete(item.id);
+          root.dataset.pending = inflight.size;
           if (!res.body.ok) say(res.body.error || "Could not save that label.", true);
           progress(res.body.progress);
           return refill();
         })
         .catch(() => {
           inflight.delete(item.id);
+          root.dataset.pending = inflight.size;
           say("Network error: the label was not saved. Reload the page.", true);
         });
     }
@@ -248,7 +252,7 @@
 
     const st = d.stability || [];
     if (st.length) {
-      chart("chart-stability", { type: "line", data: { labels: st.map((p) => p.version), datasets: [{ label: "unchanged predictions", data: st.map((p) => p.agreement), borderColor: palette[4], backgroundColor: palette[4] }] }, options: { scales: { y: { min: 0, max: 1 } } } });
+      chart("chart-stability", { type: "line", data: { labels: st.map((p) => p.version), datasets: [{ label: "unchanged predictions", data: st.map((p) => p.agreement), borderColor: palette[4], backgroundColor: palette[4] }, { label: "κ between versions", data: st.map((p) => p.kappa), borderColor: palette[5], backgroundColor: palette[5] }] }, options: { scales: { y: { min: 0, max: 1 } } } });
     } else emptyNote("chart-stability", "Needs two versions with pool predictions.");
   }
 

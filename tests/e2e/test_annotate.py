@@ -13,6 +13,16 @@ from tests.e2e.conftest import login
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(scope="session")
+def sync_orm_env():  # type: ignore[no-untyped-def]
+    """DJANGO_ALLOW_ASYNC_UNSAFE for the rest of the (browser-tests-last) session, set before the DB fixtures
+    so the transactional flush at teardown also runs with it (Playwright keeps a loop in this thread)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def swapped_live_version():  # type: ignore[no-untyped-def]
     """A live tiny model with its labels swapped (wrong on purpose), so a retrain must beat it on gold."""
@@ -34,7 +44,7 @@ def _key_for(text: str) -> str:
 
 
 def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
-    page, annotator_user, admin_user, password, swapped_live_version, artifacts_dir_session
+    sync_orm_env, live_stack, page, annotator_user, admin_user, password, swapped_live_version, artifacts_dir_session
 ):
     from annotate.models import Annotation, Item, TrainingRun
 
@@ -69,11 +79,16 @@ def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
             labelled.pop()
             undone = True
     page.locator("#a-empty").wait_for(state="visible")
-    page.wait_for_load_state("networkidle")
+    page.wait_for_function("document.getElementById('labeler').dataset.pending === '0'")  # every label sent
     assert undone
     assert page.js_errors == []
     anns = Annotation.objects.filter(project=project)
-    assert anns.count() == n_items == len(labelled) == len(set(labelled))  # nothing lost, nothing twice
+    saved = sorted(anns.values_list("item__text", flat=True))
+    assert anns.count() == n_items == len(labelled) == len(set(labelled)), (
+        sorted(labelled),
+        saved,
+        page.locator("#a-status").inner_text(),
+    )
     assert set(anns.values_list("item_id", flat=True)) == set(
         Item.objects.filter(project=project).values_list("id", flat=True)
     )
