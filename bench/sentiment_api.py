@@ -120,10 +120,11 @@ def run_load(name: str, call: Callable[[str], Any], clients: int, requests: int)
     for t in threads:
         t.start()
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start  # all threads of this process: robust to other load on the box
     lat = sorted(latencies)
     n = len(lat)
     return {
@@ -135,6 +136,7 @@ def run_load(name: str, call: Callable[[str], Any], clients: int, requests: int)
         "req_per_s": round(n / wall, 1),
         "p50_ms": round(1000 * statistics.median(lat), 1),
         "p95_ms": round(1000 * lat[min(n - 1, int(0.95 * n))], 1),
+        "cpu_ms_per_req": round(1000 * cpu / max(1, n), 2),
     }
 
 
@@ -287,11 +289,11 @@ def main() -> None:
         f"model {model_dir.name}, device {args.device}, torch threads {args.threads}, "
         f"best of {args.repeats} interleaved rounds, load avg {os.getloadavg()[0]:.1f}\n"
     )
-    print(f"{'mode':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'avg batch':>10} {'errors':>7}")
+    print(f"{'mode':<10} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'avg batch':>10} {'cpu ms/req':>11} {'errors':>7}")
     for r in results:
         print(
             f"{r['mode']:<10} {r['req_per_s']:>8} {r['p50_ms']:>8} {r['p95_ms']:>8} "
-            f"{r.get('avg_batch', 1):>10} {r['errors']:>7}"
+            f"{r.get('avg_batch', 1):>10} {r['cpu_ms_per_req']:>11} {r['errors']:>7}"
         )
     by = {r["mode"]: r for r in results}
     ratio = by["service"]["req_per_s"] / by["pipeline"]["req_per_s"]
@@ -301,6 +303,11 @@ def main() -> None:
         print(f"throughput api / api-pipe:     {api_ratio:.2f}x (the same Django endpoint, bare pipeline behind it)")
         print(f"p95 latency api-pipe / api:    {by['api-pipe']['p95_ms'] / by['api']['p95_ms']:.2f}x")
     print(f"p95 latency pipeline / service: {by['pipeline']['p95_ms'] / by['service']['p95_ms']:.2f}x")
+    cpu_ratio = by["pipeline"]["cpu_ms_per_req"] / by["service"]["cpu_ms_per_req"]
+    print(f"CPU per request pipeline / service: {cpu_ratio:.2f}x (capacity on a dedicated machine; load-independent)")
+    if "api" in by:
+        cpu_api = by["api-pipe"]["cpu_ms_per_req"] / by["api"]["cpu_ms_per_req"]
+        print(f"CPU per request api-pipe / api:     {cpu_api:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
 
