@@ -83,8 +83,8 @@ def enqueue_refresh(project_id: int) -> None:
             job_id=f"annotate-refresh-{project_id}-{time.time_ns()}",
             timeout=3600,
         )
-    except Exception:
-        log.exception("could not queue the pool refresh of project %s", project_id)
+    except Exception as exc:
+        log.warning("could not queue the pool refresh of project %s: %s", project_id, exc)
 
 
 def enqueue_import(import_id: int) -> None:

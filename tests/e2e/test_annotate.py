@@ -126,4 +126,16 @@ def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
     # the playground serves the new version without a restart
     page.goto("/sentiment/")
     assert f"sentiment@{run.version}" in page.locator(".s-head").inner_text()
+
+    # versions page: compare, then roll back to the previous version; the playground follows
+    page.goto(f"/annotate/p/{project.pk}/models/?a={run.parent_version}&b={run.version}")
+    assert page.locator(".a-compare").is_visible()
+    page.screenshot(path=str(shots / "annotate-versions-desktop.png"), full_page=True)
+    page.locator(f"tr[data-version='{run.parent_version}'] button[value=rollback]").click()
+    page.locator(f"tr[data-version='{run.parent_version}'] .badge.live").wait_for()
+    page.goto("/sentiment/")
+    assert f"sentiment@{run.parent_version}" in page.locator(".s-head").inner_text()
+    page.goto(f"/annotate/p/{project.pk}/review/")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(shots / "annotate-review-phone.png"), full_page=True)
     assert page.js_errors == []
