@@ -20,12 +20,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt | $(PY)
 
 install: $(STAMP)
 
-# Debian's chromium for the browser tests (never a downloaded browser). Idempotent.
+# Debian's chromium (never a downloaded browser) plus CJK and emoji fonts so screenshots of Chinese
+# text are legible. Idempotent: does nothing when they are present.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian chromium for browser tests"; \
+	@if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wqy; then \
+	  echo "installing Debian chromium and fonts for browser tests"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq chromium fonts-wqy-zenhei fonts-noto-color-emoji >/dev/null; fi
 
 run: install
 	$(PY) manage.py serve
