@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -220,7 +221,17 @@ def app_throughput(args: argparse.Namespace) -> dict[str, Any]:
         user_create(username=f"bench-annotator-{i}", password=os.urandom(8).hex(), annotator=True)
         for i in range(args.annotators)
     ]
-    out: dict[str, Any] = {"db": f"sqlite in {tmp}"}
+    out: dict[str, Any] = {"db": "sqlite (temp dir, removed afterwards)"}
+    try:
+        return _app_figures(args, app_bench, users, out)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _app_figures(args: argparse.Namespace, app_bench: Any, users: list[Any], out: dict[str, Any]) -> dict[str, Any]:
     out["throughput"] = app_bench.annotator_throughput(users, n_items=args.app_items, seconds=args.app_seconds)
     t = out["throughput"]
     print(

@@ -363,7 +363,7 @@ class KCenterGreedy(_Base):
 def kmeans_pick(embeddings: np.ndarray, scores: np.ndarray, n: int, *, iters: int = 10, seed: int = 0) -> np.ndarray:
     """Cluster `embeddings` into n groups (k-means++ seeding, Lloyd iterations) and return, per cluster, the
     member with the highest score, ordered by score (Zhdanov 2019, diverse mini-batch active learning)."""
-    x = np.asarray(embeddings, dtype=np.float64)
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
     m = x.shape[0]
     n = max(0, min(int(n), m))
     if n == 0:
@@ -371,30 +371,33 @@ def kmeans_pick(embeddings: np.ndarray, scores: np.ndarray, n: int, *, iters: in
     if n == m:
         return top_n(scores, n)
     rng = np.random.default_rng(seed)
+    xn = _sq_norms(x)
     centers = [int(np.argmax(scores))]
-    d2 = ((x - x[centers[0]]) ** 2).sum(axis=1)
-    for _ in range(1, n):
-        total = d2.sum()
-        i = int(rng.choice(m, p=d2 / total)) if total > 0 else int(rng.integers(m))
+    d2 = np.maximum(xn + xn[centers[0]] - 2.0 * (x @ x[centers[0]]), 0.0).astype(np.float64)
+    for _ in range(1, n):  # k-means++ seeding: next center with probability proportional to d^2
+        cum = np.cumsum(d2)
+        i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right")) if cum[-1] > 0 else int(rng.integers(m))
+        i = min(i, m - 1)
         centers.append(i)
-        d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(axis=1))
+        np.minimum(d2, np.maximum(xn + xn[i] - 2.0 * (x @ x[i]), 0.0), out=d2)
     c = x[centers].copy()
-    assign = np.zeros(m, dtype=np.int64)
+    assign = np.full(m, -1, dtype=np.int64)
     for _ in range(int(iters)):
-        dist = (x**2).sum(axis=1)[:, None] + (c**2).sum(axis=1)[None, :] - 2.0 * x @ c.T
-        new = dist.argmin(axis=1)
-        if _ and (new == assign).all():
+        new = (xn[:, None] + (c**2).sum(axis=1)[None, :] - 2.0 * x @ c.T).argmin(axis=1)
+        if (new == assign).all():
             break
         assign = new
-        for k in range(n):
-            members = assign == k
-            if members.any():
-                c[k] = x[members].mean(axis=0)
-    picks = []
-    for k in np.unique(assign):
-        members = np.flatnonzero(assign == k)
-        picks.append(int(members[np.argmax(scores[members])]))
-    picks_arr = np.asarray(picks, dtype=np.int64)
+        counts = np.bincount(assign, minlength=n)
+        sums = np.zeros_like(c)
+        np.add.at(sums, assign, x)
+        filled = counts > 0
+        c[filled] = sums[filled] / counts[filled, None]
+    # per cluster, its highest-scoring member: sort by (cluster, -score, index) and keep each cluster's first
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.arange(m), -scores, assign))
+    first = np.ones(m, dtype=bool)
+    first[1:] = assign[order][1:] != assign[order][:-1]
+    picks_arr = order[first].astype(np.int64)
     if picks_arr.size < n:  # empty clusters: fill with the best remaining scores
         rest = np.setdiff1d(np.arange(m), picks_arr)
         picks_arr = np.concatenate([picks_arr, rest[top_n(scores[rest], n - picks_arr.size)]])
