@@ -32,13 +32,6 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(autouse=True)
-def _allow_sync_orm_beside_playwright(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Playwright's sync API keeps an event loop running in this thread; the ORM calls in e2e fixtures
-    and tests are sync. Scoped to e2e tests only (tests/conftest.py runs them last)."""
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,10 +142,21 @@ def browser() -> Iterator[object]:
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (make system-deps)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+    # Playwright's sync API keeps an event loop running in this thread for as long as the browser lives;
+    # the ORM calls of e2e fixtures and tests (and pytest-django's flushes) are sync. tests/conftest.py runs
+    # browser tests last, so this window covers nothing else.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            yield b
+            b.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
