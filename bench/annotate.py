@@ -16,15 +16,18 @@
 
 Prints tables and a JSON summary (`--json PATH` writes it too).
 
-Measured here (2 shared cores, load average 10-14 during the run; defaults, budget 2000, batch 50, seed
+Measured here (2 shared cores, load average 7-14 during the runs; defaults: budget 2000, batch 50, seed
 set 50, 2 repeats, TF-IDF char 1-3-gram + logistic regression; simulation 221 s):
   random reaches gold macro-F1 0.815 at 2000 labels; labels to reach it: least-confidence = margin =
   entropy 1290 (-35.5%; identical for two classes), BALD (Laplace posterior samples) 1493 (-25.4%),
-  hybrid (entropy top-10x, k-means diversity) 1282 (-35.9%), k-center alone never (0.747 at 2000:
-  pure diversity on TF-IDF-SVD embeddings is worse than random here).
-  Query over 100k (64-d embeddings, 500 labelled, batch 50), CPU ms: LC 8, margin 10, entropy 14,
-  BALD (T=10) 107, hybrid 90, k-center 1317 (384-d: 1996); reference k-center via sklearn 1913 ms wall.
-  App (SQLite): 2 annotators 18.8 labels/s, 0 double-assigned, 0 lost; next item over 100k: 62 ms median.
+  hybrid (entropy top-10x, k-means diversity) 1134 (-43.3%; -35.9% in an earlier run with other k-means
+  draws), k-center alone never (0.747 at 2000: pure diversity on TF-IDF-SVD embeddings is worse than
+  random here).
+  Query over 100k (64-d embeddings, 500 labelled, batch 50), wall / CPU ms: LC 12/6, margin 14/6,
+  entropy 23/11, BALD (T=10) 179/82, hybrid 104/60, k-center 777/477 (384-d: 3056/1434, over 1 s: store
+  64-d `reduce_embeddings`); reference k-center via sklearn pairwise distances 2000 ms wall, same picks.
+  App (SQLite, annotate.bench): 2 annotators 18.8 labels/s, 0 double-assigned, 0 lost; next item over
+  100k: 62 ms median.
 """
 
 from __future__ import annotations

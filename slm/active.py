@@ -289,11 +289,16 @@ def min_sq_distances(points: np.ndarray, centers: np.ndarray, *, chunk: int = 40
         return out
     pn = _sq_norms(points)
     cn = _sq_norms(centers)
+    rows = max(1024, (1 << 22) // max(1, min(chunk, centers.shape[0])))  # ~16 MB blocks
     for s in range(0, centers.shape[0], chunk):
         c = centers[s : s + chunk]
-        for r in range(0, points.shape[0], chunk * 8):
-            block = pn[r : r + chunk * 8, None] + cn[None, s : s + chunk] - 2.0 * (points[r : r + chunk * 8] @ c.T)
-            np.minimum(out[r : r + chunk * 8], block.min(axis=1), out=out[r : r + chunk * 8])
+        half_cn = 0.5 * cn[s : s + chunk]
+        for r in range(0, points.shape[0], rows):
+            # min_j ||p - c_j||^2 = ||p||^2 - 2 max_j (p.c_j - ||c_j||^2 / 2): one block pass, in place
+            block = points[r : r + rows] @ c.T
+            block -= half_cn
+            best = pn[r : r + rows] - 2.0 * block.max(axis=1)
+            np.minimum(out[r : r + rows], best, out=out[r : r + rows])
     return np.maximum(out, 0.0)
 
 
