@@ -1,6 +1,12 @@
 """`/ws/chat/` — the chat protocol of DESIGN.md §3. The consumer is protocol only: it validates frames,
 hands the prompt to the process-wide engine (never generating on the event loop), relays its events
-as frames and persists the exchange through chat.services."""
+as frames and persists the exchange through chat.services.
+
+Closing the socket cancels the running generation before its next token. One extension frame,
+`{"type": "detach"}`, sent by the chat page when it is being unloaded (e.g. a refresh), asks the server
+to keep generating after the close for as long as someone polls the message (the reloaded page does,
+via the message view): the reply keeps filling in the database and completes. Without polls for
+CHAT_DETACH_GRACE_S seconds (the tab was really closed) the generation is cancelled."""
 
 from __future__ import annotations
 
@@ -26,6 +32,18 @@ DISCONNECT_WAIT_S = 10.0
 
 _rate_lock = threading.Lock()
 _recent: dict[int, deque[float]] = {}
+_detached_lock = threading.Lock()
+_detached: dict[int, float] = {}  # message id -> monotonic deadline of a detached stream
+_background: set[asyncio.Task[None]] = set()
+
+
+def keep_detached_alive(message_id: int) -> bool:
+    """Extends the grace of a detached stream (called by the message poll). True if it was detached."""
+    with _detached_lock:
+        if message_id not in _detached:
+            return False
+        _detached[message_id] = time.monotonic() + float(getattr(settings, "CHAT_DETACH_GRACE_S", 5.0))
+        return True
 
 
 def rate_limited(user_id: int, per_minute: int, now: float | None = None) -> bool:
@@ -64,6 +82,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.stream: _Stream | None = None
         self.open = False
+        self.detach_requested = False
         user = self.scope.get("user")
         await self.accept()
         self.open = True
@@ -78,11 +97,40 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.open = False
         stream = self.stream
         if stream is not None and stream.task is not None and not stream.task.done():
+            grace = float(getattr(settings, "CHAT_DETACH_GRACE_S", 5.0))
+            if self.detach_requested and grace > 0:
+                with _detached_lock:
+                    _detached[stream.message_id] = time.monotonic() + grace
+                task = asyncio.create_task(self._watch_detached(stream))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+                return
             self._cancel(stream, "disconnect")
             try:
                 await asyncio.wait_for(asyncio.shield(stream.task), DISCONNECT_WAIT_S)
             except (TimeoutError, asyncio.CancelledError):
                 pass
+
+    async def _watch_detached(self, stream: _Stream) -> None:
+        """Lets a detached stream run while its message is polled; cancels it once polls stop."""
+        assert stream.task is not None
+        try:
+            while not stream.task.done():
+                with _detached_lock:
+                    remaining = _detached.get(stream.message_id, 0.0) - time.monotonic()
+                if remaining <= 0:
+                    self._cancel(stream, "disconnect")
+                    await asyncio.wait_for(asyncio.shield(stream.task), DISCONNECT_WAIT_S)
+                    return
+                try:
+                    await asyncio.wait_for(asyncio.shield(stream.task), remaining)
+                except TimeoutError:
+                    continue
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            with _detached_lock:
+                _detached.pop(stream.message_id, None)
 
     # ------------------------------------------------------------------------------ frames out
     async def send_json(self, payload: dict[str, Any]) -> None:
@@ -115,6 +163,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         kind = frame.get("type")
         if kind == "generate":
             await self.generate(frame)
+        elif kind == "detach":
+            self.detach_requested = self.stream is not None and self.stream.task is not None
         elif kind == "stop":
             if self.stream is not None and self.stream.task is not None and not self.stream.task.done():
                 self._cancel(self.stream, "stop")
@@ -214,6 +264,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         stream = _Stream(request_id, agent.pk, backend)
         stream.events = events
         self.stream = stream
+        self.detach_requested = False
         metrics.STREAMS.inc()
         metrics.ACTIVE.inc()
         metrics.QUEUE_DEPTH.set(backend.stats()["queued"])

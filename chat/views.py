@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
+from chat.consumers import keep_detached_alive
 from chat.models import Conversation, Message
 
 PRESETS = [
@@ -114,8 +115,12 @@ def _message_or_404(request: HttpRequest, pk: int) -> Message:
 @login_required
 @require_GET
 def message(request: HttpRequest, pk: int) -> HttpResponse:
-    """One message (polled while a reply is still streaming, e.g. after a page refresh)."""
-    return render(request, "chat/index.html#message", {"m": _message_or_404(request, pk)})
+    """One message (polled while a reply is still streaming, e.g. after a page refresh). A poll keeps a
+    reply whose page was reloaded (detached stream) generating."""
+    msg = _message_or_404(request, pk)
+    if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING):
+        keep_detached_alive(msg.pk)
+    return render(request, "chat/index.html#message", {"m": msg})
 
 
 @login_required

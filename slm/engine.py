@@ -327,42 +327,35 @@ class EngineCore:
             layer.values = layer.values.index_select(0, sel)[:, :, lead:]
         self.mask = self.mask[:, lead:]
 
-    def _join(self, row: _Row, cache: Any) -> None:
-        n = row.cached
-        device = self.loaded.device  # type: ignore[union-attr]
-        if self.cache is None:
-            self.cache = cache
-            self.mask = torch.ones(1, n, dtype=torch.long, device=device)
-            self.rows = [row]
+    def _join(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Merges `rows` (their left-padded KV `cache` and 0/1 `mask` [k, L]) into the running batch:
+        the shorter side is padded on the left so every row ends at the same column."""
+        device = mask.device
+        if self.cache is None or self.mask is None:
+            self.cache, self.mask, self.rows = cache, mask, list(rows)
             return
-        t = self.mask.shape[1]
-        if n > t:  # grow everybody on the left
-            pad = n - t
-            self.mask = torch.cat([torch.zeros(self.mask.shape[0], pad, dtype=torch.long, device=device), self.mask], 1)
-            for layer in self.cache.layers:
-                k, v = layer.keys, layer.values
-                z = k.new_zeros(k.shape[0], k.shape[1], pad, k.shape[3])
-                layer.keys, layer.values = torch.cat([z, k], 2), torch.cat([z.clone(), v], 2)
-            t = n
-        pad = t - n
-        row_mask = torch.cat(
-            [torch.zeros(1, pad, dtype=torch.long, device=device), torch.ones(1, n, dtype=torch.long, device=device)], 1
-        )
-        self.mask = torch.cat([self.mask, row_mask], 0)
-        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
-            k, v = new.keys, new.values
-            if pad:
-                z = k.new_zeros(1, k.shape[1], pad, k.shape[3])
-                k, v = torch.cat([z, k], 2), torch.cat([z.clone(), v], 2)
-            layer.keys = torch.cat([layer.keys, k], 0)
-            layer.values = torch.cat([layer.values, v], 0)
-        self.rows.append(row)
+        t_old, t_new = self.mask.shape[1], mask.shape[1]
+        t = max(t_old, t_new)
 
-    # ---- the loop
+        def pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+            if n == 0:
+                return x
+            shape = list(x.shape)
+            shape[dim] = n
+            return torch.cat([x.new_zeros(shape), x], dim)
+
+        self.mask = torch.cat([pad(self.mask, t - t_old, 1), pad(mask.to(device), t - t_new, 1)], 0)
+        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
+            layer.keys = torch.cat([pad(layer.keys, t - t_old, 2), pad(new.keys, t - t_new, 2)], 0)
+            layer.values = torch.cat([pad(layer.values, t - t_old, 2), pad(new.values, t - t_new, 2)], 0)
+        self.rows.extend(rows)
+
     def _admit(self) -> None:
+        """Admits waiting requests FIFO into free slots with ONE batched (left-padded) prefill."""
         lm = self.loaded
         assert lm is not None
-        while self.waiting and len(self.rows) < self.cfg.max_batch and self._pending_ref is None:
+        batch: list[tuple[GenRequest, list[int]]] = []
+        while self.waiting and len(self.rows) + len(batch) < self.cfg.max_batch and self._pending_ref is None:
             req = self.waiting.popleft()
             ids = req.prompt_ids
             if req.model_ref and req.model_ref != lm.ref and req.prompt_text:
@@ -370,26 +363,52 @@ class EngineCore:
             if not ids or len(ids) >= lm.n_positions:
                 self.emit(req.id, "error", {"code": "prompt_too_long", "message": "prompt does not fit the model"})
                 continue
-            t_admit = time.perf_counter()
+            batch.append((req, list(ids)))
+        if not batch:
+            return
+        t_admit = time.perf_counter()
+        for req, ids in batch:
             self.emit(req.id, "started", {"model": lm.ref, "prompt_tokens": len(ids)})
-            input_ids = torch.tensor([ids], dtype=torch.long, device=lm.device)
-            with torch.inference_mode():
+        longest = max(len(ids) for _, ids in batch)
+        input_ids = torch.zeros(len(batch), longest, dtype=torch.long, device=lm.device)
+        mask = torch.zeros(len(batch), longest, dtype=torch.long, device=lm.device)
+        for i, (_, ids) in enumerate(batch):
+            input_ids[i, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[i, longest - len(ids) :] = 1
+        with torch.inference_mode():
+            if len(batch) == 1:  # exactly what generate() runs for one prompt
                 out = lm.model(input_ids=input_ids, use_cache=True)
+            else:
+                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+                out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        rows: list[_Row] = []
+        keep: list[int] = []
+        for i, (req, ids) in enumerate(batch):
             row = _Row(
                 req=req,
                 sampler=LogitsSampler(req.params, device=lm.device),
                 decoder=IncrementalDecoder(make_decode(lm.tokenizer), req.params.stop),
-                seen=input_ids[0],
+                seen=torch.tensor(ids, dtype=torch.long, device=lm.device),
                 cached=len(ids),
                 last=-1,
                 t_admit=t_admit,
                 prompt_tokens=len(ids),
             )
-            done = self._accept_token(row, out.logits[0, -1])
+            done = self._accept_token(row, out.logits[i, -1])
             if done:
                 self._finish(row, done)
             else:
-                self._join(row, out.past_key_values)
+                rows.append(row)
+                keep.append(i)
+        if not rows:
+            return
+        cache = out.past_key_values
+        if len(keep) < len(batch):
+            sel = torch.tensor(keep, dtype=torch.long, device=lm.device)
+            mask = mask.index_select(0, sel)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, sel), layer.values.index_select(0, sel)
+        self._join(rows, cache, mask)
 
     def _accept_token(self, row: _Row, logits: torch.Tensor) -> str | None:
         """Samples the row's next token, streams its text; returns a finish reason or None."""
@@ -460,12 +479,15 @@ class EngineCore:
             self.emit(row.req.id, "error", {"code": code, "message": message})
         self.rows, self.cache, self.mask = [], None, None
 
-    def run(self, inbox: Any) -> None:
-        """Serves commands from `inbox` (a queue of tuples) until ("shutdown",)."""
+    def run(self, inbox: Any, orphaned: Callable[[], bool] | None = None) -> None:
+        """Serves commands from `inbox` (a queue of tuples) until ("shutdown",) or, when idle,
+        `orphaned()` says the owner is gone."""
         last_step = 0.0
         while True:
             timeout: float | None = None
             if not (self.rows or self.waiting):
+                if orphaned is not None and orphaned():
+                    return
                 timeout = self.cfg.swap_check_s
             elif self.loaded is not None and self.loaded.min_step_s:
                 timeout = self.loaded.min_step_s - (time.perf_counter() - last_step)
@@ -504,13 +526,13 @@ class EngineCore:
                 self.fail_all("engine_error", f"generation failed: {type(exc).__name__}: {exc}")
 
 
-def _process_main(cfg: EngineConfig, inbox: Any, outbox: Any) -> None:
-    """Entry point of the engine child process (spawn)."""
+def _process_main(cfg: EngineConfig, inbox: Any, outbox: Any, parent_pid: int) -> None:
+    """Entry point of the engine child process (spawn). Exits by itself if its parent dies."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     core = EngineCore(cfg, lambda rid, kind, data: outbox.put((rid, kind, data)))
     try:
-        core.run(inbox)
+        core.run(inbox, orphaned=lambda: os.getppid() != parent_pid)
     finally:
         outbox.put((None, "exited", {}))
 
@@ -564,7 +586,10 @@ class Engine:
                 ctx = mp.get_context("spawn")
                 self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
                 self._proc = ctx.Process(
-                    target=_process_main, args=(self.cfg, self._inbox, self._outbox), name="chat-engine", daemon=True
+                    target=_process_main,
+                    args=(self.cfg, self._inbox, self._outbox, os.getpid()),
+                    name="chat-engine",
+                    daemon=True,
                 )
                 self._proc.start()
                 self._reader = threading.Thread(target=self._read_events, name="chat-engine-events", daemon=True)
@@ -601,7 +626,13 @@ class Engine:
     def _read_events(self) -> None:
         while True:
             try:
-                rid, kind, data = self._outbox.get()
+                rid, kind, data = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                if self._proc is not None and not self._proc.is_alive():  # killed (OOM, signal)
+                    self.closed = True
+                    self._fail_all("model_unavailable", "the chat engine process died; it restarts on the next message")
+                    return
+                continue
             except (EOFError, OSError):
                 return
             if rid is None and kind == "exited":

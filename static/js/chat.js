@@ -228,6 +228,10 @@ if (root) {
   document.getElementById("chat-params").addEventListener("input", (event) => {
     if (event.target !== presetSel) presetSel.value = "custom";
   });
+  // A reload mid-reply: ask the server to keep generating; the reloaded page polls the message.
+  window.addEventListener("pagehide", () => {
+    if (streaming && socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "detach" }));
+  });
   scrollDown();
   connect();
   input.focus();

@@ -338,3 +338,46 @@ async def test_multi_turn_prompt_and_truncation(chat_model, plain_user) -> None:
     count = await database_sync_to_async(Message.objects.filter(conversation_id=conv).count)()
     assert count == 16
     await comm.disconnect()
+
+
+async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
+    from chat.consumers import keep_detached_alive
+
+    chat_settings.CHAT_DETACH_GRACE_S = 2.0
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 30}})
+    start = await recv(comm)
+    assert (await recv(comm))["type"] == "token"
+    await comm.send_json_to({"type": "detach"})  # the page is being reloaded
+    await comm.disconnect()
+    mid = start["message"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:  # the reloaded page polls the message until it is final
+        agent = await database_sync_to_async(Message.objects.get)(pk=mid)
+        if agent.status not in ("queued", "streaming"):
+            break
+        assert loop.time() < deadline
+        keep_detached_alive(mid)
+        await asyncio.sleep(0.1)  # poll interval of the page (a condition wait, bounded by the deadline)
+    assert agent.status == "done" and agent.finish_reason in ("length", "eos")
+    assert agent.completion_tokens == 30 or agent.finish_reason == "eos"
+
+
+async def test_detached_stream_without_polls_is_cancelled(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
+    from chat.engine_client import peek_backend
+
+    chat_settings.CHAT_DETACH_GRACE_S = 0.3
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 100}})
+    start = await recv(comm)
+    assert (await recv(comm))["type"] == "token"
+    await comm.send_json_to({"type": "detach"})
+    await comm.disconnect()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while (agent := await database_sync_to_async(Message.objects.get)(pk=start["message"])).status == "streaming":
+        assert loop.time() < deadline
+        await asyncio.sleep(0.1)
+    assert agent.status == "cancelled" and agent.completion_tokens < 100
+    assert peek_backend().active_ids() == []

@@ -83,8 +83,26 @@ def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, pas
     assert page.locator(".cm-conv.active .cm-conv-title").inner_text() == "hello there"
     page.locator(".cm-agent .cm-details summary").click()
     assert live_chat_model.ref in page.locator(".cm-agent .cm-details").inner_text()
+    # reload in the middle of a reply: the partial reply shows, then it completes (the page polls it)
+    page.click("#chat-params summary")
+    page.fill("#p-max_new_tokens", "60")
+    page.fill("#p-stop", "")
+    page.locator("#chat-input").fill("and then?")
+    page.locator("#chat-input").press("Enter")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= 3"
+    )
+    page.reload()
+    second = page.locator(".cm-agent").nth(1)
+    assert second.locator(".badge").inner_text().startswith("streaming")
+    partial = second.locator(".cm-text").inner_text()
+    page.wait_for_function("() => !document.querySelectorAll('.cm-agent')[1].querySelector('.badge')", timeout=30_000)
+    done_text = page.locator(".cm-agent").nth(1).locator(".cm-text").inner_text()
+    assert done_text.startswith(partial) and len(done_text) >= len(partial)
+    page.locator(".cm-agent").nth(1).locator(".cm-details summary").click()
+    assert "length" in page.locator(".cm-agent").nth(1).locator(".cm-details").inner_text()
     # keyboard: rate the reply with Tab focus + Enter
-    page.locator(".cm-agent button[aria-label='Good reply']").focus()
+    page.locator(".cm-agent button[aria-label='Good reply']").first.focus()
     page.keyboard.press("Enter")
     page.wait_for_selector(".cm-agent button[aria-label='Good reply'][aria-pressed=true]")
     page.screenshot(path=str(shots / "chat-desktop.png"), full_page=True)

@@ -207,3 +207,21 @@ def test_process_mode_streams_and_exits_cleanly(model_dir: Path) -> None:
     finally:
         engine.close()
     assert not engine.alive() and mp.active_children() == []
+
+
+def test_requests_arriving_together_share_one_prefill(model_dir: Path) -> None:
+    tok, model = tiny_tokenizer(), tiny_model()
+    rec = Recorder()
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32"), rec.emit)
+    core.ensure_model()
+    params = GenerationParams(max_new_tokens=16, repetition_penalty=1.2)
+    for i, prompt in enumerate(PROMPTS):
+        core.submit(GenRequest(str(i), tok(prompt)["input_ids"], params))
+    core.step()  # one padded prefill for all three, then one decode step
+    assert len(core.rows) == 3 and all(r.generated == 2 for r in core.rows)
+    while core.step():
+        pass
+    for i, prompt in enumerate(PROMPTS):
+        ids = tok(prompt)["input_ids"]
+        ref = reference(model, ids, do_sample=False, max_new_tokens=16, repetition_penalty=1.2)
+        assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True)
