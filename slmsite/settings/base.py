@@ -235,7 +235,7 @@ SENTIMENT_INLINE_ROWS = env_int("SENTIMENT_INLINE_ROWS", 200)
 # transformer's training wall-clock budget in seconds, the size ("default", or "tiny" = seconds, for
 # tests / browser-test stacks), and an optional real encoder (hub id or path, trained in frozen mode)
 # used instead of the offline character BERT when it is present.
-SENTIMENT_BOOTSTRAP_MAX_TIME_S = env_int("SENTIMENT_BOOTSTRAP_MAX_TIME_S", 240)
+SENTIMENT_BOOTSTRAP_MAX_TIME_S = env_int("SENTIMENT_BOOTSTRAP_MAX_TIME_S", 300)
 SENTIMENT_BOOTSTRAP_SIZE = os.environ.get("SENTIMENT_BOOTSTRAP_SIZE", "default")
 SENTIMENT_BOOTSTRAP_ENCODER = os.environ.get("SENTIMENT_BOOTSTRAP_ENCODER", "")
 # torch threads for that training (0 = torch's default; 1 avoids OpenMP spin-waiting on a busy machine,
