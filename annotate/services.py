@@ -273,7 +273,7 @@ def _lease_expiry() -> Any:
 
 def label_counts(project: Project) -> dict[str, int]:
     counts = dict(
-        Item.objects.filter(project=project, is_gold=False)
+        Item.objects.filter(project=project, lane=Item.CLOSED, is_gold=False)  # final labels live in closed items
         .exclude(final_label="")
         .values_list("final_label")
         .annotate(n=Count("id"))
