@@ -230,10 +230,11 @@ class EngineCore:
             self.emit(None, "model", {"model": self.loaded.ref})
             self._next_check = time.monotonic() + self.cfg.swap_check_s
 
-    def _watch_live(self) -> None:
-        """Notices a newly promoted version; swaps once no request is running on the old one."""
+    def _watch_live(self, force: bool = False) -> None:
+        """Notices a newly promoted version; swaps once no request is running on the old one. `force`
+        re-reads the live pointer now (a waiting request was prepared for another version)."""
         now = time.monotonic()
-        if self.loaded is None or now < self._next_check:
+        if self.loaded is None or (now < self._next_check and not force):
             if self._pending_ref is None:
                 return
         else:
@@ -464,7 +465,8 @@ class EngineCore:
     def step(self) -> bool:
         """One scheduling round: cancels, swap check, admissions, one decode step. True if work remains."""
         self._drop_cancelled()
-        self._watch_live()
+        loaded_ref = self.loaded.ref if self.loaded else None
+        self._watch_live(force=any(r.model_ref and r.model_ref != loaded_ref for r in self.waiting))
         if self.waiting and self._pending_ref is None:
             self._admit()
         if self.rows:
@@ -479,11 +481,15 @@ class EngineCore:
             self.emit(row.req.id, "error", {"code": code, "message": message})
         self.rows, self.cache, self.mask = [], None, None
 
-    def run(self, inbox: Any, orphaned: Callable[[], bool] | None = None) -> None:
+    def run(
+        self, inbox: Any, orphaned: Callable[[], bool] | None = None, flush: Callable[[], None] | None = None
+    ) -> None:
         """Serves commands from `inbox` (a queue of tuples) until ("shutdown",) or, when idle,
-        `orphaned()` says the owner is gone."""
+        `orphaned()` says the owner is gone. `flush()` runs after every round (batched event delivery)."""
         last_step = 0.0
         while True:
+            if flush is not None:
+                flush()
             timeout: float | None = None
             if not (self.rows or self.waiting):
                 if orphaned is not None and orphaned():
@@ -530,11 +536,19 @@ def _process_main(cfg: EngineConfig, inbox: Any, outbox: Any, parent_pid: int) -
     """Entry point of the engine child process (spawn). Exits by itself if its parent dies."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    core = EngineCore(cfg, lambda rid, kind, data: outbox.put((rid, kind, data)))
+    pending: list[tuple[str | None, str, dict[str, Any]]] = []
+
+    def flush() -> None:  # one pipe write per engine round, not one per token
+        if pending:
+            outbox.put(list(pending))
+            pending.clear()
+
+    core = EngineCore(cfg, lambda rid, kind, data: pending.append((rid, kind, data)))
     try:
-        core.run(inbox, orphaned=lambda: os.getppid() != parent_pid)
+        core.run(inbox, orphaned=lambda: os.getppid() != parent_pid, flush=flush)
     finally:
-        outbox.put((None, "exited", {}))
+        flush()
+        outbox.put([(None, "exited", {})])
 
 
 # ------------------------------------------------------------------------------------------ facade
@@ -609,7 +623,7 @@ class Engine:
                 self._proc.terminate()
                 self._proc.join(2)
             if self._reader is not None:
-                self._outbox.put((None, "exited", {}))
+                self._outbox.put([(None, "exited", {})])
                 self._reader.join(timeout)
             for q in (self._inbox, self._outbox):
                 q.close()
@@ -626,7 +640,7 @@ class Engine:
     def _read_events(self) -> None:
         while True:
             try:
-                rid, kind, data = self._outbox.get(timeout=1.0)
+                batch = self._outbox.get(timeout=1.0)
             except queue.Empty:
                 if self._proc is not None and not self._proc.is_alive():  # killed (OOM, signal)
                     self.closed = True
@@ -635,10 +649,11 @@ class Engine:
                 continue
             except (EOFError, OSError):
                 return
-            if rid is None and kind == "exited":
-                self._fail_all("model_unavailable", "the chat engine stopped")
-                return
-            self._dispatch(rid, kind, data)
+            for rid, kind, data in batch:
+                if rid is None and kind == "exited":
+                    self._fail_all("model_unavailable", "the chat engine stopped")
+                    return
+                self._dispatch(rid, kind, data)
 
     def _fail_all(self, code: str, message: str) -> None:
         with self._lock:

@@ -133,12 +133,14 @@ def test_int8_converts_conv1d_and_still_generates(model_dir: Path) -> None:
     assert rec.end("q")["reason"] in ("length", "eos")
 
 
-def _submit(engine: Engine, rec: Recorder, text: str, params: GenerationParams, user: str | None = None) -> str:
+def _submit(
+    engine: Engine, rec: Recorder, text: str, params: GenerationParams, user: str | None = None, model_ref: str = ""
+) -> str:
     tok = tiny_tokenizer()
     box: list[str] = []
     known = threading.Event()
     prompt = ChatPrompt(text, tok(text)["input_ids"], 0, 0)
-    rid, _ = engine.submit(prompt, params, rec.callback(box, known), user_key=user)
+    rid, _ = engine.submit(prompt, params, rec.callback(box, known), user_key=user, model_ref=model_ref)
     box.append(rid)
     rec.done.setdefault(rid, threading.Event())
     known.set()
@@ -158,7 +160,7 @@ def test_hot_swap_to_promoted_version_without_restart(tmp_path: Path) -> None:
         assert rec.end(rid)["model"] == v1.ref
         v2 = add_tiny_chat_version(reg, seed=1)  # promoted: the engine picks it up between steps
         assert engine.prepare([], "hello", GenerationParams(max_new_tokens=4))[0] == v2.ref
-        rid2 = _submit(engine, rec, PROMPTS[0], GenerationParams(max_new_tokens=4))
+        rid2 = _submit(engine, rec, PROMPTS[0], GenerationParams(max_new_tokens=4), model_ref=v2.ref)
         assert rec.done[rid2].wait(30)
         assert rec.end(rid2)["model"] == v2.ref
         assert [d for k, d in rec.events[rid2] if k == "started"][0]["model"] == v2.ref
