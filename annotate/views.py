@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -283,7 +283,11 @@ def retrain(request: HttpRequest, pk: int) -> HttpResponse:
 def review(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     if request.method == "POST":
-        item = get_object_or_404(Item, pk=request.POST.get("item") or 0, project=project)
+        raw = request.POST.get("item", "")
+        if not raw.isdigit():
+            messages.error(request, "Choose an item.")
+            return redirect("annotate:review", pk=pk)
+        item = get_object_or_404(Item, pk=int(raw), project=project)
         try:
             if request.POST.get("kind") == "gold":
                 services.item_set_gold(item=item, label=request.POST.get("label", ""), user=request.user)
@@ -403,7 +407,3 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if getattr(request, "htmx", False):
         return render(request, "annotate/run.html#run-status", ctx)
     return render(request, "annotate/run.html", ctx)
-
-
-def bad_request(message: str) -> HttpResponseBadRequest:
-    return HttpResponseBadRequest(message)

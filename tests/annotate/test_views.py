@@ -196,3 +196,23 @@ def test_runs_page_polls_while_active(client, annotator_user, password, project)
     assert 'hx-trigger="every 2s"' in html
     frag = client.get(reverse("annotate:runs"), HTTP_HX_REQUEST="true").content.decode()
     assert frag.strip().startswith('<div id="runs-table"') and "<html" not in frag
+
+
+def test_bad_admin_input_is_never_a_500(client, admin_user, password, project, registry):
+    client.login(username=admin_user.username, password=password)
+    review = reverse("annotate:review", kwargs={"pk": project.pk})
+    assert client.post(review, {"item": "abc", "label": "positive"}).status_code == 302
+    assert client.post(review, {"item": "999999", "label": "positive"}).status_code == 404
+    item = Item.objects.filter(project=project).first()
+    r = client.post(review, {"item": item.pk, "label": "nope"}, follow=True)
+    assert r.status_code == 200 and b"unknown label" in r.content
+    action = reverse("annotate:model_action", kwargs={"pk": project.pk})
+    r = client.post(action, {"action": "promote", "version": "v9999"}, follow=True)
+    assert r.status_code == 200 and b"no version" in r.content
+    r = client.post(action, {"action": "rollback"}, follow=True)
+    assert r.status_code == 200
+    sim = reverse("annotate:simulate", kwargs={"pk": project.pk})
+    assert client.post(sim, {"strategies": ["bogus"]}).status_code == 302 and not Simulation.objects.exists()
+    imp = reverse("annotate:import", kwargs={"pk": project.pk})
+    r = client.post(imp, {"path": "/definitely/not/here.csv"}, follow=True)
+    assert b"does not exist" in r.content
