@@ -249,3 +249,47 @@ def test_a_crashing_attempt_is_retried_by_rq(registry, admin_user, annotator_use
     run.refresh_from_db()
     assert run.status == "succeeded" and run.attempts == 2 and len(calls) == 2
     assert "CUDA out of memory" in run.log and run.error == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotator_user, tmp_path):
+    import torch
+
+    from annotate import jobs
+    from slm.classify.charbert import char_bert_classifier
+    from tests.annotate.conftest import NEG, POS
+
+    torch.set_num_threads(1)
+    tiny = char_bert_classifier(POS + NEG, ["negative", "positive"], hidden_size=32, num_layers=2, num_heads=2,
+                                max_length=24, min_freq=1)  # fmt: skip
+    enc_dir = tmp_path / "encoder"
+    tiny.encoder.save_pretrained(enc_dir)
+    tiny.tokenizer.save_pretrained(enc_dir)
+    make_tiny_version(registry)
+    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir))
+    _label_all(project, annotator_user)
+    run = TrainingRun.objects.create(project=project)
+    jobs.retrain_job(run.pk)  # no worker needed to check the family; the RQ path is tested above
+    run.refresh_from_db()
+    assert run.status == "succeeded", (run.error, run.log)
+    assert run.epochs > 0 and run.epoch >= 1 and run.loss is not None
+    mv = registry.get("sentiment", run.version)
+    assert mv.metadata["family"] == "transformer" and mv.metadata["curves"]["x"] == "epoch"
+    from slm.classify.base import load_classifier
+
+    probs = load_classifier(mv.path).predict_proba(["很好"])
+    assert probs.shape == (1, 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transformer_family_without_encoder_fails_with_a_clear_error(registry, annotator_user):
+    from annotate import jobs
+
+    make_tiny_version(registry)
+    project = make_project(gold_fraction=0.35, family="transformer")
+    _label_all(project, annotator_user)
+    run = TrainingRun.objects.create(project=project)
+    with pytest.raises(Exception, match="base encoder"):
+        jobs.retrain_job(run.pk)
+    run.refresh_from_db()
+    assert run.status == "failed" and "base encoder" in run.error
