@@ -114,6 +114,8 @@ def test_refresh_pool_scores_items_and_queue_follows_uncertainty(project, annota
     a = services.lease_next(project=project, user=annotator_user)  # min_per_label=0: no cold start
     assert a.item_id == top.pk
     assert a.item.pred_conf == min(it.pred_conf for it in items)  # entropy: least confident first
+    sug = selectors.item_payload(a.item, project)["suggestion"]  # the label page shows it with confidence
+    assert sug["label"] == a.item.pred_label and sug["confidence"] == round(a.item.pred_conf, 3)
     # a second version: the stopping signal records prediction stability
     make_tiny_version(registry)
     jobs.refresh_pool_job(project.pk)
@@ -167,3 +169,25 @@ def test_management_commands(project, tmp_path, settings, annotator_user):
     call_command("export_labels", project.name, "--format", "csv", "--out", str(out))
     assert out.read_text(encoding="utf-8").count("\n") == 2
     assert ImportJob.objects.count() == 0  # the command imports directly
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_import_runs_as_a_job_on_the_worker(client, admin_user, password, run_worker, settings, tmp_path):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.MEDIA_ROOT = tmp_path
+    project = make_project()
+    client.login(username=admin_user.username, password=password)
+    url = f"/annotate/p/{project.pk}/import"
+    body = "text,label\n上传的第一条,positive\n上传的第二条,negative\n".encode()
+    r = client.post(url, {"file": SimpleUploadedFile("up.csv", body, content_type="text/csv")})
+    assert r.status_code == 302
+    imp = ImportJob.objects.get(project=project)
+    assert imp.status == "queued"
+    run_worker()
+    imp.refresh_from_db()
+    assert imp.status == "succeeded" and imp.report["added"] == 2
+    bad = client.post(
+        url, {"file": SimpleUploadedFile("x.exe", b"MZ", content_type="application/octet-stream")}, follow=True
+    )
+    assert b"upload a .csv" in bad.content and ImportJob.objects.count() == 1
