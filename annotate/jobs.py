@@ -346,6 +346,7 @@ def refresh_pool_job(project_id: int, chunk: int = 512) -> dict[str, Any]:
         Item.objects.filter(project=project, is_gold=False, final_label="").order_by("id").values_list("id", flat=True)
     )
     t0 = time.monotonic()
+    want_embeddings = project.strategy in ("kcenter", "hybrid") and hasattr(model, "features")
     probs_parts: list[np.ndarray] = []
     emb_parts: list[np.ndarray] = []
     for start in range(0, len(ids), chunk):
@@ -353,13 +354,21 @@ def refresh_pool_job(project_id: int, chunk: int = 512) -> dict[str, Any]:
         texts = dict(Item.objects.filter(id__in=part).values_list("id", "text"))
         batch = [texts[i] for i in part]
         probs_parts.append(np.asarray(model.predict_proba(batch), dtype=np.float32)[:, order])
-        if hasattr(model, "embed"):
+        if want_embeddings:  # encoder features (transformer family) for k-center / hybrid
             try:
-                emb_parts.append(np.asarray(model.embed(batch), dtype=np.float32))
-            except Exception:
+                feats = model.features(batch)
+                feats = feats.detach().cpu().numpy() if hasattr(feats, "detach") else np.asarray(feats)
+                emb_parts.append(feats.astype(np.float32))
+            except Exception as exc:
+                log.warning("no embeddings for the pool of project %s: %s", project_id, exc)
+                want_embeddings = False
                 emb_parts = []
     probs = np.concatenate(probs_parts) if probs_parts else np.zeros((0, len(project.labels)), dtype=np.float32)
     embeddings = np.concatenate(emb_parts) if emb_parts and len(emb_parts) == len(probs_parts) else None
+    if embeddings is not None and embeddings.shape[1] > 64:
+        from slm.active import reduce_embeddings
+
+        embeddings = reduce_embeddings(embeddings, 64)  # k-center over 100k stays well under a second
     scores = training.query_scores(project.strategy, probs, embeddings, batch_size=project.batch_size)
     path = pool_cache_path(project_id)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -252,7 +252,7 @@ def test_a_crashing_attempt_is_retried_by_rq(registry, admin_user, annotator_use
 
 
 @pytest.mark.django_db(transaction=True)
-def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotator_user, tmp_path):
+def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotator_user, tmp_path, settings):
     import torch
 
     from annotate import jobs
@@ -260,6 +260,7 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
     from tests.annotate.conftest import NEG, POS
 
     torch.set_num_threads(1)
+    settings.MEDIA_ROOT = tmp_path
     tiny = char_bert_classifier(POS + NEG, ["negative", "positive"], hidden_size=32, num_layers=2, num_heads=2,
                                 max_length=24, min_freq=1)  # fmt: skip
     enc_dir = tmp_path / "encoder"
@@ -279,6 +280,17 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
 
     probs = load_classifier(mv.path).predict_proba(["很好"])
     assert probs.shape == (1, 2)
+    # hybrid strategy on the transformer's encoder features: the refresh caches embeddings for k-center
+    import numpy as np
+
+    from annotate.models import Project
+
+    Project.objects.filter(pk=project.pk).update(strategy="hybrid")
+    services.version_promote(project=project, version=run.version)
+    Item.objects.filter(project=project, is_gold=False).update(final_label="", lane=Item.POOL)
+    out = jobs.refresh_pool_job(project.pk)
+    cache = np.load(jobs.pool_cache_path(project.pk))
+    assert out["items"] > 0 and cache["embeddings"].shape == (out["items"], 32)
 
 
 @pytest.mark.django_db(transaction=True)
