@@ -79,7 +79,9 @@ async def test_not_authenticated_gets_error_and_close(chat_model) -> None:  # ty
 async def test_every_bad_frame_gets_its_code_and_socket_stays_usable(chat_model, plain_user, admin_user, settings):  # type: ignore[no-untyped-def]
     other = await database_sync_to_async(Conversation.objects.create)(owner=admin_user, title="not yours")
     comm = await connect(plain_user)
+    errors_before = metric("slm_chat_errors_total", code="bad_json")
     await expect_error(comm, "not json{", "bad_json")
+    assert metric("slm_chat_errors_total", code="bad_json") == errors_before + 1
     await expect_error(comm, "[1, 2]", "bad_json")
     await expect_error(comm, {"type": "dance"}, "unknown_type")
     await expect_error(comm, {"prompt": "hi"}, "unknown_type")
@@ -138,7 +140,15 @@ async def test_model_unavailable_when_registry_empty(chat_settings, plain_user) 
     await comm.disconnect()
 
 
+def metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_streams_persists_and_matches_greedy_generate(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    streams_before = metric("slm_chat_streams_total")
+    ttft_before = metric("slm_chat_ttft_seconds_count")
     comm = await connect(plain_user)
     await comm.send_json_to({"type": "generate", "conversation": None, "prompt": "hello there", "params": GREEDY})
     start, tokens, end = await collect(comm)
@@ -178,6 +188,9 @@ async def test_streams_persists_and_matches_greedy_generate(chat_model, plain_us
     assert agent.completion_tokens == end["usage"]["completion_tokens"] and agent.ttft_ms is not None
     conv = await database_sync_to_async(Conversation.objects.get)(pk=start["conversation"])
     assert conv.owner_id == plain_user.pk and conv.title == "hello there"
+    assert metric("slm_chat_streams_total") == streams_before + 1
+    assert metric("slm_chat_ttft_seconds_count") == ttft_before + 1
+    assert metric("slm_chat_active_streams") == 0
     await comm.disconnect()
 
 
@@ -224,6 +237,7 @@ async def test_stop_cancels_within_a_token_and_socket_reusable(paced_chat_model,
             break
         received += 1
     assert frame["reason"] == "cancelled"
+    assert metric("slm_chat_cancellations_total", how="stop") >= 1
     # the engine notices the stop before its next step: at most one token beyond those in flight
     assert frame["usage"]["completion_tokens"] <= received + 1
     assert frame["usage"]["completion_tokens"] < 100
