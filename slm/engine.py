@@ -536,7 +536,7 @@ class EngineCore:
                 self.step()
             except Exception as exc:  # never leave streams hanging
                 log.exception("chat engine step failed")
-                self.fail_all("engine_error", f"generation failed: {type(exc).__name__}: {exc}")
+                self.fail_all("model_unavailable", f"generation failed: {type(exc).__name__}: {exc}")
 
 
 def _process_main(cfg: EngineConfig, inbox: Any, outbox: Any, parent_pid: int) -> None:
