@@ -101,6 +101,9 @@ def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"/annotate/p/{project.pk}/label/")
     page.screenshot(path=str(shots / "annotate-label-phone-done.png"), full_page=True)
+    page.goto("/annotate/")
+    assert page.get_by_role("link", name="Start labelling").is_visible()
+    page.screenshot(path=str(shots / "annotate-index-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 860})
 
     # the admin retrains
