@@ -65,7 +65,6 @@ def bench_frozen(registry: Registry, name: str, n_train: int, n_val: int, epochs
     def fresh() -> TransformerClassifier:
         if "transformer" in fam:
             m = TransformerClassifier.load(fam["transformer"].path)
-            m.head.reset_parameters() if hasattr(m.head, "reset_parameters") else None
             torch.manual_seed(0)
             for layer in m.head.modules():
                 if isinstance(layer, torch.nn.Linear):
@@ -74,8 +73,9 @@ def bench_frozen(registry: Registry, name: str, n_train: int, n_val: int, epochs
         return char_bert_classifier(tr, ["negative", "positive"], hidden_size=128, num_layers=2, max_length=128)
 
     encoder_desc = fam["transformer"].ref if "transformer" in fam else "fresh char-BERT (no transformer version)"
+    max_length = fresh().usable_length
     cfg = TrainConfig(
-        mode="frozen", epochs=epochs, early_stopping_patience=0, max_length=128, seed=7, lr=5e-3, batch_size=32
+        mode="frozen", epochs=epochs, early_stopping_patience=0, max_length=max_length, seed=7, lr=5e-3, batch_size=32
     )
     m1 = fresh()
     t0 = time.perf_counter()

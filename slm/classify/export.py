@@ -87,6 +87,9 @@ class OnnxClassifier:
         self.tokenizer = tokenizer
         self.labels = [str(x) for x in config["labels"]]
         self.max_length = int(config.get("max_length", 200))
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < self.max_length:
+            self.max_length = limit
         self.preprocess_config = PreprocessConfig.from_dict(config.get("preprocess"))
 
     @classmethod

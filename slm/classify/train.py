@@ -622,9 +622,9 @@ def _train_end_to_end(
     model.to(device)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     report(f"tokenizing {len(texts)} texts", 0.02)
-    enc = model.tokenizer(model.clean(texts), truncation=True, max_length=config.max_length)["input_ids"]
+    enc = model.tokenizer(model.clean(texts), truncation=True, max_length=model.usable_length)["input_ids"]
     val_enc = (
-        model.tokenizer(model.clean(val_texts), truncation=True, max_length=config.max_length)["input_ids"]
+        model.tokenizer(model.clean(val_texts), truncation=True, max_length=model.usable_length)["input_ids"]
         if val_texts
         else []
     )

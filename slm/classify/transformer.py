@@ -124,6 +124,12 @@ class TransformerClassifier(nn.Module):
         cfg.label2id = {lab: i for i, lab in enumerate(self.labels)}
 
     @property
+    def usable_length(self) -> int:
+        """max_length, capped by the encoder's position embeddings (a longer text would crash it)."""
+        limit = getattr(self.encoder.config, "max_position_embeddings", None)
+        return min(self.max_length, int(limit)) if limit else self.max_length
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -133,7 +139,7 @@ class TransformerClassifier(nn.Module):
 
     def tokenize(self, texts: Sequence[str], *, cleaned: bool = False) -> dict[str, torch.Tensor]:
         docs = list(texts) if cleaned else self.clean(texts)
-        enc = self.tokenizer(docs, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        enc = self.tokenizer(docs, truncation=True, max_length=self.usable_length, padding=True, return_tensors="pt")
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def encode(self, **batch: torch.Tensor) -> torch.Tensor:
