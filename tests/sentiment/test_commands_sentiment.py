@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,12 @@ def test_train_ngram_from_file_registers_and_promotes(registry, labelled_csv: Pa
     assert mv.metadata["family"] == "ngram" and mv.metadata["quality"]["duplicates_dropped"] == 20
     assert mv.metadata["metrics"]["split"] == "held-out" and mv.metadata["data"]["n_test"] == 6
     summary = json.loads(out.strip().splitlines()[-1])
+    extra = labelled_csv.parent / "skewed.csv"
+    extra.write_text(labelled_csv.read_text(encoding="utf-8") + "".join(f"很好的东西{i},positive\n" for i in range(20)))
+    out = run(
+        "train_sentiment", "--data", str(extra), "--text-column", "review", "--label-column", "y", "--augment", "1.0"
+    )
+    assert re.search(r"augmentation: [1-9]\d* perturbed copies", out)
     assert summary["version"] == "sentiment@v0001" and "macro_f1" in summary["metrics"]
 
 

@@ -51,6 +51,12 @@ class Command(BaseCommand):
         parser.add_argument("--test-size", type=float, default=None, help="held-out fraction (default 0.2)")
         parser.add_argument("--limit", type=int, help="use at most this many texts (stratified)")
         parser.add_argument("--min-chars", type=int, default=None, help="drop shorter texts (default 1; bundled 4)")
+        parser.add_argument(
+            "--augment",
+            type=float,
+            default=None,
+            help="oversample training classes smaller than this fraction of the largest with perturbed copies",
+        )
         parser.add_argument("--encoder", help="transformer: hub id, local dir, registry:<name>, or 'char-bert'")
         parser.add_argument("--hidden-size", type=int, default=128, help="char-bert: hidden size")
         parser.add_argument("--num-layers", type=int, default=2, help="char-bert: transformer layers")
@@ -117,7 +123,15 @@ class Command(BaseCommand):
                 raise ValueError(f"eval file has labels {unknown} not in the training data")
         else:
             tr, ytr, te, yte = stratified_split(texts, labels, test_size=test_size, seed=seed)
-        split = Split(tr, ytr, te, yte, labels=label_names, source=source_desc, quality=quality.to_dict())
+        quality_dict = quality.to_dict()
+        augment = opts["augment"] if opts.get("augment") is not None else data_cfg.get("augment")
+        if augment:
+            from slm.text import augment_minority
+
+            tr, ytr, added = augment_minority(tr, ytr, target_ratio=float(augment), seed=seed)
+            quality_dict["augmented"] = added
+            self.stdout.write(f"augmentation: {added} perturbed copies added to small training classes")
+        split = Split(tr, ytr, te, yte, labels=label_names, source=source_desc, quality=quality_dict)
         self.stdout.write(f"data: {quality.summary()}")
         self.stdout.write(f"split: {len(tr)} train / {len(te)} held-out")
 
