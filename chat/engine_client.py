@@ -75,6 +75,19 @@ def get_backend() -> Any:
         return _backend
 
 
+def warm() -> None:
+    """Starts the local engine (its process loads the model) ahead of the first message; used when the
+    chat page is rendered. Never raises: problems are reported to the first request."""
+    if not getattr(settings, "CHAT_ENGINE_WARM", True) or settings.CHAT_BACKEND != "local":
+        return
+    try:
+        backend = get_backend()
+        if not backend.alive():
+            backend.start()
+    except Exception:  # pragma: no cover - reported on first use
+        pass
+
+
 def peek_backend() -> Any:
     """The backend if one was built, without building it."""
     return _backend

@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
+from chat import engine_client, metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
 from chat.consumers import keep_detached_alive
 from chat.models import Conversation, Message
 
@@ -41,6 +41,7 @@ def _conversation_or_404(request: HttpRequest, pk: int) -> Conversation:
 
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    engine_client.warm()  # the engine loads the model while the user types
     defaults = dict(settings.CHAT_DEFAULT_PARAMS)
     return render(
         request,

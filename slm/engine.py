@@ -237,6 +237,14 @@ class EngineCore:
             self.emit(None, "model", {"model": self.loaded.ref})
             self._next_check = time.monotonic() + self.cfg.swap_check_s
 
+    def preload(self) -> None:
+        """Loads the model up front (engine start), so the first message does not wait for it; a
+        failure here is reported to the first request instead."""
+        try:
+            self.ensure_model()
+        except Exception as exc:
+            log.warning("chat engine: model not loaded at start: %s", exc)
+
     def _watch_live(self, force: bool = False) -> None:
         """Notices a newly promoted version; swaps once no request is running on the old one. `force`
         re-reads the live pointer now (a waiting request was prepared for another version)."""
@@ -551,6 +559,7 @@ def _process_main(cfg: EngineConfig, inbox: Any, outbox: Any, parent_pid: int) -
             pending.clear()
 
     core = EngineCore(cfg, lambda rid, kind, data: pending.append((rid, kind, data)))
+    core.preload()
     try:
         core.run(inbox, orphaned=lambda: os.getppid() != parent_pid, flush=flush)
     finally:
@@ -599,7 +608,9 @@ class Engine:
                 def target() -> None:
                     if self.cfg.num_threads:
                         torch.set_num_threads(self.cfg.num_threads)
-                    EngineCore(self.cfg, self._dispatch).run(self._inbox)
+                    core = EngineCore(self.cfg, self._dispatch)
+                    core.preload()
+                    core.run(self._inbox)
 
                 self._thread = threading.Thread(target=target, name="chat-engine", daemon=True)
                 self._thread.start()

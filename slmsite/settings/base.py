@@ -195,6 +195,8 @@ CHAT_ENGINE_THREADS = env_int("CHAT_ENGINE_THREADS", 1)
 CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 # A page reload mid-reply detaches its stream: generation goes on while the reloaded page polls it.
 CHAT_DETACH_GRACE_S = env_float("CHAT_DETACH_GRACE_S", 5.0)
+# Start the engine (load the model) when the chat page is rendered rather than on the first message.
+CHAT_ENGINE_WARM = env_bool("CHAT_ENGINE_WARM", True)
 CHAT_DEFAULT_PARAMS = {
     "max_new_tokens": 64,
     "temperature": 0.6,

@@ -11,6 +11,11 @@ from chat.models import Conversation, Message
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _no_engine_warmup(settings):  # type: ignore[no-untyped-def]
+    settings.CHAT_ENGINE_WARM = False
+
+
 @pytest.fixture
 def exchange(plain_user):  # type: ignore[no-untyped-def]
     conv, user_msg, agent = services.exchange_start(
@@ -103,3 +108,13 @@ def test_metrics_exposes_chat_series(client) -> None:  # type: ignore[no-untyped
         "slm_chat_errors_total",
     ):
         assert name in body
+
+
+def test_chat_page_warms_the_engine(client, plain_user, password, chat_model, settings) -> None:  # type: ignore[no-untyped-def]
+    from chat.engine_client import peek_backend
+
+    settings.CHAT_ENGINE_WARM = True
+    client.login(username=plain_user.username, password=password)
+    assert client.get(reverse("chat:index")).status_code == 200
+    backend = peek_backend()
+    assert backend is not None and backend.alive()
