@@ -149,3 +149,16 @@ def test_config_from_toml_yaml_and_errors(tmp_path: Path) -> None:
 def test_split_validation_is_stratified() -> None:
     tr, ytr, va, yva = split_validation(TEXTS, LABELS, 0.25, seed=0)
     assert len(va) == 12 and yva.count("pos") == 6 and not set(tr) & set(va)
+
+
+def test_epoch_metrics_match_sklearn() -> None:
+    from slm.classify.metrics import compute_metrics
+    from slm.classify.train import _eval_logits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 3, generator=gen)
+    y = torch.randint(0, 3, (50,), generator=gen)
+    row = _eval_logits(logits, y, ["a", "b", "c"])
+    ref = compute_metrics(y.numpy(), torch.softmax(logits, -1).numpy(), labels=["a", "b", "c"])
+    assert row["val_accuracy"] == pytest.approx(ref["accuracy"])
+    assert row["val_macro_f1"] == pytest.approx(ref["macro_f1"])
