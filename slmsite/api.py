@@ -9,7 +9,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer, SessionAuth
 
 from slmsite.services import api_token_authenticate
 
@@ -22,8 +22,18 @@ class BearerToken(HttpBearer):
         return user
 
 
-# Bearer first: a token client never needs CSRF (django_auth checks CSRF before it looks at the session).
-api = NinjaAPI(title="slm API", version="1", docs_url="/docs", auth=[BearerToken(), django_auth])
+class LoggedInSession(SessionAuth):
+    """Django session auth (with its CSRF check) — but a request with no logged-in session is simply not
+    authenticated by it, so a client without credentials gets 401, not a confusing CSRF 403."""
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        if not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)
+
+
+# Bearer first: a token client never needs CSRF (session auth checks CSRF before it looks at the session).
+api = NinjaAPI(title="slm API", version="1", docs_url="/docs", auth=[BearerToken(), LoggedInSession()])
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:

@@ -19,3 +19,12 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+if os.environ.get("SLM_WARM_ENGINE_ON_START") == "1":
+    # `manage.py serve` sets this for its daphne: the chat engine loads its model at start-up, so the
+    # first message does not pay for the process spawn and model load.
+    import threading
+
+    from chat.engine_client import warm
+
+    threading.Thread(target=warm, name="chat-engine-warm", daemon=True).start()

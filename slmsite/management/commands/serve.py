@@ -45,7 +45,12 @@ class Command(BaseCommand):
             if not opts["no_bootstrap"]:
                 call_command("bootstrap_models")
                 call_command("create_demo_project")
-            env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
+            env = {
+                **os.environ,
+                "REDIS_URL": settings.REDIS_URL,
+                "PYTHONUNBUFFERED": "1",
+                "SLM_WARM_ENGINE_ON_START": "1",
+            }
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             if not opts["no_worker"]:
                 procs.append(
