@@ -92,6 +92,10 @@ def project_create(
         raise ValidationError("fractions must be between 0 and 1 (gold below 1)")
     if not (1 <= overlap_k <= 10) or not (1 <= batch_size <= 1000):
         raise ValidationError("overlap k must be 1..10 and batch size 1..1000")
+    if retrain_every < 0 or min_per_label < 0:
+        raise ValidationError("retrain every and the cold-start minimum cannot be negative")
+    if len(name) > 200 or len(base_model) > 300:
+        raise ValidationError("the name is at most 200 characters and the base model at most 300")
     model_name = (model_name or settings.SENTIMENT_MODEL).strip()
     from slm.registry import _NAME_RE  # the registry's own name rule
 

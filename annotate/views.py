@@ -133,7 +133,8 @@ def label(request: HttpRequest, pk: int) -> HttpResponse:
         "next_item": selectors.item_payload(nxt.item, project) if nxt else None,
         "stats": selectors.project_stats(project, request.user),
         "guidelines": selectors.render_guidelines(project.guidelines),
-        "keys": [(i + 1, lab) for i, lab in enumerate(project.labels[:9])],
+        # every label gets a button; the first nine also get a number key
+        "keys": [(i + 1 if i < 9 else None, lab) for i, lab in enumerate(project.labels)],
         "recent": selectors.my_recent(project, request.user),
     }
     return render(request, "annotate/label.html", ctx)
@@ -142,7 +143,7 @@ def label(request: HttpRequest, pk: int) -> HttpResponse:
 @annotator_required
 def next_item(request: HttpRequest, pk: int) -> JsonResponse:
     project = get_object_or_404(Project, pk=pk)
-    exclude = [int(x) for x in request.GET.getlist("exclude") if x.isdigit()]
+    exclude = [int(x) for x in request.GET.getlist("exclude") if x.isdecimal()]
     a = services.lease_next(project=project, user=request.user, exclude=exclude)
     return JsonResponse({"item": selectors.item_payload(a.item, project) if a else None})
 
@@ -284,7 +285,7 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     if request.method == "POST":
         raw = request.POST.get("item", "")
-        if not raw.isdigit():
+        if not raw.isdecimal():
             messages.error(request, "Choose an item.")
             return redirect("annotate:review", pk=pk)
         item = get_object_or_404(Item, pk=int(raw), project=project)
@@ -389,7 +390,7 @@ def simulate(request: HttpRequest, pk: int) -> HttpResponse:
 def runs(request: HttpRequest) -> HttpResponse:
     services.run_reap_stale()
     project = None
-    if request.GET.get("project", "").isdigit():
+    if request.GET.get("project", "").isdecimal():
         project = Project.objects.filter(pk=int(request.GET["project"])).first()
     items = selectors.runs(project)
     ctx = {"runs": items, "polling": selectors.any_active(items), "project": project}

@@ -216,3 +216,32 @@ def test_bad_admin_input_is_never_a_500(client, admin_user, password, project, r
     imp = reverse("annotate:import", kwargs={"pk": project.pk})
     r = client.post(imp, {"path": "/definitely/not/here.csv"}, follow=True)
     assert b"does not exist" in r.content
+
+
+# ------------------------------------------------------------------ review fixes
+def test_label_page_has_a_button_for_every_label_beyond_nine(client, annotator_user, password):
+    from tests.annotate.conftest import make_project
+
+    labels = [f"lab{i}" for i in range(12)]
+    project = make_project(labels=labels)
+    client.login(username=annotator_user.username, password=password)
+    html = client.get(reverse("annotate:label", kwargs={"pk": project.pk})).content.decode()
+    for lab in labels:
+        assert f'data-label="{lab}"' in html
+    assert 'data-key="9"' in html and 'data-key="10"' not in html
+
+
+@pytest.mark.parametrize("field,value", [("retrain_every", "-1"), ("min_per_label", "-3"), ("name", "x" * 201)])
+def test_project_form_bad_numbers_and_long_name_are_400_not_500(client, admin_user, password, field, value):
+    client.login(username=admin_user.username, password=password)
+    data = {"name": "ok-name", "labels": "a,b", field: value}
+    resp = client.post(reverse("annotate:project_create"), data)
+    assert resp.status_code == 400
+    assert not Project.objects.filter(name__in=["ok-name", "x" * 201]).exists()
+
+
+def test_next_and_runs_ignore_non_ascii_digits(client, annotator_user, password, project):
+    client.login(username=annotator_user.username, password=password)
+    resp = client.get(reverse("annotate:next", kwargs={"pk": project.pk}), {"exclude": ["²", "3"]})
+    assert resp.status_code == 200
+    assert client.get(reverse("annotate:runs"), {"project": "²"}).status_code == 200
