@@ -34,12 +34,25 @@ class BatchInputError(ValueError):
 
 # ------------------------------------------------------------------------------------------ CSV parsing
 def _decode(data: bytes) -> str:
-    for encoding in ("utf-8-sig", "gb18030"):
+    # Excel's "Unicode text" export is UTF-16 with a BOM; without this it decoded as GB18030 garbage.
+    encodings = ("utf-16",) if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ()
+    for encoding in (*encodings, "utf-8-sig", "gb18030"):
         try:
-            return data.decode(encoding)
+            # NUL characters cannot be stored in PostgreSQL text/JSON (the preview) and mean nothing here.
+            return data.decode(encoding).replace("\x00", "")
         except UnicodeDecodeError:
             continue
     raise BatchInputError("the file is not UTF-8 (or GB18030) text")
+
+
+def _delimiter(header: str) -> str:
+    """The delimiter that makes a `text` column appear in the header line: ',' first, then ';' (Excel in
+    many European locales), tab and '|'; ',' when none does (the error then names the columns)."""
+    for delimiter in (",", ";", "\t", "|"):
+        cells = next(csv.reader([header], delimiter=delimiter), [])
+        if any(c.strip().lower() == TEXT_COLUMN for c in cells):
+            return delimiter
+    return ","
 
 
 def csv_read(data: bytes) -> tuple[list[str], list[dict[str, str]], str]:
@@ -47,8 +60,7 @@ def csv_read(data: bytes) -> tuple[list[str], list[dict[str, str]], str]:
     text = _decode(data)
     if not text.strip():
         raise BatchInputError("the file is empty")
-    first = text.splitlines()[0] if text else ""
-    delimiter = "\t" if "\t" in first and "," not in first else ","
+    delimiter = _delimiter(text.splitlines()[0])
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         columns = [c for c in (reader.fieldnames or []) if c is not None]

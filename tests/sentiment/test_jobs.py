@@ -205,3 +205,23 @@ def test_running_batch_polls_and_others_cannot_see_it(client_user, plain_user, a
     admin.login(username=admin_user.username, password=password)
     assert admin.get(url).status_code == 200
     assert Client().get(url).status_code == 302
+
+
+def test_csv_read_accepts_semicolons_utf16_and_drops_nul():
+    # Excel in many European locales writes ';'-separated CSV; a ',' inside the text must stay in it
+    cols, rows, col = services.csv_read("id;text\n1;难吃, 很差\n".encode())
+    assert cols == ["id", "text"] and rows[0]["text"] == "难吃, 很差"
+    # Excel's "Unicode text" export: UTF-16 with a BOM, tab-separated
+    _, rows, _ = services.csv_read("id\ttext\n1\t好吃\n".encode("utf-16"))
+    assert rows[0]["text"] == "好吃"
+    # NUL cannot be stored in PostgreSQL text/JSON (the batch preview)
+    _, rows, _ = services.csv_read(b"text\nab\x00c\n")
+    assert rows[0]["text"] == "abc"
+
+
+def test_semicolon_upload_predicts_every_row(plain_user):
+    data = "id;text\n1;很好\n2;bad, really bad\n".encode()
+    batch = services.batch_submit(owner=plain_user, upload=upload(data))
+    assert batch.status == "succeeded", batch.error
+    assert [p["text"] for p in batch.preview] == ["很好", "bad, really bad"]
+    assert all(p["label"] for p in batch.preview)
