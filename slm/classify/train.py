@@ -355,6 +355,36 @@ def _finish_epoch(
     return stop or budget_hit
 
 
+def _train_result(
+    *,
+    model: TransformerClassifier,
+    curves: dict[str, list[float]],
+    val_metrics: dict[str, Any],
+    stopper: _EarlyStopper,
+    epochs_run: int,
+    state: dict[str, Any],
+    config: TrainConfig,
+    n_train: int,
+    n_val: int,
+    started: float,
+    train_started: float,
+) -> TrainResult:
+    """The TrainResult of a finished loop (head-on-features and end-to-end share it)."""
+    now = time.perf_counter()
+    return TrainResult(
+        model=model,
+        curves=curves,
+        val_metrics=val_metrics,
+        timings={"train_loop_s": round(now - train_started, 3), "total_s": round(now - started, 3)},
+        best_epoch=stopper.best_epoch,
+        epochs_run=epochs_run,
+        stopped_early=epochs_run < config.epochs and not state.get("budget_hit", False),
+        n_train=n_train,
+        n_val=n_val,
+        config=config,
+    )
+
+
 def _train_frozen(
     model: TransformerClassifier,
     texts: list[str],
@@ -450,18 +480,18 @@ def train_head_on_features(
         with torch.no_grad():
             probs = torch.softmax(head(val_feats.to(device)).float(), -1).cpu().numpy()
         val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    now = time.perf_counter()
-    return TrainResult(
+    return _train_result(
         model=model,
         curves=curves,
         val_metrics=val_metrics,
-        timings={"train_loop_s": round(now - train_started, 3), "total_s": round(now - started, 3)},
-        best_epoch=stopper.best_epoch,
+        stopper=stopper,
         epochs_run=epoch,
-        stopped_early=epoch < config.epochs and not state.get("budget_hit", False),
+        state=state,
+        config=config,
         n_train=len(y),
         n_val=len(y_val),
-        config=config,
+        started=started,
+        train_started=train_started,
     )
 
 
@@ -718,16 +748,16 @@ def _train_end_to_end(
     if has_val:
         probs = model.predict_proba(val_texts, batch_size=config.eval_batch_size)
         val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    now = time.perf_counter()
-    return TrainResult(
+    return _train_result(
         model=model,
         curves=curves,
         val_metrics=val_metrics,
-        timings={"train_loop_s": round(now - train_started, 3), "total_s": round(now - started, 3)},
-        best_epoch=stopper.best_epoch,
+        stopper=stopper,
         epochs_run=epoch,
-        stopped_early=epoch < config.epochs and not state.get("budget_hit", False),
+        state=state,
+        config=config,
         n_train=len(y),
         n_val=len(y_val),
-        config=config,
+        started=started,
+        train_started=train_started,
     )
