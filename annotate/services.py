@@ -430,8 +430,9 @@ def label_submit(*, project: Project, user: Any, item_id: int, label: str, secon
     item = _item_refresh(item_id)
     if item.is_gold and not item.gold_label and is_admin(user):
         item.gold_label = label
+        item.meta = {**item.meta, "gold_from_annotation": ann.pk}  # so an undo takes the gold label back too
         item.lane = item.compute_lane()
-        item.save(update_fields=["gold_label", "lane"])
+        item.save(update_fields=["gold_label", "meta", "lane"])
     transaction.on_commit(lambda: _maybe_auto_retrain(project.pk))
     return ann
 
@@ -457,12 +458,18 @@ def label_undo(*, project: Project, user: Any) -> Item | None:
     )
     if ann is None:
         return None
-    item_id = ann.item_id
+    item_id, ann_pk = ann.item_id, ann.pk
     ann.delete()
     Assignment.objects.filter(item_id=item_id, annotator=user).update(
         status=Assignment.Status.LEASED, expires_at=_lease_expiry(), created_at=timezone.now() - timedelta(days=1)
     )
-    return _item_refresh(item_id)
+    item = _item_refresh(item_id)
+    if item.meta.get("gold_from_annotation") == ann_pk:  # the undone label had set the gold label
+        item.gold_label = ""
+        item.meta = {k: v for k, v in item.meta.items() if k != "gold_from_annotation"}
+        item.lane = item.compute_lane()
+        item.save(update_fields=["gold_label", "meta", "lane"])
+    return item
 
 
 @transaction.atomic

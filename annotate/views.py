@@ -28,6 +28,15 @@ def _err(exc: Exception) -> str:
     return str(exc)
 
 
+_MAX_ID = 2**63 - 1  # larger ids overflow the database's integer (a 500 instead of "not found")
+
+
+def _id(raw: str | None) -> int | None:
+    """A database id from user input, or None when it is not one."""
+    raw = (raw or "").strip()
+    return int(raw) if raw.isdecimal() and int(raw) <= _MAX_ID else None
+
+
 def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
@@ -143,7 +152,7 @@ def label(request: HttpRequest, pk: int) -> HttpResponse:
 @annotator_required
 def next_item(request: HttpRequest, pk: int) -> JsonResponse:
     project = get_object_or_404(Project, pk=pk)
-    exclude = [int(x) for x in request.GET.getlist("exclude") if x.isdecimal()]
+    exclude = [i for i in map(_id, request.GET.getlist("exclude")) if i is not None]
     a = services.lease_next(project=project, user=request.user, exclude=exclude)
     return JsonResponse({"item": selectors.item_payload(a.item, project) if a else None})
 
@@ -157,10 +166,12 @@ def _progress(project: Project, user: Any) -> dict[str, Any]:
 @annotator_required
 def submit(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
+    item_id = _id(request.POST.get("item"))
     try:
-        item_id = int(request.POST.get("item", ""))
         seconds = float(request.POST["seconds"]) if request.POST.get("seconds") else None
     except ValueError:
+        item_id = None
+    if item_id is None:
         return _reply(request, project, error="bad item or time", status=400)
     action = request.POST.get("action", "label")
     try:
@@ -284,11 +295,11 @@ def retrain(request: HttpRequest, pk: int) -> HttpResponse:
 def review(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     if request.method == "POST":
-        raw = request.POST.get("item", "")
-        if not raw.isdecimal():
+        item_id = _id(request.POST.get("item"))
+        if item_id is None:
             messages.error(request, "Choose an item.")
             return redirect("annotate:review", pk=pk)
-        item = get_object_or_404(Item, pk=int(raw), project=project)
+        item = get_object_or_404(Item, pk=item_id, project=project)
         try:
             if request.POST.get("kind") == "gold":
                 services.item_set_gold(item=item, label=request.POST.get("label", ""), user=request.user)
@@ -390,8 +401,8 @@ def simulate(request: HttpRequest, pk: int) -> HttpResponse:
 def runs(request: HttpRequest) -> HttpResponse:
     services.run_reap_stale()
     project = None
-    if request.GET.get("project", "").isdecimal():
-        project = Project.objects.filter(pk=int(request.GET["project"])).first()
+    if (project_id := _id(request.GET.get("project"))) is not None:
+        project = Project.objects.filter(pk=project_id).first()
     items = selectors.runs(project)
     ctx = {"runs": items, "polling": selectors.any_active(items), "project": project}
     if getattr(request, "htmx", False):

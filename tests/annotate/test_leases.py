@@ -144,3 +144,34 @@ def test_concurrent_annotators_never_double_assign():
     assert Annotation.objects.filter(project=project).count() == total
     assert Item.objects.filter(project=project, n_labels=1).count() == total
     assert all(len(ids) > 0 for ids in got.values()) or total < len(users)
+
+
+def test_admin_undo_of_a_gold_label_takes_the_gold_label_back(admin_user):
+    project = make_project()
+    item = Item.objects.filter(project=project).first()
+    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="", lane=Item.GOLD_TODO, score=99.0)
+    Item.objects.exclude(pk=item.pk).filter(project=project).update(lane=Item.CLOSED)
+    a = services.lease_next(project=project, user=admin_user)
+    assert a is not None and a.item_id == item.pk
+    services.label_submit(project=project, user=admin_user, item_id=item.pk, label="positive")
+    item.refresh_from_db()
+    assert item.gold_label == "positive"
+    back = services.label_undo(project=project, user=admin_user)
+    assert back is not None and back.pk == item.pk
+    item.refresh_from_db()
+    assert item.gold_label == "" and item.lane == Item.GOLD_TODO
+    services.label_submit(project=project, user=admin_user, item_id=item.pk, label="negative")
+    item.refresh_from_db()
+    assert item.gold_label == "negative"  # the corrected label, not the undone one
+
+
+def test_imported_gold_label_survives_an_admin_undo(admin_user):
+    project = make_project()
+    item = Item.objects.filter(project=project).first()
+    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="negative", lane=Item.GOLD)
+    Item.objects.exclude(pk=item.pk).filter(project=project).update(lane=Item.CLOSED)
+    assert services.lease_next(project=project, user=admin_user).item_id == item.pk
+    services.label_submit(project=project, user=admin_user, item_id=item.pk, label="positive")
+    services.label_undo(project=project, user=admin_user)
+    item.refresh_from_db()
+    assert item.gold_label == "negative"

@@ -245,3 +245,16 @@ def test_next_and_runs_ignore_non_ascii_digits(client, annotator_user, password,
     resp = client.get(reverse("annotate:next", kwargs={"pk": project.pk}), {"exclude": ["²", "3"]})
     assert resp.status_code == 200
     assert client.get(reverse("annotate:runs"), {"project": "²"}).status_code == 200
+
+
+def test_out_of_range_ids_are_400_or_ignored_not_500(client, annotator_user, password, project):
+    big = str(10**25)
+    client.login(username=annotator_user.username, password=password)
+    assert client.get(reverse("annotate:next", kwargs={"pk": project.pk}), {"exclude": [big]}).status_code == 200
+    resp = client.post(
+        reverse("annotate:submit", kwargs={"pk": project.pk}),
+        {"item": big, "label": "positive"},
+        HTTP_ACCEPT="application/json",
+    )
+    assert resp.status_code == 400 and resp.json()["ok"] is False
+    assert client.get(reverse("annotate:runs"), {"project": big}).status_code == 200
