@@ -11,15 +11,26 @@ from chat.models import Conversation, Message
 HISTORY_TURNS = 64  # newest turns considered for a prompt (older ones never fit a GPT-2 window anyway)
 
 
+def _as_id(value: Any) -> int | None:
+    """A positive integer id from a client value (int or digit string), else None: booleans, fractions,
+    Infinity/NaN and other types are never an id."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        pk = int(value)
+    except ValueError:
+        return None
+    return pk if 0 < pk < 2**63 else None
+
+
 def conversation_list(*, user: Any, limit: int = 100) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner=user).order_by("-updated")[:limit]
 
 
 def conversation_get(*, user: Any, conversation_id: Any) -> Conversation | None:
     """The user's conversation, or None when it does not exist or belongs to someone else."""
-    try:
-        cid = int(conversation_id)
-    except (TypeError, ValueError):
+    cid = _as_id(conversation_id)
+    if cid is None:
         return None
     return Conversation.objects.filter(owner=user, pk=cid).first()
 
@@ -41,9 +52,8 @@ def conversation_history(*, conversation: Conversation, limit: int = HISTORY_TUR
 
 
 def message_get(*, user: Any, message_id: Any) -> Message | None:
-    try:
-        mid = int(message_id)
-    except (TypeError, ValueError):
+    mid = _as_id(message_id)
+    if mid is None:
         return None
     return Message.objects.select_related("conversation").filter(pk=mid, conversation__owner=user).first()
 

@@ -12,6 +12,11 @@ from chat.models import Conversation, Message
 TITLE_CHARS = 60
 
 
+def _storable(text: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL characters (a client or a sampled byte token can send one)."""
+    return text.replace("\x00", "")
+
+
 def _title_from(text: str) -> str:
     words = " ".join(text.split())
     return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"
@@ -49,6 +54,9 @@ def exchange_start(
     queued: bool,
 ) -> tuple[Conversation, Message, Message]:
     """Saves the user's message and an empty agent message (queued or streaming) that the stream fills."""
+    prompt = _storable(prompt)
+    if params.get("stop"):
+        params = {**params, "stop": [_storable(s) for s in params["stop"]]}
     if conversation is None:
         conversation = Conversation.objects.create(owner=owner, title=_title_from(prompt))
     elif not conversation.title:
@@ -69,7 +77,7 @@ def exchange_start(
 @transaction.atomic
 def message_progress(*, message_id: int, text: str, model_ref: str | None = None) -> None:
     """Stores the reply as it stands (a page refresh mid-reply shows it)."""
-    fields: dict[str, Any] = {"text": text, "status": Message.Status.STREAMING}
+    fields: dict[str, Any] = {"text": _storable(text), "status": Message.Status.STREAMING}
     if model_ref:
         fields["model_ref"] = model_ref
     Message.objects.filter(pk=message_id, status__in=[Message.Status.QUEUED, Message.Status.STREAMING]).update(**fields)
@@ -92,7 +100,7 @@ def message_finish(
         Message.Status.ERROR if error else Message.Status.CANCELLED if reason == "cancelled" else Message.Status.DONE
     )
     fields: dict[str, Any] = {
-        "text": text,
+        "text": _storable(text),
         "status": status,
         "finish_reason": "error" if error else reason,
         "prompt_tokens": prompt_tokens,

@@ -397,3 +397,32 @@ async def test_detached_stream_without_polls_is_cancelled(paced_chat_model, plai
         await asyncio.sleep(0.1)
     assert agent.status == "cancelled" and agent.completion_tokens < 100
     assert peek_backend().active_ids() == []
+
+
+async def test_conversation_ids_of_wrong_types_are_not_found(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    """Infinity crashed int() (OverflowError, socket closed); true / 1.5 used to pick conversation 1."""
+    mine = await database_sync_to_async(Conversation.objects.create)(owner=plain_user, title="mine")
+    comm = await connect(plain_user)
+    await expect_error(comm, '{"type": "generate", "prompt": "hi", "conversation": Infinity}', "not_found")
+    await expect_error(comm, '{"type": "generate", "prompt": "hi", "conversation": NaN}', "not_found")
+    for cid in (True, mine.pk + 0.5, 10**30, -mine.pk, [mine.pk], {"id": mine.pk}):
+        await expect_error(comm, {"type": "generate", "prompt": "hi", "conversation": cid}, "not_found")
+    await comm.send_json_to({"type": "generate", "prompt": "hi", "conversation": str(mine.pk), "params": GREEDY})
+    start, _, _ = await collect(comm)
+    assert start["conversation"] == mine.pk
+    await comm.disconnect()
+
+
+async def test_nul_characters_are_stored_without_crashing(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL text/jsonb reject NUL: the prompt and stop strings with one used to close the socket."""
+    comm = await connect(plain_user)
+    params = {**GREEDY, "max_new_tokens": 3, "stop": ["\x00", "User:"]}
+    await comm.send_json_to({"type": "generate", "prompt": "he\x00llo", "params": params})
+    start, tokens, end = await collect(comm)
+    assert "".join(tokens) == end["text"]
+    user_msg = await database_sync_to_async(Message.objects.filter(role="user").get)(
+        conversation_id=start["conversation"]
+    )
+    agent = await database_sync_to_async(Message.objects.get)(pk=start["message"])
+    assert user_msg.text == "hello" and agent.status == "done" and agent.params["stop"] == ["", "User:"]
+    await comm.disconnect()
