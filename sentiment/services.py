@@ -20,6 +20,7 @@ from django.utils import timezone
 from sentiment.inference import InferenceError, get_service
 from sentiment.models import BatchPrediction
 from slm.registry import ModelVersion, RegistryError
+from slm.sentiment_data import csv_delimiter, decode_text
 from slmsite.registry import get_registry
 
 log = logging.getLogger(__name__)
@@ -34,25 +35,10 @@ class BatchInputError(ValueError):
 
 # ------------------------------------------------------------------------------------------ CSV parsing
 def _decode(data: bytes) -> str:
-    # Excel's "Unicode text" export is UTF-16 with a BOM; without this it decoded as GB18030 garbage.
-    encodings = ("utf-16",) if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ()
-    for encoding in (*encodings, "utf-8-sig", "gb18030"):
-        try:
-            # NUL characters cannot be stored in PostgreSQL text/JSON (the preview) and mean nothing here.
-            return data.decode(encoding).replace("\x00", "")
-        except UnicodeDecodeError:
-            continue
-    raise BatchInputError("the file is not UTF-8 (or GB18030) text")
-
-
-def _delimiter(header: str) -> str:
-    """The delimiter that makes a `text` column appear in the header line: ',' first, then ';' (Excel in
-    many European locales), tab and '|'; ',' when none does (the error then names the columns)."""
-    for delimiter in (",", ";", "\t", "|"):
-        cells = next(csv.reader([header], delimiter=delimiter), [])
-        if any(c.strip().lower() == TEXT_COLUMN for c in cells):
-            return delimiter
-    return ","
+    try:
+        return decode_text(data)
+    except ValueError as exc:
+        raise BatchInputError(str(exc)) from exc
 
 
 def csv_read(data: bytes) -> tuple[list[str], list[dict[str, str]], str]:
@@ -60,7 +46,7 @@ def csv_read(data: bytes) -> tuple[list[str], list[dict[str, str]], str]:
     text = _decode(data)
     if not text.strip():
         raise BatchInputError("the file is empty")
-    delimiter = _delimiter(text.splitlines()[0])
+    delimiter = csv_delimiter(text.splitlines()[0], TEXT_COLUMN)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         columns = [c for c in (reader.fieldnames or []) if c is not None]

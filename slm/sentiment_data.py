@@ -11,7 +11,9 @@ vocabulary is mostly [UNK] for Chinese, so it is for English projects only.
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,6 +114,48 @@ def english_encoder_dir() -> Path:
     return minilm_dir()
 
 
+def decode_text(data: bytes) -> str:
+    """UTF-8 (BOM or not), UTF-16 with a BOM (Excel's "Unicode text") or GB18030; NUL characters
+    dropped (PostgreSQL cannot store them). Raises ValueError for anything else."""
+    encodings = ("utf-16",) if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ()
+    for encoding in (*encodings, "utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding).replace("\x00", "")
+        except UnicodeDecodeError:
+            continue
+    raise ValueError("the file is not UTF-8 (or GB18030) text")
+
+
+def csv_delimiter(header: str, column: str = "text") -> str:
+    """The delimiter that makes `column` appear in the header line: ',' first, then ';' (Excel in many
+    European locales), tab and '|'; ',' when none does (the caller then names the columns it found)."""
+    for delimiter in (",", ";", "\t", "|"):
+        cells = next(csv.reader([header], delimiter=delimiter), [])
+        if any(c.strip().lower() == column.strip().lower() for c in cells):
+            return delimiter
+    return ","
+
+
+def _load_columns(path: Path, text_column: str) -> dict[str, list[object]]:
+    """column -> values. CSV/TSV through the stdlib reader, every cell a string: through pandas a
+    numeric-looking text became "5.0", a row with an extra field shifted every column into the index
+    and a GB18030 or empty file was a traceback. JSON/JSONL through `load_table`."""
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        table = load_table(path)
+        return {c: list(table[c]) for c in table.column_names}
+    text = decode_text(path.read_bytes())
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    delimiter = csv_delimiter(text.splitlines()[0], text_column)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        columns = [c for c in (reader.fieldnames or []) if c is not None]
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ValueError(f"{path} is not a valid CSV file: {exc}") from exc
+    return {c: [row.get(c) for row in rows] for c in columns}
+
+
 def read_texts_file(path: str | Path, *, text_column: str = "text") -> list[str]:
     """Texts from a .txt (one per line), .csv/.tsv or .jsonl/.json file (column `text_column`)."""
     path = Path(path)
@@ -119,9 +163,9 @@ def read_texts_file(path: str | Path, *, text_column: str = "text") -> list[str]
         raise FileNotFoundError(f"file {path} does not exist")
     if path.suffix.lower() == ".txt":
         return [line for line in read_lines(path) if line.strip()]
-    table = load_table(path)
-    if text_column not in table.column_names:
-        raise ValueError(f"{path} has no column {text_column!r} (columns: {table.column_names})")
+    table = _load_columns(path, text_column)
+    if text_column not in table:
+        raise ValueError(f"{path} has no column {text_column!r} (columns: {list(table)})")
     return ["" if t is None else str(t) for t in table[text_column]]
 
 
@@ -132,10 +176,10 @@ def read_labeled_file(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file {path} does not exist")
-    table = load_table(path)
+    table = _load_columns(path, text_column)
     for col in (text_column, label_column):
-        if col not in table.column_names:
-            raise ValueError(f"{path} has no column {col!r} (columns: {table.column_names})")
+        if col not in table:
+            raise ValueError(f"{path} has no column {col!r} (columns: {list(table)})")
     texts: list[str] = []
     labels: list[str] = []
     for text, label in zip(table[text_column], table[label_column], strict=True):

@@ -154,3 +154,22 @@ def test_command_errors(registry, tmp_path: Path) -> None:  # type: ignore[no-un
     one.write_text("text,label\nhello there,pos\nhi again,pos\n")
     with pytest.raises(CommandError, match="two labels"):
         run("train_sentiment", "--data", str(one))
+
+
+def test_predict_file_keeps_texts_as_written(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    make_tiny_version(registry)
+    # a stray extra field, numeric-looking texts and a GB18030 file: pandas shifted the columns into an
+    # index, turned "5" into "5.0" and raised a DatasetGenerationError traceback for GB18030
+    src = tmp_path / "in.csv"
+    src.write_bytes("text,id\n很好吃,1,extra\n5,2\n质量太差了,3\n".encode("gb18030"))
+    dst = tmp_path / "out.csv"
+    run("predict_sentiment", "--input", str(src), "--output", str(dst))
+    rows = list(csv.DictReader(open(dst, encoding="utf-8")))
+    assert [r["text"] for r in rows] == ["很好吃", "5", "质量太差了"]
+    # ';'-separated (Excel in many locales)
+    src.write_text("id;text\n1;很好吃\n", encoding="utf-8")
+    run("predict_sentiment", "--input", str(src), "--output", str(dst))
+    assert [r["text"] for r in csv.DictReader(open(dst, encoding="utf-8"))] == ["很好吃"]
+    src.write_bytes(b"")
+    with pytest.raises(CommandError, match="empty"):
+        run("predict_sentiment", "--input", str(src))
