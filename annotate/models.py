@@ -206,8 +206,8 @@ class TrainingRun(models.Model):
         return "\n".join(self.log.splitlines()[-15:])
 
 
-class ImportJob(models.Model):
-    """An import of a file / dataset into a project's pool, run as a job with progress."""
+class BackgroundTask(models.Model):
+    """What imports, exports and simulations share: a job's status, progress, error and who started it."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -215,22 +215,28 @@ class ImportJob(models.Model):
         SUCCEEDED = "succeeded", "succeeded"
         FAILED = "failed", "failed"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
-    path = models.CharField(max_length=500)
-    text_field = models.CharField(max_length=100, default="text")
-    label_field = models.CharField(max_length=100, blank=True, default="label")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0)
-    report = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
 
 
-class Export(models.Model):
+class ImportJob(BackgroundTask):
+    """An import of a file / dataset into a project's pool, run as a job with progress."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    path = models.CharField(max_length=500)
+    text_field = models.CharField(max_length=100, default="text")
+    label_field = models.CharField(max_length=100, blank=True, default="label")
+    report = models.JSONField(default=dict, blank=True)
+
+
+class Export(BackgroundTask):
     class Format(models.TextChoices):
         JSONL = "jsonl", "JSONL"
         CSV = "csv", "CSV"
@@ -238,29 +244,13 @@ class Export(models.Model):
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
     fmt = models.CharField(max_length=10, choices=Format.choices, default=Format.JSONL)
-    status = models.CharField(max_length=10, default="queued")
-    progress = models.FloatField(default=0.0)
     path = models.CharField(max_length=500, blank=True, default="")
     rows = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True, default="")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
 
-class Simulation(models.Model):
+class Simulation(BackgroundTask):
     """An admin-launched replay of AL strategies vs random on a fully labelled dataset."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="simulations")
-    status = models.CharField(max_length=10, default="queued")
-    progress = models.FloatField(default=0.0)
     config = models.JSONField(default=dict, blank=True)
     result = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True, default="")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-created_at"]
