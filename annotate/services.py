@@ -225,6 +225,8 @@ def import_create(
 ) -> ImportJob:
     from annotate import jobs
 
+    if len(path) > 500 or len(text_field) > 100 or len(label_field) > 100:
+        raise ValidationError("the path is at most 500 characters and column names at most 100")
     imp = ImportJob.objects.create(
         project=project, path=path, text_field=text_field, label_field=label_field, created_by=user
     )

@@ -258,3 +258,14 @@ def test_out_of_range_ids_are_400_or_ignored_not_500(client, annotator_user, pas
     )
     assert resp.status_code == 400 and resp.json()["ok"] is False
     assert client.get(reverse("annotate:runs"), {"project": big}).status_code == 200
+
+
+def test_import_with_over_long_column_name_is_a_message_not_a_500(client, admin_user, password, project, tmp_path):
+    src = tmp_path / "rows.csv"
+    src.write_text("text,label\nhello,positive\n", encoding="utf-8")
+    client.login(username=admin_user.username, password=password)
+    resp = client.post(
+        reverse("annotate:import", kwargs={"pk": project.pk}), {"path": str(src), "text_field": "t" * 101}
+    )
+    assert resp.status_code == 302
+    assert not project.imports.exists()
