@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from sentiment.models import BatchPrediction
-from slm.registry import ModelVersion, Registry, RegistryError
+from slm.registry import ModelVersion, Registry
 from slmsite.registry import get_registry
 
 METRIC_KEYS = ("accuracy", "macro_f1", "ece")
@@ -214,18 +214,6 @@ def version_card(version: str, *, registry: Registry | None = None, name: str | 
         "timing_rows": _flat(timings),
         "extra_rows": _flat(extra),
     }
-
-
-def version_choices(*, registry: Registry | None = None, name: str | None = None) -> list[dict[str, Any]]:
-    return version_list(registry=registry, name=name)
-
-
-def version_exists(version: str, *, registry: Registry | None = None, name: str | None = None) -> bool:
-    try:
-        _registry(registry).get(name or settings.SENTIMENT_MODEL, version)
-    except RegistryError:
-        return False
-    return True
 
 
 def batch_for_user(*, batch_id: int, user: Any) -> BatchPrediction | None:

@@ -56,14 +56,6 @@ class Candidate:
     version: ModelVersion | None = None
 
 
-def _scaled(progress: Progress | None, lo: float, hi: float) -> Progress:
-    def report(message: str, fraction: float) -> None:
-        if progress:
-            progress(message, lo + (hi - lo) * max(0.0, min(1.0, fraction)))
-
-    return report
-
-
 def _test_metrics(model: Any, split: Split) -> dict[str, Any]:
     if not split.test_texts:
         return {}
