@@ -185,8 +185,8 @@ class RemoteEngine:
                                 break
                             if "error" in obj and "token" not in obj:
                                 raise ModelUnavailable(str(obj.get("error")))
-                            token = obj.get("token") or {}
-                            details = obj.get("details") or {}
+                            token = obj.get("token") if isinstance(obj.get("token"), dict) else {}
+                            details = obj.get("details") if isinstance(obj.get("details"), dict) else {}
                             if token and not token.get("special"):
                                 now = time.perf_counter()
                                 t_first = t_first or now
@@ -219,7 +219,7 @@ class RemoteEngine:
                     "seed": params.seed,
                 },
             )
-        except (urllib.error.URLError, OSError, ValueError, ModelUnavailable) as exc:
+        except Exception as exc:  # any failure (HTTP, a malformed stream) ends the stream with an error
             self._forget(rid, user_key)
             detail = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             callback("error", {"code": "model_unavailable", "message": f"the remote model failed: {detail}"})

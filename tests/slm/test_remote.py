@@ -22,6 +22,7 @@ class Stub:
         self.status = 200
         self.gate: threading.Event | None = None  # when set, each token waits for it (cancel tests)
         self.sent = 0
+        self.raw: list[str] | None = None  # when set, these `data:` payloads are sent as they are
 
 
 @pytest.fixture
@@ -43,6 +44,9 @@ def stub() -> Iterator[tuple[Stub, str]]:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
+            if state.raw is not None:
+                self.wfile.write("".join(f"data:{line}\n\n" for line in state.raw).encode())
+                return
             for i, text in enumerate(state.tokens):
                 if state.gate is not None:
                     if not state.gate.wait(10):
@@ -157,3 +161,22 @@ def test_helpers() -> None:
     assert greedy == {"max_new_tokens": 9, "details": True, "repetition_penalty": 1.2, "do_sample": False}
     sampled = tgi_parameters(GenerationParams(do_sample=True, temperature=0.5, top_k=0, top_p=1.0))
     assert "top_k" not in sampled and "top_p" not in sampled and sampled["temperature"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ['{"token": "Hel"}', '{"token": {"text": "lo"}, "details": "done"}'],
+        ['{"token": {"text": "a"}}', '{"token": {"text": "b"}, "generated_text": "ab", "details": [1]}'],
+        ['{"token": {"text": "a", "special": false}, "error": ["x"]}', '{"token": 5, "generated_text": ""}'],
+    ],
+)
+def test_malformed_stream_always_ends(stub: tuple[Stub, str], raw: list[str]) -> None:
+    """A server sending odd shapes (token a string, details a list) used to kill the stream's thread:
+    no end/error event, and the user's slot (one live stream) was never freed."""
+    state, url = stub
+    state.raw = raw
+    engine = RemoteEngine(RemoteConfig(url=url))
+    events, _ = run(engine, GenerationParams(max_new_tokens=5))
+    assert events[-1][0] in ("end", "error")
+    assert engine.active_ids() == [] and engine._users == {}
