@@ -418,6 +418,27 @@ def import_job(import_id: int) -> dict[str, Any]:
         raise
 
 
+def _as_utf8(path: Path) -> Path:
+    """The file itself when it is UTF-8, else a UTF-8 copy next to it: UTF-16 with a BOM (Excel's "Unicode
+    text") or GB18030/GBK (Excel on Chinese Windows) are common for Chinese CSVs."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return path
+    except UnicodeDecodeError:
+        pass
+    encodings = ["utf-16"] if data[:2] in (b"\xff\xfe", b"\xfe\xff") else []
+    for encoding in [*encodings, "gb18030"]:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        copy = path.with_name(f"{path.stem}.utf8{path.suffix}")
+        copy.write_text(text, encoding="utf-8")
+        return copy
+    raise ValueError(f"{path.name} is not UTF-8, UTF-16 or GB18030 text")
+
+
 def _read_rows(path: Path, text_field: str, label_field: str) -> tuple[Any, int]:
     """Rows (text, label) from a CSV/TSV/JSONL/JSON file or a `save_to_disk` dataset directory."""
     from slm.data import load_table
@@ -430,7 +451,12 @@ def _read_rows(path: Path, text_field: str, label_field: str) -> tuple[Any, int]
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         assert isinstance(ds, Dataset)
     else:
-        ds = load_table(path)
+        path = _as_utf8(path)
+        try:
+            ds = load_table(path)
+        except Exception as exc:  # datasets hides the parser's message in __cause__
+            cause = exc.__cause__ or exc
+            raise ValueError(f"could not read {path.name}: {type(cause).__name__}: {cause}"[:500]) from exc
     columns = list(ds.column_names)
     if text_field not in columns:
         raise ValueError(f"no column {text_field!r} in {path.name} (columns: {', '.join(columns)})")

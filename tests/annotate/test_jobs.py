@@ -191,3 +191,20 @@ def test_upload_import_runs_as_a_job_on_the_worker(client, admin_user, password,
         url, {"file": SimpleUploadedFile("x.exe", b"MZ", content_type="application/octet-stream")}, follow=True
     )
     assert b"upload a .csv" in bad.content and ImportJob.objects.count() == 1
+
+
+def test_import_reads_gbk_csv_and_explains_unreadable_files(project, tmp_path):
+    gbk = tmp_path / "gbk.csv"
+    gbk.write_bytes("text,label\n这家店的菜很新鲜,positive\n快递员态度恶劣,negative\n".encode("gb18030"))
+    imp = services.import_create(project=project, path=str(gbk))
+    jobs.import_job(imp.pk)
+    imp.refresh_from_db()
+    assert imp.status == "succeeded" and imp.report["added"] == 2
+    assert Item.objects.filter(project=project, text="这家店的菜很新鲜").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"{not json\n")
+    imp = services.import_create(project=project, path=str(bad))
+    with pytest.raises(ValueError):
+        jobs.import_job(imp.pk)
+    imp.refresh_from_db()
+    assert imp.status == "failed" and "bad.jsonl" in imp.error and "JSON" in imp.error
