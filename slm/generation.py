@@ -95,7 +95,8 @@ def validate_params(
 ) -> GenerationParams:
     """Merges `raw` (client params, may be None) over `defaults` and checks each value against `limits`.
 
-    Unknown names, wrong types and out-of-range values raise ParamError with a human message.
+    Unknown names, wrong types and out-of-range values raise ParamError with a human message. A null
+    value means "the default" (for `seed`: a fresh random seed unless the defaults fix one).
     """
     lim = {**DEFAULT_LIMITS, **(limits or {})}
     if raw is None:
@@ -105,7 +106,7 @@ def validate_params(
     unknown = sorted(set(raw) - set(PARAM_NAMES))
     if unknown:
         raise ParamError(f"unknown parameter(s): {', '.join(map(str, unknown))} (allowed: {', '.join(PARAM_NAMES)})")
-    merged = {**(defaults or {}), **raw}
+    merged = {**(defaults or {}), **{k: v for k, v in raw.items() if v is not None}}
     out: dict[str, Any] = {}
     for name, kind in (
         ("max_new_tokens", int),

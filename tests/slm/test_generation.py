@@ -53,6 +53,14 @@ def test_validate_params_merges_defaults_and_checks_limits() -> None:
         validate_params([1], DEFAULTS)
 
 
+def test_null_params_take_the_defaults() -> None:
+    """null used to mean the dataclass default (temperature 1.0, no stop) or an error (do_sample)."""
+    nulls = {name: None for name in DEFAULTS}
+    assert validate_params(nulls, DEFAULTS) == validate_params({}, DEFAULTS)
+    assert validate_params({"temperature": None}, DEFAULTS).temperature == DEFAULTS["temperature"]
+    assert validate_params({"stop": None}, DEFAULTS).stop == ("User:",)
+
+
 def test_resolve_seed_only_for_sampling() -> None:
     assert resolve_seed(GenerationParams(do_sample=False)).seed is None
     seeded = resolve_seed(GenerationParams(do_sample=True, temperature=0.7))
