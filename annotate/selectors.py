@@ -253,8 +253,8 @@ def learning_curve(project: Project) -> list[dict[str, Any]]:
     return pts
 
 
-def dashboard_data(project: Project) -> dict[str, Any]:
-    """Everything the dashboard charts need, for json_script."""
+def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything the dashboard charts need, for json_script (`stats`: project_stats, if already read)."""
     registry = get_registry()
     live = registry.live(project.model_name)
     gold = (live.metadata.get("gold_metrics") or live.metrics) if live else {}
@@ -268,7 +268,7 @@ def dashboard_data(project: Project) -> dict[str, Any]:
         source = f"live {live.version}, its own evaluation split (no retrain here yet)"
     else:
         source = "no model yet"
-    stats = project_stats(project)
+    stats = stats or project_stats(project)
     daily = (
         Annotation.objects.filter(project=project)
         .values_list("created_at__date")

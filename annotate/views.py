@@ -111,14 +111,15 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     services.run_reap_stale(project=project)
     runs = selectors.runs(project, limit=5)
+    stats = selectors.project_stats(project, request.user)
     ctx = {
         "project": project,
-        "stats": selectors.project_stats(project, request.user),
+        "stats": stats,
         "guidelines": selectors.render_guidelines(project.guidelines),
         "runs": runs,
         "polling": selectors.any_active(runs),
         "agreement": selectors.agreement_summary(project),
-        "dashboard": selectors.dashboard_data(project),
+        "dashboard": selectors.dashboard_data(project, stats),
         "imports": list(ImportJob.objects.filter(project=project)[:5]),
         "exports": selectors.exports(project),
         "simulations": selectors.simulations(project),

@@ -269,3 +269,14 @@ def test_import_with_over_long_column_name_is_a_message_not_a_500(client, admin_
     )
     assert resp.status_code == 302
     assert not project.imports.exists()
+
+
+def test_project_page_reads_the_project_stats_once(client, admin_user, password, project, monkeypatch):
+    from annotate import selectors
+
+    calls = []
+    real = selectors.project_stats
+    monkeypatch.setattr(selectors, "project_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    client.login(username=admin_user.username, password=password)
+    assert client.get(reverse("annotate:project", kwargs={"pk": project.pk})).status_code == 200
+    assert len(calls) == 1
