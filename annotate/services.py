@@ -619,15 +619,14 @@ def export_create(*, project: Project, fmt: str, user: Any = None) -> Export:
 
 @transaction.atomic
 def simulation_create(
-    *, project: Project, user: Any = None, strategies: Sequence[str] = ("entropy", "margin"), rounds: int = 8
+    *, project: Project, user: Any = None, strategies: Sequence[str] = ("entropy", "margin")
 ) -> Simulation:
     from annotate import jobs
 
     bad = [s for s in strategies if s not in STRATEGY_CHOICES]
     if bad:
         raise ValidationError(f"unknown strategies {bad}")
-    sim = Simulation.objects.create(
-        project=project, created_by=user, config={"strategies": list(strategies), "rounds": int(rounds)}
-    )
+    unique = list(dict.fromkeys(strategies))  # each strategy replayed once
+    sim = Simulation.objects.create(project=project, created_by=user, config={"strategies": unique})
     transaction.on_commit(lambda: jobs.enqueue_simulation(sim.pk))
     return sim

@@ -388,10 +388,9 @@ def simulate(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     strategies = request.POST.getlist("strategies") or ["entropy", "margin"]
     try:
-        rounds = int(request.POST.get("rounds") or 8)
-        services.simulation_create(project=project, user=request.user, strategies=strategies, rounds=rounds)
-    except (ValueError, ValidationError) as exc:
-        messages.error(request, _err(exc) if isinstance(exc, ValidationError) else "rounds must be a number")
+        services.simulation_create(project=project, user=request.user, strategies=strategies)
+    except ValidationError as exc:
+        messages.error(request, _err(exc))
     else:
         messages.success(request, "Simulation queued on the gpu worker; the chart appears when it finishes.")
     return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#simulation")

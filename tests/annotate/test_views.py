@@ -280,3 +280,10 @@ def test_project_page_reads_the_project_stats_once(client, admin_user, password,
     client.login(username=admin_user.username, password=password)
     assert client.get(reverse("annotate:project", kwargs={"pk": project.pk})).status_code == 200
     assert len(calls) == 1
+
+
+def test_simulate_replays_each_strategy_once(client, admin_user, password, project):
+    client.login(username=admin_user.username, password=password)
+    url = reverse("annotate:simulate", kwargs={"pk": project.pk})
+    assert client.post(url, {"strategies": ["entropy"] * 50 + ["margin"], "rounds": "x"}).status_code == 302
+    assert Simulation.objects.get(project=project).config["strategies"] == ["entropy", "margin"]
