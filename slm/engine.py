@@ -713,9 +713,11 @@ class Engine:
     def prepare(
         self, history: list[tuple[str, str]], user_text: str, params: GenerationParams
     ) -> tuple[str, ChatPrompt]:
-        """Builds the dialogue prompt for the live model, dropping old turns; raises PromptTooLong."""
+        """Builds the dialogue prompt for the live model, dropping old turns; raises PromptTooLong.
+        Room for max_new_tokens is reserved, but never more than half the window: a reply asked longer
+        than the window allows ends with reason "length" at its edge instead of refusing every prompt."""
         ref, tok, n_pos = self.tokenizer()
-        budget = n_pos - params.max_new_tokens
+        budget = n_pos - min(params.max_new_tokens, n_pos // 2)
 
         def encode(text: str) -> list[int]:
             return list(tok(text)["input_ids"])

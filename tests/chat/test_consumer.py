@@ -426,3 +426,14 @@ async def test_nul_characters_are_stored_without_crashing(chat_model, plain_user
     agent = await database_sync_to_async(Message.objects.get)(pk=start["message"])
     assert user_msg.text == "hello" and agent.status == "done" and agent.params["stop"] == ["", "User:"]
     await comm.disconnect()
+
+
+async def test_max_new_tokens_beyond_the_window_still_answers(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    """max_new_tokens 300 is within CHAT_LIMITS but above the 128-token window: every prompt used to get
+    prompt_too_long ("at most 1 token fits"); the reply now runs to the window's edge."""
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 300}})
+    _, tokens, end = await collect(comm)
+    assert end["reason"] in ("eos", "length", "stop") and "".join(tokens) == end["text"]
+    assert end["usage"]["prompt_tokens"] + end["usage"]["completion_tokens"] <= 128
+    await comm.disconnect()
