@@ -56,6 +56,20 @@ def project_stats(project: Project, user: Any = None) -> dict[str, Any]:
     return stats
 
 
+def label_progress(project: Project, user: Any) -> dict[str, Any]:
+    """The few figures the label page updates after each label (project_stats without the distribution
+    and the registry read, which the hot path does not need)."""
+    agg = Item.objects.filter(project=project).aggregate(total=Count("id"), done=Count("id", filter=~Q(final_label="")))
+    total, done = int(agg["total"] or 0), int(agg["done"] or 0)
+    return {
+        "done": done,
+        "total": total,
+        "percent": round(100 * done / total, 1) if total else 0.0,
+        "mine": Annotation.objects.filter(project=project, annotator=user).count(),
+        "annotations": Annotation.objects.filter(project=project).count(),
+    }
+
+
 def item_payload(item: Item, project: Project) -> dict[str, Any]:
     suggestion = None
     if project.show_suggestions:

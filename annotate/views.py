@@ -159,8 +159,7 @@ def next_item(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def _progress(project: Project, user: Any) -> dict[str, Any]:
-    stats = selectors.project_stats(project, user)
-    return {k: stats[k] for k in ("done", "total", "percent", "mine", "annotations")}
+    return selectors.label_progress(project, user)
 
 
 @require_POST

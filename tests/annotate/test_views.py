@@ -287,3 +287,29 @@ def test_simulate_replays_each_strategy_once(client, admin_user, password, proje
     url = reverse("annotate:simulate", kwargs={"pk": project.pk})
     assert client.post(url, {"strategies": ["entropy"] * 50 + ["margin"], "rounds": "x"}).status_code == 302
     assert Simulation.objects.get(project=project).config["strategies"] == ["entropy", "margin"]
+
+
+def test_label_progress_matches_project_stats_without_the_registry(
+    client, annotator_user, password, project, monkeypatch
+):
+    from annotate import selectors
+
+    client.login(username=annotator_user.username, password=password)
+    a = services.lease_next(project=project, user=annotator_user)
+    services.label_submit(project=project, user=annotator_user, item_id=a.item_id, label="positive")
+    stats = selectors.project_stats(project, annotator_user)
+    nxt = services.lease_next(project=project, user=annotator_user)
+
+    def no_registry():  # type: ignore[no-untyped-def]
+        raise AssertionError("the label hot path reads the model registry")
+
+    monkeypatch.setattr(selectors, "get_registry", no_registry)
+    resp = client.post(
+        reverse("annotate:submit", kwargs={"pk": project.pk}),
+        {"item": nxt.item_id, "label": "negative"},
+        HTTP_ACCEPT="application/json",
+    )
+    assert resp.status_code == 200
+    progress = resp.json()["progress"]
+    assert progress["done"] == stats["done"] + 1 and progress["total"] == stats["total"]
+    assert progress["mine"] == 2 and progress["annotations"] == 2
