@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -26,6 +27,8 @@ from chat import metrics, selectors, services
 from chat.engine_client import get_backend
 from slm.engine import AlreadyStreaming, EngineBusy, ModelUnavailable
 from slm.generation import GenerationParams, ParamError, PromptTooLong, resolve_seed, validate_params
+
+log = logging.getLogger(__name__)
 
 PROGRESS_SAVE_S = 0.5  # how often the partial reply is written (a refresh mid-reply shows it)
 DISCONNECT_WAIT_S = 10.0
@@ -308,6 +311,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         data.get("code", "model_unavailable"), data.get("message", "generation failed")
                     )
                     return
+        except Exception:  # e.g. the database went away: stop generating and tell the client
+            log.exception("chat stream %s failed", mid)
+            self._cancel(stream, "error")
+            await self.send_error("server_error", "the reply could not be saved; try again")
         finally:
             metrics.ACTIVE.dec()
             metrics.QUEUE_DEPTH.set(stream.backend.stats()["queued"])

@@ -437,3 +437,27 @@ async def test_max_new_tokens_beyond_the_window_still_answers(chat_model, plain_
     assert end["reason"] in ("eos", "length", "stop") and "".join(tokens) == end["text"]
     assert end["usage"]["prompt_tokens"] + end["usage"]["completion_tokens"] <= 128
     await comm.disconnect()
+
+
+async def test_a_failing_save_ends_the_stream_with_an_error(paced_chat_model, plain_user, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The pump task used to die silently: no frame for the client and the engine kept generating."""
+    from chat import consumers, engine_client
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("database is gone")
+
+    monkeypatch.setattr(consumers.services, "message_progress", broken)
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 100}})
+    assert (await recv(comm))["type"] == "start"
+    frame = await recv(comm)
+    while frame["type"] == "token":
+        frame = await recv(comm)
+    assert frame["type"] == "error" and frame["code"] == "server_error"
+    backend = engine_client.peek_backend()
+    for _ in range(200):  # the request is cancelled and leaves the engine
+        if not backend.active_ids():
+            break
+        await asyncio.sleep(0.02)
+    assert backend.active_ids() == []
+    await comm.disconnect()
