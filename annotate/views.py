@@ -265,7 +265,7 @@ def import_items(request: HttpRequest, pk: int) -> HttpResponse:
                     fh.write(chunk)
             path = tmp
         elif path:
-            if not Path(path).exists():
+            if len(path) > 500 or not Path(path).exists():
                 raise ValidationError(f"{path} does not exist on the server")
         else:
             raise ValidationError("choose a file to upload or give a path")

@@ -313,3 +313,9 @@ def test_label_progress_matches_project_stats_without_the_registry(
     progress = resp.json()["progress"]
     assert progress["done"] == stats["done"] + 1 and progress["total"] == stats["total"]
     assert progress["mine"] == 2 and progress["annotations"] == 2
+
+
+def test_import_with_an_over_long_server_path_is_a_message_not_a_500(client, admin_user, password, project):
+    client.login(username=admin_user.username, password=password)
+    resp = client.post(reverse("annotate:import", kwargs={"pk": project.pk}), {"path": "/tmp/" + "a" * 5000})
+    assert resp.status_code == 302 and not project.imports.exists()
