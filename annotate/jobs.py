@@ -7,6 +7,7 @@ worker killed mid-run is detected (services.run_reap_stale) and the live model i
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -421,12 +422,16 @@ def import_job(import_id: int) -> dict[str, Any]:
 def _as_utf8(path: Path) -> Path:
     """The file itself when it is UTF-8, else a UTF-8 copy next to it: UTF-16 with a BOM (Excel's "Unicode
     text") or GB18030/GBK (Excel on Chinese Windows) are common for Chinese CSVs."""
-    data = path.read_bytes()
+    decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        data.decode("utf-8")
+        with open(path, "rb") as fh:  # checked in chunks: a large UTF-8 file is never held in memory
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
         return path
     except UnicodeDecodeError:
         pass
+    data = path.read_bytes()
     encodings = ["utf-16"] if data[:2] in (b"\xff\xfe", b"\xfe\xff") else []
     for encoding in [*encodings, "gb18030"]:
         try:

@@ -208,3 +208,9 @@ def test_import_reads_gbk_csv_and_explains_unreadable_files(project, tmp_path):
         jobs.import_job(imp.pk)
     imp.refresh_from_db()
     assert imp.status == "failed" and "bad.jsonl" in imp.error and "JSON" in imp.error
+
+
+def test_utf8_check_handles_a_character_split_across_chunks(tmp_path):
+    src = tmp_path / "big.csv"
+    src.write_bytes(b"text\n" + b"a" * ((1 << 20) - 6) + "好\n".encode())  # 好 straddles the 1 MiB boundary
+    assert jobs._as_utf8(src) == src
