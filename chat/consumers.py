@@ -261,9 +261,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 model_ref=model_ref,
                 queued=position > 0,
             )
-        except Exception:
+        except Exception:  # e.g. the database went away: the socket stays usable
+            log.exception("chat: could not save the exchange")
             backend.cancel(request_id)
-            raise
+            await self.send_error("server_error", "the message could not be saved; try again")
+            return
         stream = _Stream(request_id, agent.pk, backend)
         stream.events = events
         self.stream = stream

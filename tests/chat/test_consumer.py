@@ -461,3 +461,28 @@ async def test_a_failing_save_ends_the_stream_with_an_error(paced_chat_model, pl
         await asyncio.sleep(0.02)
     assert backend.active_ids() == []
     await comm.disconnect()
+
+
+async def test_a_failing_exchange_save_is_an_error_frame(chat_model, plain_user, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """exchange_start raising used to propagate: the socket closed (1011) instead of an error frame."""
+    from chat import consumers, engine_client
+
+    real = consumers.services.exchange_start
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("database is gone")
+
+    monkeypatch.setattr(consumers.services, "exchange_start", broken)
+    comm = await connect(plain_user)
+    await expect_error(comm, {"type": "generate", "prompt": "hello", "params": GREEDY}, "server_error")
+    backend = engine_client.peek_backend()
+    for _ in range(200):  # the submitted request is cancelled
+        if not backend.active_ids():
+            break
+        await asyncio.sleep(0.02)
+    assert backend.active_ids() == []
+    monkeypatch.setattr(consumers.services, "exchange_start", real)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": GREEDY})
+    _, tokens, end = await collect(comm)
+    assert "".join(tokens) == end["text"]
+    await comm.disconnect()
