@@ -68,11 +68,13 @@ def reset_rate_limits() -> None:
 
 
 class _Stream:
-    def __init__(self, request_id: str, message_id: int, backend: Any) -> None:
+    def __init__(
+        self, request_id: str, message_id: int, backend: Any, events: asyncio.Queue[tuple[str, dict[str, Any]]]
+    ) -> None:
         self.request_id = request_id
         self.message_id = message_id
         self.backend = backend
-        self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.events = events
         self.task: asyncio.Task[None] | None = None
         self.cancel_how: str | None = None
 
@@ -266,8 +268,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             backend.cancel(request_id)
             await self.send_error("server_error", "the message could not be saved; try again")
             return
-        stream = _Stream(request_id, agent.pk, backend)
-        stream.events = events
+        stream = _Stream(request_id, agent.pk, backend, events)
         self.stream = stream
         self.detach_requested = False
         metrics.STREAMS.inc()

@@ -56,9 +56,3 @@ def message_get(*, user: Any, message_id: Any) -> Message | None:
     if mid is None:
         return None
     return Message.objects.select_related("conversation").filter(pk=mid, conversation__owner=user).first()
-
-
-def user_has_streaming(*, user: Any) -> bool:
-    return Message.objects.filter(
-        conversation__owner=user, status__in=[Message.Status.QUEUED, Message.Status.STREAMING]
-    ).exists()

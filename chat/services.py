@@ -23,11 +23,6 @@ def _title_from(text: str) -> str:
 
 
 @transaction.atomic
-def conversation_create(*, owner: Any, title: str = "") -> Conversation:
-    return Conversation.objects.create(owner=owner, title=title[:200])
-
-
-@transaction.atomic
 def conversation_rename(*, conversation: Conversation, title: str) -> Conversation:
     title = " ".join(title.split())[:200]
     if not title:

@@ -766,7 +766,3 @@ class Engine:
     def active_ids(self) -> list[str]:
         with self._lock:
             return list(self._tickets)
-
-
-def default_num_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 4))
