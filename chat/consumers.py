@@ -159,8 +159,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
-            await self.send_error("bad_json", "the frame is not valid JSON")
+            json.dumps(frame, ensure_ascii=False).encode("utf-8")  # "\ud800" escapes: no valid text
+        except ValueError:  # UnicodeEncodeError included
+            await self.send_error("bad_json", "the frame is not valid JSON (or holds a lone surrogate escape)")
             return
         if not isinstance(frame, dict):
             await self.send_error("bad_json", "a frame must be a JSON object with a 'type'")

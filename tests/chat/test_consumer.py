@@ -486,3 +486,14 @@ async def test_a_failing_exchange_save_is_an_error_frame(chat_model, plain_user,
     _, tokens, end = await collect(comm)
     assert "".join(tokens) == end["text"]
     await comm.disconnect()
+
+
+async def test_lone_surrogate_escapes_are_bad_json(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
+    """'\\ud800' is valid JSON but no valid text: the tokenizer/DB/encoder failed and the socket hung."""
+    comm = await connect(plain_user)
+    await expect_error(comm, '{"type": "generate", "prompt": "hi \\ud800 there"}', "bad_json")
+    await expect_error(comm, '{"type": "generate", "prompt": "hi", "params": {"stop": ["\\udc00"]}}', "bad_json")
+    await comm.send_json_to({"type": "generate", "prompt": "hi 😀 there", "params": {**GREEDY, "max_new_tokens": 3}})
+    _, tokens, end = await collect(comm)
+    assert "".join(tokens) == end["text"]
+    await comm.disconnect()
