@@ -56,6 +56,16 @@ PROMPTS = [
 ]
 
 
+def cpu_seconds(engine: Any = None) -> float:
+    """CPU time used so far by the engine's own process (process mode) or by this process: on a shared
+    machine CPU time per token is steadier than wall time (it ignores time spent waiting for a core)."""
+    proc = getattr(engine, "_proc", None)
+    if proc is not None and proc.pid:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.process_time()
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -162,13 +172,14 @@ def baseline_run(model: Any, tok: Any, n_streams: int, new_tokens: int) -> dict[
             counts.append(new_tokens)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n_streams)]
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"streams": n_streams, "tokens": sum(counts), "wall": wall, "ttft": ttfts}
+    return {"streams": n_streams, "tokens": sum(counts), "wall": wall, "ttft": ttfts, "cpu": cpu_seconds() - c0}
 
 
 # --------------------------------------------------------------------------------------- engine
@@ -196,6 +207,7 @@ def engine_run(engine: Any, tok: Any, n_streams: int, new_tokens: int) -> dict[s
 
         return cb
 
+    c0 = cpu_seconds(engine)
     t0 = time.perf_counter()
     for i in range(n_streams):
         text = PROMPTS[i % len(PROMPTS)]
@@ -205,7 +217,14 @@ def engine_run(engine: Any, tok: Any, n_streams: int, new_tokens: int) -> dict[s
     if not done.wait(900):
         raise TimeoutError("engine streams did not finish")
     wall = time.perf_counter() - t0
-    return {"streams": n_streams, "tokens": sum(tokens.values()), "wall": wall, "ttft": list(ttfts.values())}
+    cpu = cpu_seconds(engine) - c0
+    return {
+        "streams": n_streams,
+        "tokens": sum(tokens.values()),
+        "wall": wall,
+        "ttft": list(ttfts.values()),
+        "cpu": cpu,
+    }
 
 
 def warm_engine(engine: Any, tok: Any) -> None:
@@ -314,6 +333,7 @@ def ctranslate2_run(gen: Any, tok: Any, n_streams: int, new_tokens: int) -> dict
     """All streams in one generate_batch (CTranslate2's own batching), TTFT from its per-token callback."""
     prompts = [tok.convert_ids_to_tokens(tok(PROMPTS[i % len(PROMPTS)])["input_ids"]) for i in range(n_streams)]
     ttft: dict[int, float] = {}
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
 
     def callback(step: Any) -> bool:
@@ -331,7 +351,8 @@ def ctranslate2_run(gen: Any, tok: Any, n_streams: int, new_tokens: int) -> dict
     )
     wall = time.perf_counter() - t0
     tokens = sum(len(r.sequences_ids[0]) for r in results)
-    return {"streams": n_streams, "tokens": tokens, "wall": wall, "ttft": list(ttft.values())}
+    cpu = cpu_seconds() - c0
+    return {"streams": n_streams, "tokens": tokens, "wall": wall, "ttft": list(ttft.values()), "cpu": cpu}
 
 
 def row(name: str, r: dict[str, Any]) -> dict[str, Any]:
@@ -349,10 +370,11 @@ def row(name: str, r: dict[str, Any]) -> dict[str, Any]:
         "decode_tok_s": decode,
         "ttft_p50_ms": pct(r["ttft"], 0.5) * 1000,
         "ttft_p95_ms": pct(r["ttft"], 0.95) * 1000,
+        "cpu_ms_tok": r["cpu"] * 1000 / max(1, r["tokens"]),
     }
     print(
         f"  {name:<14} streams={r['streams']:<2} aggregate {agg:7.1f} tok/s   per-stream decode {decode:7.1f} tok/s"
-        f"   TTFT p50 {out['ttft_p50_ms']:7.0f} ms  p95 {out['ttft_p95_ms']:7.0f} ms",
+        f"   TTFT p50 {out['ttft_p50_ms']:7.0f} ms  p95 {out['ttft_p95_ms']:7.0f} ms   CPU {out['cpu_ms_tok']:5.1f} ms/token",
         flush=True,
     )
     return out
@@ -580,12 +602,15 @@ def run_speed(args: Any, streams: list[int], before: Any) -> None:
 
 def report(results: dict[str, dict[Any, dict[str, Any]]], streams: list[int], ceiling: float, precision: str) -> None:
     eng = results["engine"]
-    print("\nratios:")
+    print("\nratios: aggregate tok/s of the engine / the other; in brackets the other's CPU ms per token / ours")
     for n in streams:
         parts = [f"  {n} stream(s): engine {eng[n]['agg_tok_s']:.1f} tok/s"]
         for other in ("baseline", "ctranslate2", "engine-before", "engine-thread"):
             if other in results and n in results[other]:
-                parts.append(f"{eng[n]['agg_tok_s'] / results[other][n]['agg_tok_s']:.2f}x {other}")
+                o = results[other][n]
+                parts.append(
+                    f"{eng[n]['agg_tok_s'] / o['agg_tok_s']:.2f}x {other} (CPU per token {o['cpu_ms_tok'] / eng[n]['cpu_ms_tok']:.2f}x)"
+                )
         print(", ".join(parts))
     if 1 in eng and 4 in eng:
         for name in ("engine", "engine-before", "ctranslate2"):

@@ -31,6 +31,7 @@ def _settings_key() -> tuple[Any, ...]:
         settings.CHAT_QUEUE_SIZE,
         getattr(settings, "CHAT_ENGINE_MODE", "process"),
         getattr(settings, "CHAT_ENGINE_THREADS", 0),
+        getattr(settings, "CHAT_STEP_TOKENS", 32),
         settings.CHAT_REMOTE_URL,
         settings.CHAT_REMOTE_TOKEN,
         settings.SLM_DEVICE,
@@ -57,6 +58,7 @@ def _build() -> Any:
         queue_size=settings.CHAT_QUEUE_SIZE,
         device=settings.SLM_DEVICE,
         num_threads=getattr(settings, "CHAT_ENGINE_THREADS", 0) or None,
+        step_tokens=getattr(settings, "CHAT_STEP_TOKENS", 32),
     )
     return Engine(cfg, mode=getattr(settings, "CHAT_ENGINE_MODE", "process"))
 

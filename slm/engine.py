@@ -88,7 +88,7 @@ class EngineConfig:
     device: str = "auto"
     num_threads: int | None = None  # torch threads in the engine (None: leave as is)
     swap_check_s: float = 1.0  # how often the live pointer is re-read
-    step_tokens: int = 64  # tokens per forward pass: one per decoding stream + prompt chunks (prefill)
+    step_tokens: int = 32  # tokens per forward pass: one per decoding stream + prompt chunks (prefill)
 
 
 @dataclass
