@@ -1,23 +1,23 @@
-"""Training for the transformer family: a config dataclass (TOML/YAML file or flags) and one loop.
+"""Training the transformer classifier family: a config dataclass (TOML/YAML file or flags) and its modes,
+all running on the one loop in `slm.training` (accelerate: device, mixed precision, DDP).
 
 Modes:
   * frozen (default, the seed's design): the encoder never changes, so its pooled features are
-    computed ONCE (one encoder pass over train + validation) and the head trains on the cached
-    tensors — 100 head epochs cost about one encoder pass. `train_frozen_uncached` is the seed's
-    loop (encoder run on every batch of every epoch), kept as the reference for tests and bench.
+    computed ONCE (one encoder pass over train + validation, split across processes when there are
+    several) and the head trains on the cached tensors — 100 head epochs cost about one encoder pass.
+    `train_frozen_uncached` is the seed's loop (encoder run on every batch of every epoch), kept as
+    the reference for tests and bench/sentiment.py; it runs on the same loop with the same batches.
   * full: encoder and head train end to end.
   * lora: low-rank adapters (peft) on the encoder's attention projections + the head; adapters are
     merged into the encoder when saved.
 
-Our own loop, not the Trainer: the frozen cache is a tensor loop the Trainer cannot express, and for
-full/lora the loop is ~100 lines with the same features (warmup schedule, clipping, accumulation,
-autocast only where supported, early stopping, per-epoch curves, progress callbacks).
+A model that was already trained (e.g. a parent version loaded to be warm-started) continues from its
+current encoder and head weights. With `teacher` probabilities the loss mixes the teacher's
+temperature-softened distribution with the hard labels (distillation).
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -31,11 +31,13 @@ from torch import nn
 
 from slm.classify.metrics import compute_metrics
 from slm.classify.transformer import TransformerClassifier
-from slm.device import amp_dtype, pick_device, supports_dtype
+from slm.training import FitConfig, FitResult, Runtime, fit, length_grouped_batches, set_seed
 
 Progress = Callable[[str, float], None]
 EpochCallback = Callable[[dict[str, Any]], None]
+StopCheck = Callable[[], bool]
 MODES = ("frozen", "full", "lora")
+__all__ = ["TrainConfig", "TrainResult", "set_seed", "split_validation", "train_transformer"]
 
 
 @dataclass
@@ -67,6 +69,9 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_target_modules: list[str] | None = None
+    # distillation (when teacher probabilities are given): loss = alpha * T^2 * KL + (1 - alpha) * CE
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     # runtime
     seed: int = 42
     device: str = "auto"
@@ -93,6 +98,10 @@ class TrainConfig:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError("distill_alpha must be in [0, 1]")
+        if self.distill_temperature <= 0:
+            raise ValueError("distill_temperature must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,14 +147,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"{path}: config files are .toml, .yaml or .yml")
 
 
-def set_seed(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 @dataclass
 class TrainResult:
     model: TransformerClassifier
@@ -158,12 +159,11 @@ class TrainResult:
     n_train: int
     n_val: int
     config: TrainConfig
+    stopped: str = "epochs"  # epochs | early stopping | time budget | stopped
 
 
-def split_validation(
-    texts: Sequence[str], labels: Sequence[str], fraction: float, seed: int
-) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Stratified (train, val) split; classes with a single example stay in train."""
+def split_indices(labels: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified (train, val) row indices; classes with a single example stay in train."""
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[int]] = {}
     for i, lab in enumerate(labels):
@@ -177,64 +177,15 @@ def split_validation(
         n_val = min(max(n_val, 1 if fraction > 0 and len(idx) > 1 else 0), len(idx) - 1)
         va.extend(idx[:n_val].tolist())
         tr.extend(idx[n_val:].tolist())
-    tr.sort()
-    va.sort()
+    return sorted(tr), sorted(va)
+
+
+def split_validation(
+    texts: Sequence[str], labels: Sequence[str], fraction: float, seed: int
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Stratified (train texts, train labels, val texts, val labels)."""
+    tr, va = split_indices(labels, fraction, seed)
     return [texts[i] for i in tr], [labels[i] for i in tr], [texts[i] for i in va], [labels[i] for i in va]
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
-    warmup = int(round(config.warmup_ratio * total_steps))
-    if config.schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup)
-    if config.schedule == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-    return get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-
-
-def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
-
-
-def _autocast_dtype(device: torch.device, config: TrainConfig) -> torch.dtype | None:
-    if config.precision == "fp32":
-        return None
-    if config.precision == "auto":
-        return amp_dtype(device)
-    dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
-    return dtype if supports_dtype(device, dtype) else None
-
-
-class _EarlyStopper:
-    def __init__(self, config: TrainConfig) -> None:
-        self.metric = config.early_stopping_metric
-        self.patience = config.early_stopping_patience
-        self.min_delta = config.min_delta
-        self.best: float | None = None
-        self.best_epoch = 0
-        self.bad = 0
-
-    def update(self, epoch: int, row: dict[str, float]) -> tuple[bool, bool]:
-        """Returns (improved, should_stop)."""
-        value = row[self.metric]
-        sign = 1.0 if self.metric == "val_loss" else -1.0
-        improved = self.best is None or sign * (value - self.best) < -self.min_delta
-        if improved:
-            self.best, self.best_epoch, self.bad = value, epoch, 0
-        else:
-            self.bad += 1
-        return improved, bool(self.patience and self.bad >= self.patience)
 
 
 def _eval_logits(logits: torch.Tensor, y: torch.Tensor, labels: Sequence[str]) -> dict[str, float]:
@@ -269,23 +220,29 @@ def train_transformer(
     val_labels: Sequence[str] | None = None,
     progress: Progress | None = None,
     on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
+    teacher_probs: np.ndarray | None = None,
 ) -> TrainResult:
     """Trains `model` in place (mode from config) and returns it with curves and validation metrics.
 
     Without val_texts, `config.val_fraction` of the data is held out (stratified). The best epoch's
-    weights (by the early-stopping metric) are restored at the end.
+    weights (by the early-stopping metric) are restored at the end. `teacher_probs` (n_texts, labels
+    in the model's order) turns on distillation: soft targets from a teacher mixed with the labels.
     """
     config = config or TrainConfig()
     report = progress or (lambda _m, _f: None)
     started = time.perf_counter()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    set_seed(config.seed)
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    soft = _soft_targets(teacher_probs, len(texts), len(model.labels), config)
     if val_texts is None:
         if config.val_fraction > 0:
-            texts, labels, val_texts, val_labels = split_validation(texts, labels, config.val_fraction, config.seed)
+            tr, va = split_indices(labels, config.val_fraction, config.seed)
+            val_texts, val_labels = [texts[i] for i in va], [labels[i] for i in va]
+            texts, labels = [texts[i] for i in tr], [labels[i] for i in tr]
+            soft = soft[tr] if soft is not None else None
         else:
             val_texts, val_labels = [], []
     val_labels = list(val_labels or [])
@@ -293,96 +250,177 @@ def train_transformer(
         raise ValueError("no training texts")
     y_train = _label_ids(model, labels)
     y_val = _label_ids(model, val_labels)
-    device = pick_device(config.device)
-    model.to(device)
+    set_seed(config.seed)
+    runtime = Runtime(config.device, config.precision)
+    model.to(runtime.device)
     model.max_length = config.max_length
     model.mode = config.mode
     if config.mode == "frozen":
         return _train_frozen(
-            model, list(texts), y_train, list(val_texts), y_val, config, device, report, on_epoch, started
+            model,
+            list(texts),
+            y_train,
+            list(val_texts),
+            y_val,
+            config,
+            runtime,
+            report,
+            on_epoch,
+            should_stop,
+            started,
+            soft,
         )
     return _train_end_to_end(
-        model, list(texts), y_train, list(val_texts), y_val, config, device, report, on_epoch, started
+        model,
+        list(texts),
+        y_train,
+        list(val_texts),
+        y_val,
+        config,
+        runtime,
+        report,
+        on_epoch,
+        should_stop,
+        started,
+        soft,
     )
 
 
-def _epoch_row(epoch: int, loss_sum: float, correct: int, n: int, lr: float) -> dict[str, float]:
-    return {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1), "lr": lr}
+def _soft_targets(teacher_probs: np.ndarray | None, n: int, n_labels: int, config: TrainConfig) -> torch.Tensor | None:
+    """The teacher's distribution softened by the temperature: softmax(log p / T)."""
+    if teacher_probs is None:
+        return None
+    probs = torch.as_tensor(np.asarray(teacher_probs, dtype=np.float32))
+    if probs.shape != (n, n_labels):
+        raise ValueError(f"teacher probabilities have shape {tuple(probs.shape)}, expected {(n, n_labels)}")
+    return torch.softmax(torch.log(probs.clamp_min(1e-8)) / config.distill_temperature, dim=-1)
 
 
-def _finish_epoch(
+def classification_loss(
+    logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None, config: TrainConfig
+) -> torch.Tensor:
+    """Cross-entropy on the labels; with soft targets, mixed with T²·KL(teacher_T || student_T)."""
+    ce = nn.functional.cross_entropy(logits, target)
+    if soft is None:
+        return ce
+    t = config.distill_temperature
+    kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, -1), soft, reduction="batchmean") * t * t
+    return config.distill_alpha * kd + (1 - config.distill_alpha) * ce
+
+
+def _fit_classifier(
+    module: nn.Module,
+    model: TransformerClassifier,
     *,
-    row: dict[str, Any],
-    stopper: _EarlyStopper,
-    curves: dict[str, list[float]],
-    state: dict[str, Any],
-    snapshot: Callable[[], Any],
+    batches: Callable[[int], list[Any]],
+    n_train: int,
+    logits_of: Callable[[nn.Module, Any], torch.Tensor],
+    y: torch.Tensor,
+    soft: torch.Tensor | None,
+    val_logits: Callable[[nn.Module], torch.Tensor] | None,
+    y_val: torch.Tensor,
     config: TrainConfig,
-    started: float,
-    train_started: float,
+    runtime: Runtime,
     report: Progress,
     on_epoch: EpochCallback | None,
-    has_val: bool,
-) -> bool:
-    """Records the epoch, updates early stopping; returns True when training should stop."""
-    for k, v in row.items():
-        curves.setdefault(k, []).append(v)
-    epoch = int(row["epoch"])
-    stop = False
+    should_stop: StopCheck | None,
+    started: float,
+) -> tuple[FitResult, dict[str, Any]]:
+    """Runs the loop for every classifier mode: the epoch rows, early stopping on the validation
+    metric, progress messages; returns the fit and the restored model's validation metrics."""
+    device = runtime.device
+    y_dev = y.to(device)
+    soft_dev = soft.to(device) if soft is not None else None
+
+    def loss(m: nn.Module, idx: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = logits_of(m, idx).float()
+        target = y_dev[idx]
+        out = classification_loss(logits, target, soft_dev[idx] if soft_dev is not None else None, config)
+        return out, {"accuracy": float((logits.argmax(-1) == target).sum())}
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        assert val_logits is not None
+        return _eval_logits(val_logits(m).float().cpu(), y_val, model.labels)
+
+    def epoch_done(row: dict[str, Any]) -> None:
+        if on_epoch:
+            on_epoch(row)
+        msg = f"epoch {row['epoch']}/{config.epochs} loss {row['train_loss']:.4f}"
+        if "val_loss" in row:
+            msg += f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f}"
+        report(msg, 0.1 + 0.85 * min(1.0, row["epoch"] / config.epochs))
+
+    has_val = val_logits is not None and len(y_val) > 0
+    result = fit(
+        module,
+        batches=batches,
+        batches_per_epoch=-(-n_train // config.batch_size),
+        loss=loss,
+        config=FitConfig(
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            grad_accum=config.grad_accum,
+            max_grad_norm=config.max_grad_norm,
+            warmup_ratio=config.warmup_ratio,
+            schedule=config.schedule,
+            seed=config.seed,
+            time_budget_s=config.time_budget_s,
+            monitor=config.early_stopping_metric if has_val else "",
+            monitor_mode="min" if config.early_stopping_metric == "val_loss" else "max",
+            patience=config.early_stopping_patience,
+            min_delta=config.min_delta,
+        ),
+        runtime=runtime,
+        evaluate=evaluate if has_val else None,
+        on_step=None,
+        on_epoch=epoch_done,
+        should_stop=should_stop,
+        clock_start=started,
+    )
+    module.eval()
+    val_metrics: dict[str, Any] = {}
     if has_val:
-        improved, stop = stopper.update(epoch, row)
-        if improved:
-            state["best"] = snapshot()
-    else:
-        stopper.best_epoch = epoch
-        state["best"] = snapshot()
-    elapsed = time.perf_counter() - train_started
-    per_epoch = elapsed / epoch
-    budget_hit = bool(config.time_budget_s and time.perf_counter() - started + per_epoch > config.time_budget_s)
-    row = {
-        **row,
-        "epochs": config.epochs,
-        "elapsed_s": round(elapsed, 2),
-        "eta_s": round(per_epoch * (config.epochs - epoch), 1),
-    }
-    if on_epoch:
-        on_epoch(row)
-    msg = f"epoch {epoch}/{config.epochs} loss {row['train_loss']:.4f}"
-    if has_val:
-        msg += f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f}"
-    report(msg, 0.1 + 0.85 * epoch / config.epochs)
-    state["budget_hit"] = budget_hit
-    return stop or budget_hit
+        assert val_logits is not None
+        with torch.no_grad():
+            probs = torch.softmax(val_logits(module).float(), -1).cpu().numpy()
+        val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
+    return result, val_metrics
 
 
 def _train_result(
-    *,
     model: TransformerClassifier,
-    curves: dict[str, list[float]],
+    fr: FitResult,
     val_metrics: dict[str, Any],
-    stopper: _EarlyStopper,
-    epochs_run: int,
-    state: dict[str, Any],
     config: TrainConfig,
     n_train: int,
     n_val: int,
     started: float,
-    train_started: float,
+    **timings: float,
 ) -> TrainResult:
-    """The TrainResult of a finished loop (head-on-features and end-to-end share it)."""
-    now = time.perf_counter()
     return TrainResult(
         model=model,
-        curves=curves,
+        curves=fr.curves,
         val_metrics=val_metrics,
-        timings={"train_loop_s": round(now - train_started, 3), "total_s": round(now - started, 3)},
-        best_epoch=stopper.best_epoch,
-        epochs_run=epochs_run,
-        stopped_early=epochs_run < config.epochs and not state.get("budget_hit", False),
+        timings={
+            "train_loop_s": round(fr.train_time_s, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+            **{k: round(v, 3) for k, v in timings.items()},
+        },
+        best_epoch=fr.best_epoch,
+        epochs_run=fr.epochs_run,
+        stopped_early=fr.stopped == "early stopping",
         n_train=n_train,
         n_val=n_val,
         config=config,
+        stopped=fr.stopped,
     )
+
+
+def _head_batches(n: int, config: TrainConfig) -> Callable[[int], list[torch.Tensor]]:
+    """The head loops' batches: a seeded permutation per epoch (cached and uncached loops share it)."""
+    gen = torch.Generator().manual_seed(config.seed)
+    return lambda _epoch: length_grouped_batches([0] * n, config.batch_size, gen, group=False)
 
 
 def _train_frozen(
@@ -392,21 +430,40 @@ def _train_frozen(
     val_texts: list[str],
     y_val: torch.Tensor,
     config: TrainConfig,
-    device: torch.device,
+    runtime: Runtime,
     report: Progress,
     on_epoch: EpochCallback | None,
+    should_stop: StopCheck | None,
     started: float,
+    soft: torch.Tensor | None,
 ) -> TrainResult:
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     report(f"encoding {len(texts) + len(val_texts)} texts once (frozen encoder)", 0.02)
     t0 = time.perf_counter()
-    feats = model.features(texts, batch_size=config.feature_batch_size)
-    val_feats = model.features(val_texts, batch_size=config.feature_batch_size) if val_texts else None
+    feats = runtime.gather_rows(model.features(runtime.shard(texts), batch_size=config.feature_batch_size), len(texts))
+    val_feats = None
+    if val_texts:
+        part = model.features(runtime.shard(val_texts), batch_size=config.feature_batch_size)
+        val_feats = runtime.gather_rows(part, len(val_texts))
     t_features = time.perf_counter() - t0
-    head_result = train_head_on_features(model, feats, y, val_feats, y_val, config, device, report, on_epoch, started)
-    head_result.timings["features_s"] = round(t_features, 3)
-    return head_result
+    result = train_head_on_features(
+        model,
+        feats,
+        y,
+        val_feats,
+        y_val,
+        config,
+        runtime.device,
+        report,
+        on_epoch,
+        started,
+        runtime=runtime,
+        should_stop=should_stop,
+        soft=soft,
+    )
+    result.timings["features_s"] = round(t_features, 3)
+    return result
 
 
 def train_head_on_features(
@@ -416,83 +473,38 @@ def train_head_on_features(
     val_feats: torch.Tensor | None,
     y_val: torch.Tensor,
     config: TrainConfig,
-    device: torch.device,
+    device: torch.device | None = None,
     report: Progress | None = None,
     on_epoch: EpochCallback | None = None,
     started: float | None = None,
+    *,
+    runtime: Runtime | None = None,
+    should_stop: StopCheck | None = None,
+    soft: torch.Tensor | None = None,
 ) -> TrainResult:
     """The frozen-mode loop over cached features (public for the benchmark and the cache test)."""
-    report = report or (lambda _m, _f: None)
     started = started if started is not None else time.perf_counter()
-    head = model.head
-    head.to(device)
-    feats, y = feats.to(device), y.to(device)
-    has_val = val_feats is not None and len(y_val) > 0
-    optimizer = _optimizer(head, config)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / config.batch_size) / config.grad_accum)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    gen = torch.Generator().manual_seed(config.seed)
-    stopper = _EarlyStopper(config)
-    curves: dict[str, list[float]] = {}
-    state: dict[str, Any] = {}
-    train_started = time.perf_counter()
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        perm = torch.randperm(len(y), generator=gen)
-        loss_sum, correct = 0.0, 0
-        batches = [perm[i : i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
-        for b, idx in enumerate(batches):
-            logits = head(feats[idx])
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            (loss / config.grad_accum).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == y[idx]).sum())
-            if (b + 1) % config.grad_accum == 0 or b == len(batches) - 1:
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_(head.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, len(y), scheduler.get_last_lr()[0])
-        if has_val:
-            head.eval()
-            with torch.no_grad():
-                row.update(_eval_logits(head(val_feats.to(device)).float().cpu(), y_val, model.labels))
-        if _finish_epoch(
-            row=row,
-            stopper=stopper,
-            curves=curves,
-            state=state,
-            snapshot=lambda: copy.deepcopy(head.state_dict()),
-            config=config,
-            started=started,
-            train_started=train_started,
-            report=report,
-            on_epoch=on_epoch,
-            has_val=has_val,
-        ):
-            break
-    head.load_state_dict(state["best"])
-    head.eval()
-    val_metrics: dict[str, Any] = {}
-    if has_val:
-        with torch.no_grad():
-            probs = torch.softmax(head(val_feats.to(device)).float(), -1).cpu().numpy()
-        val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    return _train_result(
-        model=model,
-        curves=curves,
-        val_metrics=val_metrics,
-        stopper=stopper,
-        epochs_run=epoch,
-        state=state,
-        config=config,
+    runtime = runtime or Runtime(str(device) if device is not None else config.device, config.precision)
+    feats = feats.to(runtime.device)
+    val_dev = val_feats.to(runtime.device) if val_feats is not None else None
+    fr, val_metrics = _fit_classifier(
+        model.head,
+        model,
+        batches=_head_batches(len(y), config),
         n_train=len(y),
-        n_val=len(y_val),
+        logits_of=lambda head, idx: head(feats[idx]),
+        y=y,
+        soft=soft,
+        val_logits=(lambda head: head(val_dev)) if val_dev is not None else None,
+        y_val=y_val,
+        config=config,
+        runtime=runtime,
+        report=report or (lambda _m, _f: None),
+        on_epoch=on_epoch,
+        should_stop=should_stop,
         started=started,
-        train_started=train_started,
     )
+    return _train_result(model, fr, val_metrics, config, len(y), len(y_val), started)
 
 
 def train_frozen_uncached(
@@ -506,13 +518,13 @@ def train_frozen_uncached(
 ) -> TrainResult:
     """The seed's loop: the frozen encoder runs on every batch of every epoch (reference only).
 
-    Same batches, same schedule and same RNG stream as the cached loop, so the heads agree up to
-    float rounding — the test and bench/sentiment.py compare the two.
+    Same loop, batches, schedule and RNG stream as the cached path, so the heads agree up to float
+    rounding — the test and bench/sentiment.py compare the two.
     """
     started = time.perf_counter()
     set_seed(config.seed)
-    device = pick_device(config.device)
-    model.to(device)
+    runtime = Runtime(config.device, config.precision)
+    model.to(runtime.device)
     model.max_length = config.max_length
     for p in model.encoder.parameters():
         p.requires_grad_(False)
@@ -521,75 +533,33 @@ def train_frozen_uncached(
     val_docs = model.clean(val_texts)
     y = _label_ids(model, labels)
     y_val = _label_ids(model, val_labels)
-    head = model.head.to(device)
-    optimizer = _optimizer(head, config)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / config.batch_size) / config.grad_accum)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    gen = torch.Generator().manual_seed(config.seed)
-    stopper = _EarlyStopper(config)
-    curves: dict[str, list[float]] = {}
-    state: dict[str, Any] = {}
-    has_val = len(y_val) > 0
 
     def encode(batch_docs: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            batch = {k: v.to(device) for k, v in model.tokenize(batch_docs, cleaned=True).items()}
+            batch = {k: v.to(runtime.device) for k, v in model.tokenize(batch_docs, cleaned=True).items()}
             return model.encode(**batch).float()
 
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        perm = torch.randperm(len(y), generator=gen)
-        loss_sum, correct = 0.0, 0
-        batches = [perm[i : i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
-        for b, idx in enumerate(batches):
-            feats = encode([docs[i] for i in idx.tolist()])
-            logits = head(feats)
-            loss = nn.functional.cross_entropy(logits, y[idx].to(device))
-            (loss / config.grad_accum).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1).cpu() == y[idx]).sum())
-            if (b + 1) % config.grad_accum == 0 or b == len(batches) - 1:
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_(head.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, len(y), scheduler.get_last_lr()[0])
-        if has_val:
-            head.eval()
-            with torch.no_grad():
-                vf = torch.cat([encode(val_docs[i : i + 64]) for i in range(0, len(val_docs), 64)])
-                row.update(_eval_logits(head(vf).float().cpu(), y_val, model.labels))
-        if _finish_epoch(
-            row=row,
-            stopper=stopper,
-            curves=curves,
-            state=state,
-            snapshot=lambda: copy.deepcopy(head.state_dict()),
-            config=config,
-            started=started,
-            train_started=started,
-            report=lambda _m, _f: None,
-            on_epoch=None,
-            has_val=has_val,
-        ):
-            break
-    head.load_state_dict(state["best"])
-    head.eval()
-    now = time.perf_counter()
-    return TrainResult(
-        model=model,
-        curves=curves,
-        val_metrics={},
-        timings={"total_s": round(now - started, 3)},
-        best_epoch=stopper.best_epoch,
-        epochs_run=epoch,
-        stopped_early=epoch < config.epochs,
+    def val_logits(head: nn.Module) -> torch.Tensor:
+        return head(torch.cat([encode(val_docs[i : i + 64]) for i in range(0, len(val_docs), 64)]))
+
+    fr, val_metrics = _fit_classifier(
+        model.head,
+        model,
+        batches=_head_batches(len(y), config),
         n_train=len(y),
-        n_val=len(y_val),
+        logits_of=lambda head, idx: head(encode([docs[i] for i in idx.tolist()])),
+        y=y,
+        soft=None,
+        val_logits=val_logits if val_docs else None,
+        y_val=y_val,
         config=config,
+        runtime=runtime,
+        report=lambda _m, _f: None,
+        on_epoch=None,
+        should_stop=None,
+        started=started,
     )
+    return _train_result(model, fr, val_metrics, config, len(y), len(y_val), started)
 
 
 def _lora_targets(encoder: nn.Module, config: TrainConfig) -> list[str]:
@@ -600,23 +570,6 @@ def _lora_targets(encoder: nn.Module, config: TrainConfig) -> list[str]:
         if all(p in names for p in pair):
             return list(pair)
     return sorted(names)
-
-
-def _length_bucketed_batches(
-    perm: torch.Tensor, enc: list[list[int]], config: TrainConfig, gen: torch.Generator
-) -> list[torch.Tensor]:
-    """Random batches; with length_bucketing, texts of similar length share a batch (less padding:
-    ~2x faster on CPU) — sorted inside random chunks of 50 batches, then the batches are shuffled."""
-    size = config.batch_size
-    if not config.length_bucketing:
-        return [perm[i : i + size] for i in range(0, len(perm), size)]
-    chunk = size * 50
-    batches: list[torch.Tensor] = []
-    for c in range(0, len(perm), chunk):
-        part = sorted(perm[c : c + chunk].tolist(), key=lambda i: len(enc[i]))
-        batches.extend(torch.tensor(part[i : i + size]) for i in range(0, len(part), size))
-    order = torch.randperm(len(batches), generator=gen).tolist()
-    return [batches[i] for i in order]
 
 
 def _collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -636,10 +589,12 @@ def _train_end_to_end(
     val_texts: list[str],
     y_val: torch.Tensor,
     config: TrainConfig,
-    device: torch.device,
+    runtime: Runtime,
     report: Progress,
     on_epoch: EpochCallback | None,
+    should_stop: StopCheck | None,
     started: float,
+    soft: torch.Tensor | None,
 ) -> TrainResult:
     if config.mode == "lora":
         from peft import LoraConfig, get_peft_model
@@ -656,6 +611,7 @@ def _train_end_to_end(
     else:
         for p in model.encoder.parameters():
             p.requires_grad_(True)
+    device = runtime.device
     model.to(device)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     report(f"tokenizing {len(texts)} texts", 0.02)
@@ -665,99 +621,36 @@ def _train_end_to_end(
         if val_texts
         else []
     )
-    autocast = _autocast_dtype(device, config)
-    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
-    optimizer = _optimizer(model, config)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / config.batch_size) / config.grad_accum)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
+    lengths = [len(e) for e in enc]
     gen = torch.Generator().manual_seed(config.seed)
-    stopper = _EarlyStopper(config)
-    curves: dict[str, list[float]] = {}
-    state: dict[str, Any] = {}
-    has_val = len(y_val) > 0
-    train_started = time.perf_counter()
 
-    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if autocast is not None:
-            with torch.autocast(device.type, dtype=autocast):
-                return model(**batch).float()
-        return model(**batch).float()
+    def val_logits(m: nn.Module) -> torch.Tensor:
+        order = sorted(range(len(val_enc)), key=lambda i: len(val_enc[i]))
+        mine = list(runtime.shard(order))
+        part = torch.zeros(len(mine), len(model.labels))
+        for s in range(0, len(mine), config.eval_batch_size):
+            rows = mine[s : s + config.eval_batch_size]
+            with runtime.autocast():
+                part[s : s + len(rows)] = m(**_collate([val_enc[i] for i in rows], pad_id, device)).float().cpu()
+        logits = torch.zeros(len(val_enc), len(model.labels))
+        logits[order] = runtime.gather_rows(part, len(order)).float()
+        return logits
 
-    def trainable_state() -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        perm = torch.randperm(len(y), generator=gen)
-        loss_sum, correct = 0.0, 0
-        batches = _length_bucketed_batches(perm, enc, config, gen)
-        seen = 0
-        for b, idx in enumerate(batches):
-            if config.time_budget_s and b and time.perf_counter() - started > config.time_budget_s:
-                batches = batches[:b]  # out of time: end this epoch early (then stop)
-                break
-            seen += len(idx)
-            batch = _collate([enc[i] for i in idx.tolist()], pad_id, device)
-            logits = run(batch)
-            target = y[idx].to(device)
-            loss = nn.functional.cross_entropy(logits, target)
-            scaled = loss / config.grad_accum
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == target).sum())
-            if (b + 1) % config.grad_accum == 0 or b == len(batches) - 1:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, seen, scheduler.get_last_lr()[0])
-        if has_val:
-            model.eval()
-            with torch.no_grad():
-                order = sorted(range(len(val_enc)), key=lambda i: len(val_enc[i]))
-                logits_val = torch.zeros(len(val_enc), len(model.labels))
-                for s in range(0, len(order), config.eval_batch_size):
-                    idx_v = order[s : s + config.eval_batch_size]
-                    logits_val[idx_v] = run(_collate([val_enc[i] for i in idx_v], pad_id, device)).cpu()
-            row.update(_eval_logits(logits_val, y_val, model.labels))
-        if _finish_epoch(
-            row=row,
-            stopper=stopper,
-            curves=curves,
-            state=state,
-            snapshot=trainable_state,
-            config=config,
-            started=started,
-            train_started=train_started,
-            report=report,
-            on_epoch=on_epoch,
-            has_val=has_val,
-        ):
-            break
-    model.load_state_dict(state["best"])
-    model.eval()
-    val_metrics: dict[str, Any] = {}
-    if has_val:
-        probs = model.predict_proba(val_texts, batch_size=config.eval_batch_size)
-        val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    return _train_result(
-        model=model,
-        curves=curves,
-        val_metrics=val_metrics,
-        stopper=stopper,
-        epochs_run=epoch,
-        state=state,
-        config=config,
+    fr, val_metrics = _fit_classifier(
+        model,
+        model,
+        batches=lambda _epoch: length_grouped_batches(lengths, config.batch_size, gen, group=config.length_bucketing),
         n_train=len(y),
-        n_val=len(y_val),
+        logits_of=lambda m, idx: m(**_collate([enc[i] for i in idx.tolist()], pad_id, device)),
+        y=y,
+        soft=soft,
+        val_logits=val_logits if val_enc else None,
+        y_val=y_val,
+        config=config,
+        runtime=runtime,
+        report=report,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
         started=started,
-        train_started=train_started,
     )
+    return _train_result(model, fr, val_metrics, config, len(y), len(y_val), started)
