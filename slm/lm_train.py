@@ -21,7 +21,19 @@ from typing import Any
 
 import torch
 
-from slm.training import FitConfig, Runtime, fit, length_grouped_batches, set_seed
+from slm.training import (
+    FitConfig,
+    Runtime,
+    emit,
+    fit,
+    in_processes,
+    launched_processes,
+    length_grouped_batches,
+    process_inputs,
+    process_outputs,
+    set_seed,
+    stop_requested,
+)
 
 __all__ = ["LMTrainConfig", "TrainResult", "evaluate_lm", "new_gpt2_model", "set_seed", "train_causal_lm"]
 
@@ -48,6 +60,7 @@ class LMTrainConfig:
     keep_best: bool = True  # restore the weights of the epoch with the lowest eval loss
     num_threads: int | None = None  # torch CPU threads (None = leave as is)
     log_every: int = 10  # optimizer steps between progress reports
+    processes: int = 1  # data-parallel processes (torchrun + accelerate: gloo on CPU, NCCL on GPUs)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -64,6 +77,8 @@ class LMTrainConfig:
             raise ValueError(f"unknown precision {self.precision!r} (auto, fp32)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
+        if int(self.processes) < 1:
+            raise ValueError("processes must be >= 1")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMTrainConfig:
@@ -207,14 +222,74 @@ def train_causal_lm(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Trains `model` in place on `train_texts` (already formatted, EOS is appended here) and returns
-    metrics: train_loss, eval_loss, perplexity (held-out), train_time_s, steps, tokens, device, dtype."""
+    metrics: train_loss, eval_loss, perplexity (held-out), train_time_s, steps, tokens, device, dtype.
+    With `config.processes` > 1 the run is split over that many processes (the weights come back here)."""
+    if config.processes > 1 and launched_processes() == 1:
+        return _train_in_processes(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop)
     prev_threads = torch.get_num_threads()
-    if config.num_threads:
+    if config.num_threads and launched_processes() == 1:  # launched processes share the threads out
         torch.set_num_threads(config.num_threads)
     try:
         return _train(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop)
     finally:
         torch.set_num_threads(prev_threads)
+
+
+def _train_in_processes(
+    model: Any,
+    tokenizer: Any,
+    train_texts: Sequence[str],
+    eval_texts: Sequence[str],
+    config: LMTrainConfig,
+    progress: Progress | None,
+    log: Callable[[str], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> TrainResult:
+    from transformers import AutoModelForCausalLM
+
+    lines: list[str] = []
+
+    def on_log(event: dict[str, Any]) -> None:
+        lines.append(event["line"])
+        if log is not None:
+            log(event["line"])
+
+    handlers = {"progress": lambda e: progress(e["info"]) if progress else None, "log": on_log}
+    spec = {"train_texts": list(train_texts), "eval_texts": list(eval_texts), "config": config.to_dict()}
+    with in_processes(
+        "slm.lm_train:_process_main",
+        config.processes,
+        spec,
+        lambda directory: save_model(model, tokenizer, directory),
+        device=config.device,
+        handlers=handlers,
+        should_stop=should_stop,
+    ) as (out, result):
+        trained = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    model.load_state_dict(trained.state_dict())
+    model.eval()
+    return TrainResult(metrics=result["metrics"], history=result["history"], log=lines or result["log"])
+
+
+def _process_main(workdir: str) -> None:
+    """One of the processes `_train_in_processes` starts (via slm.training.launch)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    init, spec = process_inputs(workdir)
+    model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(init, local_files_only=True)
+    result = train_causal_lm(
+        model,
+        tokenizer,
+        spec["train_texts"],
+        spec["eval_texts"],
+        LMTrainConfig.from_dict(spec["config"]),
+        progress=lambda info: emit({"kind": "progress", "info": info}),
+        log=lambda line: emit({"kind": "log", "line": line}),
+        should_stop=stop_requested(workdir),
+    )
+    out = {"metrics": result.metrics, "history": result.history, "log": result.log}
+    process_outputs(workdir, lambda directory: save_model(model, tokenizer, directory), out)
 
 
 def _train(
@@ -312,6 +387,7 @@ def _train(
         ),
         runtime=runtime,
         evaluate=evaluate if eval_ex else None,
+        weight=lambda idx: sum(lengths[i] - 1 for i in idx),  # the loss is a mean over predicted tokens
         on_step=on_step,
         on_epoch=on_epoch,
         should_stop=should_stop,

@@ -293,6 +293,7 @@ def fit(
     config: FitConfig,
     runtime: Runtime,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    weight: Callable[[Sequence[int]], float] = len,
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -303,7 +304,9 @@ def fit(
     batches(epoch) -> the epoch's global batches (example indices; the same on every process);
     loss(model, indices) -> (mean loss over those examples, {stat: sum over them}) — every stat is
     reported per example as `train_<stat>` in the epoch row; evaluate(model) -> metrics after each
-    epoch (they must be the same on every process: use `runtime.sum`/`gather_rows`). on_step gets
+    epoch (they must be the same on every process: use `runtime.sum`/`gather_rows`). weight(indices) is
+    what the loss is a mean over (examples by default; tokens for a language model), so that the
+    processes' shares of a batch add up to the one-process loss. on_step gets
     {epoch, step, total_steps, loss, lr, elapsed_s, eta_s, fraction} after every optimizer step,
     on_epoch the epoch row plus {epochs, elapsed_s, eta_s}; both only on the main process.
     should_stop() is polled after every optimizer step (main process) and ends the run cleanly.
@@ -351,7 +354,8 @@ def fit(
                             mean_loss, stats = loss(wrapped, shard)
                         # DDP averages gradients over processes: weight each shard by its share of the
                         # global batch so the step equals the one-process step on the whole batch.
-                        scale = len(shard) * runtime.world / max(1, len(idx)) / config.grad_accum
+                        share = weight(shard) / max(1e-12, weight(idx)) if runtime.world > 1 else 1.0
+                        scale = share * runtime.world / config.grad_accum
                         acc.backward(mean_loss * scale)
                     value = float(mean_loss.detach())
                     sums["n"] += len(shard)
@@ -446,3 +450,200 @@ def fit(
         dtype=runtime.dtype,
         processes=runtime.world,
     )
+
+
+# ------------------------------------------------------------------------------------------ processes
+EVENT_PREFIX = "@slm-training "
+Event = dict[str, Any]
+
+
+def resolve_processes(value: int | None) -> int:
+    """The number of training processes a config asks for (0/None = 1)."""
+    n = int(value or 1)
+    if n < 1:
+        raise ValueError("processes must be >= 1")
+    return n
+
+
+def emit(event: Event) -> None:
+    """From the main process of a launched run: hands an event (progress, epoch row, log line) to the
+    launching process, which passes it to its callbacks."""
+    import json
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(EVENT_PREFIX + json.dumps(event, default=float), flush=True)
+
+
+def stop_requested(workdir: str | os.PathLike[str]) -> Callable[[], bool]:
+    """should_stop for a launched run: true once the launcher asked it to stop."""
+    flag = os.path.join(os.fspath(workdir), "STOP")
+    return lambda: os.path.exists(flag)
+
+
+def launch(
+    entry: str,
+    workdir: str | os.PathLike[str],
+    processes: int,
+    *,
+    device: str = "auto",
+    on_event: Callable[[Event], None] | None = None,
+    should_stop: StopCheck | None = None,
+    timeout_s: float | None = None,
+) -> None:
+    """Runs `entry` ("module:function", called as function(workdir)) in `processes` processes started
+    by torchrun on this machine, and waits for them. Each process trains with its share of every batch
+    (see `fit`): gloo on CPU, NCCL with one GPU per process. Events the main process `emit`s reach
+    `on_event` here, in the caller's thread; when `should_stop()` turns true the run is asked to stop
+    (it then finishes cleanly). A failure raises RuntimeError with the end of the processes' log."""
+    import json
+    import queue
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    work = Path(workdir)
+    target = pick_device(device)
+    if target.type == "cuda" and processes > torch.cuda.device_count():
+        raise ValueError(
+            f"{processes} training processes need {processes} GPUs; this machine has {torch.cuda.device_count()}"
+        )
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"multi-process training runs on CPUs or CUDA GPUs, not {target.type}")
+    env = dict(os.environ)
+    env["SLM_DEVICE"] = target.type
+    env.setdefault("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // processes)))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "slm.training",
+        entry,
+        str(work),
+    ]
+    log_path = work / "processes.log"
+    events: queue.Queue[Event | None] = queue.Queue()
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True)
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith(EVENT_PREFIX):
+                    events.put(json.loads(line[len(EVENT_PREFIX) :]))
+            events.put(None)
+
+        reader = threading.Thread(target=read, name="training-events", daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=0.2)
+                except queue.Empty:
+                    event = {}
+                if event is None:
+                    break
+                if event and on_event is not None:
+                    on_event(event)
+                if should_stop is not None and not (work / "STOP").exists() and should_stop():
+                    (work / "STOP").touch()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"training processes did not finish within {timeout_s:.0f}s")
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                _kill_group(proc.pid)
+                proc.wait()
+            reader.join(timeout=5)
+    if rc != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"training in {processes} processes failed (exit {rc}):\n{tail}")
+
+
+@contextmanager
+def in_processes(
+    entry: str,
+    processes: int,
+    spec: dict[str, Any],
+    write_init: Callable[[Any], None],
+    *,
+    device: str = "auto",
+    handlers: dict[str, Callable[[Event], None]] | None = None,
+    should_stop: StopCheck | None = None,
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A training run in `processes` processes, from the launching side: writes the model
+    (`write_init(dir)`) and the JSON `spec` to a temporary directory, runs `entry` there with `launch`
+    (events go to `handlers[event["kind"]]`), then yields (directory of the trained model, result).
+    The worker side reads its inputs with `process_inputs` and writes with `process_outputs`."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    handlers = handlers or {}
+
+    def on_event(event: Event) -> None:
+        handler = handlers.get(str(event.get("kind")))
+        if handler is not None:
+            handler(event)
+
+    with tempfile.TemporaryDirectory(prefix="slm-train-") as tmp:
+        work = Path(tmp)
+        write_init(work / "init")
+        (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        launch(entry, work, processes, device=device, on_event=on_event, should_stop=should_stop)
+        yield work / "out", json.loads((work / "result.json").read_text(encoding="utf-8"))
+
+
+def process_inputs(workdir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """In a launched process: (directory of the initial model, the spec)."""
+    import json
+    from pathlib import Path
+
+    work = Path(workdir)
+    return work / "init", json.loads((work / "spec.json").read_text(encoding="utf-8"))
+
+
+def process_outputs(workdir: str | os.PathLike[str], write_out: Callable[[Any], None], result: dict[str, Any]) -> None:
+    """In a launched process: the main one saves the trained model and the result for the launcher."""
+    import json
+    from pathlib import Path
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    work = Path(workdir)
+    write_out(work / "out")
+    text = json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    (work / "result.json").write_text(text, encoding="utf-8")
+
+
+def _kill_group(pid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _main(argv: list[str]) -> None:
+    """torchrun's entry in each process: `python -m slm.training module:function workdir`."""
+    import importlib
+
+    module, _, name = argv[0].partition(":")
+    try:
+        getattr(importlib.import_module(module), name)(argv[1])
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

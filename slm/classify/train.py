@@ -31,7 +31,20 @@ from torch import nn
 
 from slm.classify.metrics import compute_metrics
 from slm.classify.transformer import TransformerClassifier
-from slm.training import FitConfig, FitResult, Runtime, fit, length_grouped_batches, set_seed
+from slm.training import (
+    FitConfig,
+    FitResult,
+    Runtime,
+    emit,
+    fit,
+    in_processes,
+    launched_processes,
+    length_grouped_batches,
+    process_inputs,
+    process_outputs,
+    set_seed,
+    stop_requested,
+)
 
 Progress = Callable[[str, float], None]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -73,6 +86,7 @@ class TrainConfig:
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
     # runtime
+    processes: int = 1  # data-parallel processes (torchrun + accelerate: gloo on CPU, NCCL on GPUs)
     seed: int = 42
     device: str = "auto"
     num_threads: int = 0  # 0 = torch default
@@ -98,6 +112,8 @@ class TrainConfig:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+        if int(self.processes) < 1:
+            raise ValueError("processes must be >= 1")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError("distill_alpha must be in [0, 1]")
         if self.distill_temperature <= 0:
@@ -232,10 +248,14 @@ def train_transformer(
     config = config or TrainConfig()
     report = progress or (lambda _m, _f: None)
     started = time.perf_counter()
-    if config.num_threads:
+    if config.num_threads and launched_processes() == 1:  # launched processes share the threads out
         torch.set_num_threads(config.num_threads)
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if config.processes > 1 and launched_processes() == 1:
+        return _train_in_processes(
+            model, texts, labels, val_texts, val_labels, teacher_probs, config, report, on_epoch, should_stop, started
+        )
     soft = _soft_targets(teacher_probs, len(texts), len(model.labels), config)
     if val_texts is None:
         if config.val_fraction > 0:
@@ -284,6 +304,73 @@ def train_transformer(
         started,
         soft,
     )
+
+
+RESULT_FIELDS = ("curves", "val_metrics", "timings", "best_epoch", "epochs_run", "stopped_early", "n_train", "n_val")
+
+
+def _train_in_processes(
+    model: TransformerClassifier,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    val_texts: Sequence[str] | None,
+    val_labels: Sequence[str] | None,
+    teacher_probs: np.ndarray | None,
+    config: TrainConfig,
+    report: Progress,
+    on_epoch: EpochCallback | None,
+    should_stop: StopCheck | None,
+    started: float,
+) -> TrainResult:
+    """train_transformer across `config.processes` processes; the trained weights come back into `model`."""
+    spec = {
+        "texts": list(texts),
+        "labels": [str(x) for x in labels],
+        "val_texts": list(val_texts) if val_texts is not None else None,
+        "val_labels": [str(x) for x in val_labels] if val_labels is not None else None,
+        "teacher_probs": np.asarray(teacher_probs).tolist() if teacher_probs is not None else None,
+        "config": config.to_dict(),
+    }
+    handlers = {
+        "progress": lambda e: report(e["message"], e["fraction"]),
+        "epoch": lambda e: on_epoch(e["row"]) if on_epoch else None,
+    }
+    with in_processes(
+        "slm.classify.train:_process_main",
+        config.processes,
+        spec,
+        model.save,
+        device=config.device,
+        handlers=handlers,
+        should_stop=should_stop,
+    ) as (out, result):
+        trained = TransformerClassifier.load(out, device=None)
+    model.load_state_dict(trained.state_dict())
+    model.mode, model.max_length = trained.mode, trained.max_length
+    model.eval()
+    result["timings"] = {**result["timings"], "total_s": round(time.perf_counter() - started, 3)}
+    return TrainResult(model=model, config=config, **{k: result[k] for k in (*RESULT_FIELDS, "stopped")})
+
+
+def _process_main(workdir: str) -> None:
+    """One of the processes `_train_in_processes` starts (via slm.training.launch)."""
+    init, spec = process_inputs(workdir)
+    model = TransformerClassifier.load(init, device=None)
+    probs = spec["teacher_probs"]
+    result = train_transformer(
+        model,
+        spec["texts"],
+        spec["labels"],
+        TrainConfig.from_dict(spec["config"]),
+        val_texts=spec["val_texts"],
+        val_labels=spec["val_labels"],
+        progress=lambda m, f: emit({"kind": "progress", "message": m, "fraction": f}),
+        on_epoch=lambda row: emit({"kind": "epoch", "row": row}),
+        should_stop=stop_requested(workdir),
+        teacher_probs=np.asarray(probs, dtype=np.float32) if probs is not None else None,
+    )
+    result.timings["processes"] = launched_processes()
+    process_outputs(workdir, model.save, {k: getattr(result, k) for k in (*RESULT_FIELDS, "stopped")})
 
 
 def _soft_targets(teacher_probs: np.ndarray | None, n: int, n_labels: int, config: TrainConfig) -> torch.Tensor | None:
