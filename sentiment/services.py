@@ -1,6 +1,6 @@
 """Writes for the sentiment app: batch CSV predictions and promotion/rollback of registry versions.
 
-Inference itself lives in `sentiment.inference` (one service per process, micro-batched).
+Inference itself: `sentiment.inference` (one service per process) over `slm.classify.serving` (micro-batched).
 """
 
 from __future__ import annotations
