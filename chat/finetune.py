@@ -46,7 +46,7 @@ def _check_admin(user: Any) -> None:
 
 
 def default_model_name() -> str:
-    source = str(getattr(settings, "CHAT_MODEL", "registry:chat"))
+    source = settings.CHAT_MODEL
     if source.startswith("registry:"):
         return parse_ref(source.removeprefix("registry:"))[0]
     return "chat"
