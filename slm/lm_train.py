@@ -21,19 +21,8 @@ from typing import Any
 
 import torch
 
-from slm.training import (
-    FitConfig,
-    Runtime,
-    emit,
-    fit,
-    in_processes,
-    launched_processes,
-    length_grouped_batches,
-    process_inputs,
-    process_outputs,
-    set_seed,
-    stop_requested,
-)
+from slm import training
+from slm.training import Runtime, set_seed
 
 __all__ = ["LMTrainConfig", "TrainResult", "evaluate_lm", "new_gpt2_model", "set_seed", "train_causal_lm"]
 
@@ -163,7 +152,7 @@ def collate(examples: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tenso
 
 def _batches(examples: Sequence[list[int]], batch_size: int) -> list[list[list[int]]]:
     """Evaluation batches of similar length, in order."""
-    plan = length_grouped_batches([len(e) for e in examples], batch_size)
+    plan = training.length_grouped_batches([len(e) for e in examples], batch_size)
     return [[examples[i] for i in idx.tolist()] for idx in plan]
 
 
@@ -210,6 +199,20 @@ def evaluate_lm(
     return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50.0)), "eval_tokens": float(total_tokens)}
 
 
+@dataclass
+class _Run:
+    """The arguments of one train_causal_lm call."""
+
+    model: Any
+    tokenizer: Any
+    train_texts: Sequence[str]
+    eval_texts: Sequence[str]
+    config: LMTrainConfig
+    progress: Progress | None
+    log: Callable[[str], None] | None
+    should_stop: Callable[[], bool] | None
+
+
 def train_causal_lm(
     model: Any,
     tokenizer: Any,
@@ -224,29 +227,22 @@ def train_causal_lm(
     """Trains `model` in place on `train_texts` (already formatted, EOS is appended here) and returns
     metrics: train_loss, eval_loss, perplexity (held-out), train_time_s, steps, tokens, device, dtype.
     With `config.processes` > 1 the run is split over that many processes (the weights come back here)."""
-    if config.processes > 1 and launched_processes() == 1:
-        return _train_in_processes(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop)
+    if config.processes > 1 and training.launched_processes() == 1:
+        return _train_in_processes(_Run(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop))
     prev_threads = torch.get_num_threads()
-    if config.num_threads and launched_processes() == 1:  # launched processes share the threads out
+    if config.num_threads and training.launched_processes() == 1:  # launched processes share the threads out
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop)
+        return _train(_Run(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop))
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train_in_processes(
-    model: Any,
-    tokenizer: Any,
-    train_texts: Sequence[str],
-    eval_texts: Sequence[str],
-    config: LMTrainConfig,
-    progress: Progress | None,
-    log: Callable[[str], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> TrainResult:
+def _train_in_processes(run: _Run) -> TrainResult:
     from transformers import AutoModelForCausalLM
 
+    model, tokenizer, train_texts, eval_texts = run.model, run.tokenizer, run.train_texts, run.eval_texts
+    config, progress, log, should_stop = run.config, run.progress, run.log, run.should_stop
     lines: list[str] = []
 
     def on_log(event: dict[str, Any]) -> None:
@@ -256,7 +252,7 @@ def _train_in_processes(
 
     handlers = {"progress": lambda e: progress(e["info"]) if progress else None, "log": on_log}
     spec = {"train_texts": list(train_texts), "eval_texts": list(eval_texts), "config": config.to_dict()}
-    with in_processes(
+    with training.in_processes(
         "slm.lm_train:_process_main",
         config.processes,
         spec,
@@ -275,7 +271,7 @@ def _process_main(workdir: str) -> None:
     """One of the processes `_train_in_processes` starts (via slm.training.launch)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    init, spec = process_inputs(workdir)
+    init, spec = training.process_inputs(workdir)
     model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(init, local_files_only=True)
     result = train_causal_lm(
@@ -284,24 +280,17 @@ def _process_main(workdir: str) -> None:
         spec["train_texts"],
         spec["eval_texts"],
         LMTrainConfig.from_dict(spec["config"]),
-        progress=lambda info: emit({"kind": "progress", "info": info}),
-        log=lambda line: emit({"kind": "log", "line": line}),
-        should_stop=stop_requested(workdir),
+        progress=lambda info: training.emit({"kind": "progress", "info": info}),
+        log=lambda line: training.emit({"kind": "log", "line": line}),
+        should_stop=training.stop_requested(workdir),
     )
     out = {"metrics": result.metrics, "history": result.history, "log": result.log}
-    process_outputs(workdir, lambda directory: save_model(model, tokenizer, directory), out)
+    training.process_outputs(workdir, lambda directory: save_model(model, tokenizer, directory), out)
 
 
-def _train(
-    model: Any,
-    tokenizer: Any,
-    train_texts: Sequence[str],
-    eval_texts: Sequence[str],
-    config: LMTrainConfig,
-    progress: Progress | None,
-    log: Callable[[str], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> TrainResult:
+def _train(run: _Run) -> TrainResult:
+    model, tokenizer, train_texts, eval_texts = run.model, run.tokenizer, run.train_texts, run.eval_texts
+    config, progress, log, should_stop = run.config, run.progress, run.log, run.should_stop
     result = TrainResult(metrics={})
 
     def say(line: str) -> None:
@@ -364,12 +353,12 @@ def _train(
     def evaluate(m: Any) -> dict[str, float]:
         return evaluate_lm(m, eval_ex, batch_size=config.eval_batch_size, runtime=runtime)
 
-    fr = fit(
+    fr = training.fit(
         model,
-        batches=lambda _epoch: length_grouped_batches(lengths, config.batch_size, gen),
+        batches=lambda _epoch: training.length_grouped_batches(lengths, config.batch_size, gen),
         batches_per_epoch=n_batches,
         loss=loss,
-        config=FitConfig(
+        config=training.FitConfig(
             epochs=config.epochs,
             lr=config.lr,
             weight_decay=config.weight_decay,

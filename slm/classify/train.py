@@ -33,7 +33,6 @@ from slm.classify.metrics import compute_metrics
 from slm.classify.transformer import TransformerClassifier
 from slm.training import (
     FitConfig,
-    FitResult,
     Runtime,
     emit,
     fit,
@@ -82,6 +81,10 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_target_modules: list[str] | None = None
+    # pruning before training (the training then recovers what was lost): fraction of attention heads
+    # removed (structured, by magnitude) and fraction of encoder linear weights held at zero
+    prune_heads: float = 0.0
+    prune_weights: float = 0.0
     # distillation (when teacher probabilities are given): loss = alpha * T^2 * KL + (1 - alpha) * CE
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
@@ -114,6 +117,9 @@ class TrainConfig:
             raise ValueError("lr must be > 0")
         if int(self.processes) < 1:
             raise ValueError("processes must be >= 1")
+        for name in ("prune_heads", "prune_weights"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError("distill_alpha must be in [0, 1]")
         if self.distill_temperature <= 0:
@@ -176,6 +182,7 @@ class TrainResult:
     n_val: int
     config: TrainConfig
     stopped: str = "epochs"  # epochs | early stopping | time budget | stopped
+    pruning: dict[str, Any] = field(default_factory=dict)  # heads removed / weight sparsity, when pruned
 
 
 def split_indices(labels: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -275,38 +282,61 @@ def train_transformer(
     model.to(runtime.device)
     model.max_length = config.max_length
     model.mode = config.mode
-    if config.mode == "frozen":
-        return _train_frozen(
-            model,
-            list(texts),
-            y_train,
-            list(val_texts),
-            y_val,
-            config,
-            runtime,
-            report,
-            on_epoch,
-            should_stop,
-            started,
-            soft,
-        )
-    return _train_end_to_end(
-        model,
-        list(texts),
-        y_train,
-        list(val_texts),
-        y_val,
-        config,
-        runtime,
-        report,
-        on_epoch,
-        should_stop,
-        started,
-        soft,
-    )
+    job = _Job(model, list(texts), y_train, list(val_texts), y_val, config, runtime, report, on_epoch, should_stop)
+    job.started, job.soft = started, soft
+    return _with_pruning(job, _train_frozen if config.mode == "frozen" else _train_end_to_end)
 
 
-RESULT_FIELDS = ("curves", "val_metrics", "timings", "best_epoch", "epochs_run", "stopped_early", "n_train", "n_val")
+@dataclass
+class _Job:
+    """One classifier training run: the model, the data (label ids), the settings and the callbacks."""
+
+    model: TransformerClassifier
+    texts: list[str]
+    y: torch.Tensor
+    val_texts: list[str]
+    y_val: torch.Tensor
+    config: TrainConfig
+    runtime: Runtime
+    report: Progress
+    on_epoch: EpochCallback | None = None
+    should_stop: StopCheck | None = None
+    started: float = field(default_factory=time.perf_counter)
+    soft: torch.Tensor | None = None
+
+
+def _with_pruning(job: _Job, train: Callable[[_Job], TrainResult]) -> TrainResult:
+    """Prunes the encoder as the config asks (heads removed, weights masked), trains, bakes the masks."""
+    from slm.classify import prune
+
+    config, encoder = job.config, job.model.encoder
+    heads: prune.PrunedHeads = {}
+    before = prune.count_heads(encoder) if config.prune_heads else 0
+    if config.prune_heads:
+        heads = prune.choose_heads(encoder, config.prune_heads)
+        prune.remove_heads(encoder, heads)
+        job.model.pruned_heads.append(heads)
+        job.report(f"pruned {sum(map(len, heads.values()))} of {before} attention heads", 0.01)
+    masked = prune.mask_weights(encoder, config.prune_weights) if config.prune_weights else []
+    result = train(job)
+    sparsity = prune.bake_masks(masked) if masked else None
+    after = prune.count_heads(job.model.encoder) if config.prune_heads else 0
+    result.pruning = prune.summary(before, after, heads, sparsity)
+    return result
+
+
+RESULT_FIELDS = (
+    "curves",
+    "val_metrics",
+    "timings",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "n_train",
+    "n_val",
+    "stopped",
+    "pruning",
+)
 
 
 def _train_in_processes(
@@ -345,11 +375,12 @@ def _train_in_processes(
         should_stop=should_stop,
     ) as (out, result):
         trained = TransformerClassifier.load(out, device=None)
+    model.replay_pruning(trained.pruned_heads[len(model.pruned_heads) :])
     model.load_state_dict(trained.state_dict())
     model.mode, model.max_length = trained.mode, trained.max_length
     model.eval()
     result["timings"] = {**result["timings"], "total_s": round(time.perf_counter() - started, 3)}
-    return TrainResult(model=model, config=config, **{k: result[k] for k in (*RESULT_FIELDS, "stopped")})
+    return TrainResult(model=model, config=config, **{k: result[k] for k in RESULT_FIELDS})
 
 
 def _process_main(workdir: str) -> None:
@@ -370,7 +401,7 @@ def _process_main(workdir: str) -> None:
         teacher_probs=np.asarray(probs, dtype=np.float32) if probs is not None else None,
     )
     result.timings["processes"] = launched_processes()
-    process_outputs(workdir, model.save, {k: getattr(result, k) for k in (*RESULT_FIELDS, "stopped")})
+    process_outputs(workdir, model.save, {k: getattr(result, k) for k in RESULT_FIELDS})
 
 
 def _soft_targets(teacher_probs: np.ndarray | None, n: int, n_labels: int, config: TrainConfig) -> torch.Tensor | None:
@@ -397,27 +428,17 @@ def classification_loss(
 
 def _fit_classifier(
     module: nn.Module,
-    model: TransformerClassifier,
+    job: _Job,
     *,
     batches: Callable[[int], list[Any]],
-    n_train: int,
     logits_of: Callable[[nn.Module, Any], torch.Tensor],
-    y: torch.Tensor,
-    soft: torch.Tensor | None,
     val_logits: Callable[[nn.Module], torch.Tensor] | None,
-    y_val: torch.Tensor,
-    config: TrainConfig,
-    runtime: Runtime,
-    report: Progress,
-    on_epoch: EpochCallback | None,
-    should_stop: StopCheck | None,
-    started: float,
-) -> tuple[FitResult, dict[str, Any]]:
+) -> TrainResult:
     """Runs the loop for every classifier mode: the epoch rows, early stopping on the validation
-    metric, progress messages; returns the fit and the restored model's validation metrics."""
-    device = runtime.device
-    y_dev = y.to(device)
-    soft_dev = soft.to(device) if soft is not None else None
+    metric, progress messages; returns the result with the restored model's validation metrics."""
+    config, model, runtime, y_val = job.config, job.model, job.runtime, job.y_val
+    y_dev = job.y.to(runtime.device)
+    soft_dev = job.soft.to(runtime.device) if job.soft is not None else None
 
     def loss(m: nn.Module, idx: Any) -> tuple[torch.Tensor, dict[str, float]]:
         logits = logits_of(m, idx).float()
@@ -430,18 +451,18 @@ def _fit_classifier(
         return _eval_logits(val_logits(m).float().cpu(), y_val, model.labels)
 
     def epoch_done(row: dict[str, Any]) -> None:
-        if on_epoch:
-            on_epoch(row)
+        if job.on_epoch:
+            job.on_epoch(row)
         msg = f"epoch {row['epoch']}/{config.epochs} loss {row['train_loss']:.4f}"
         if "val_loss" in row:
             msg += f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f}"
-        report(msg, 0.1 + 0.85 * min(1.0, row["epoch"] / config.epochs))
+        job.report(msg, 0.1 + 0.85 * min(1.0, row["epoch"] / config.epochs))
 
     has_val = val_logits is not None and len(y_val) > 0
-    result = fit(
+    fr = fit(
         module,
         batches=batches,
-        batches_per_epoch=-(-n_train // config.batch_size),
+        batches_per_epoch=-(-len(job.y) // config.batch_size),
         loss=loss,
         config=FitConfig(
             epochs=config.epochs,
@@ -460,10 +481,9 @@ def _fit_classifier(
         ),
         runtime=runtime,
         evaluate=evaluate if has_val else None,
-        on_step=None,
         on_epoch=epoch_done,
-        should_stop=should_stop,
-        clock_start=started,
+        should_stop=job.should_stop,
+        clock_start=job.started,
     )
     module.eval()
     val_metrics: dict[str, Any] = {}
@@ -472,33 +492,16 @@ def _fit_classifier(
         with torch.no_grad():
             probs = torch.softmax(val_logits(module).float(), -1).cpu().numpy()
         val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    return result, val_metrics
-
-
-def _train_result(
-    model: TransformerClassifier,
-    fr: FitResult,
-    val_metrics: dict[str, Any],
-    config: TrainConfig,
-    n_train: int,
-    n_val: int,
-    started: float,
-    **timings: float,
-) -> TrainResult:
     return TrainResult(
         model=model,
         curves=fr.curves,
         val_metrics=val_metrics,
-        timings={
-            "train_loop_s": round(fr.train_time_s, 3),
-            "total_s": round(time.perf_counter() - started, 3),
-            **{k: round(v, 3) for k, v in timings.items()},
-        },
+        timings={"train_loop_s": round(fr.train_time_s, 3), "total_s": round(time.perf_counter() - job.started, 3)},
         best_epoch=fr.best_epoch,
         epochs_run=fr.epochs_run,
         stopped_early=fr.stopped == "early stopping",
-        n_train=n_train,
-        n_val=n_val,
+        n_train=len(job.y),
+        n_val=len(y_val),
         config=config,
         stopped=fr.stopped,
     )
@@ -510,47 +513,35 @@ def _head_batches(n: int, config: TrainConfig) -> Callable[[int], list[torch.Ten
     return lambda _epoch: length_grouped_batches([0] * n, config.batch_size, gen, group=False)
 
 
-def _train_frozen(
-    model: TransformerClassifier,
-    texts: list[str],
-    y: torch.Tensor,
-    val_texts: list[str],
-    y_val: torch.Tensor,
-    config: TrainConfig,
-    runtime: Runtime,
-    report: Progress,
-    on_epoch: EpochCallback | None,
-    should_stop: StopCheck | None,
-    started: float,
-    soft: torch.Tensor | None,
-) -> TrainResult:
+def _train_frozen(job: _Job) -> TrainResult:
+    model, config, runtime = job.model, job.config, job.runtime
     for p in model.encoder.parameters():
         p.requires_grad_(False)
-    report(f"encoding {len(texts) + len(val_texts)} texts once (frozen encoder)", 0.02)
+    job.report(f"encoding {len(job.texts) + len(job.val_texts)} texts once (frozen encoder)", 0.02)
     t0 = time.perf_counter()
-    feats = runtime.gather_rows(model.features(runtime.shard(texts), batch_size=config.feature_batch_size), len(texts))
-    val_feats = None
-    if val_texts:
-        part = model.features(runtime.shard(val_texts), batch_size=config.feature_batch_size)
-        val_feats = runtime.gather_rows(part, len(val_texts))
+
+    def features(texts: list[str]) -> torch.Tensor:  # each process encodes its share
+        part = model.features(runtime.shard(texts), batch_size=config.feature_batch_size)
+        return runtime.gather_rows(part, len(texts))
+
+    feats = features(job.texts)
+    val_feats = features(job.val_texts) if job.val_texts else None
     t_features = time.perf_counter() - t0
-    result = train_head_on_features(
-        model,
-        feats,
-        y,
-        val_feats,
-        y_val,
-        config,
-        runtime.device,
-        report,
-        on_epoch,
-        started,
-        runtime=runtime,
-        should_stop=should_stop,
-        soft=soft,
-    )
+    result = _head_on_features(job, feats, val_feats)
     result.timings["features_s"] = round(t_features, 3)
     return result
+
+
+def _head_on_features(job: _Job, feats: torch.Tensor, val_feats: torch.Tensor | None) -> TrainResult:
+    feats = feats.to(job.runtime.device)
+    val_dev = val_feats.to(job.runtime.device) if val_feats is not None else None
+    return _fit_classifier(
+        job.model.head,
+        job,
+        batches=_head_batches(len(job.y), job.config),
+        logits_of=lambda head, idx: head(feats[idx]),
+        val_logits=(lambda head: head(val_dev)) if val_dev is not None else None,
+    )
 
 
 def train_head_on_features(
@@ -564,34 +555,12 @@ def train_head_on_features(
     report: Progress | None = None,
     on_epoch: EpochCallback | None = None,
     started: float | None = None,
-    *,
-    runtime: Runtime | None = None,
-    should_stop: StopCheck | None = None,
-    soft: torch.Tensor | None = None,
 ) -> TrainResult:
     """The frozen-mode loop over cached features (public for the benchmark and the cache test)."""
-    started = started if started is not None else time.perf_counter()
-    runtime = runtime or Runtime(str(device) if device is not None else config.device, config.precision)
-    feats = feats.to(runtime.device)
-    val_dev = val_feats.to(runtime.device) if val_feats is not None else None
-    fr, val_metrics = _fit_classifier(
-        model.head,
-        model,
-        batches=_head_batches(len(y), config),
-        n_train=len(y),
-        logits_of=lambda head, idx: head(feats[idx]),
-        y=y,
-        soft=soft,
-        val_logits=(lambda head: head(val_dev)) if val_dev is not None else None,
-        y_val=y_val,
-        config=config,
-        runtime=runtime,
-        report=report or (lambda _m, _f: None),
-        on_epoch=on_epoch,
-        should_stop=should_stop,
-        started=started,
-    )
-    return _train_result(model, fr, val_metrics, config, len(y), len(y_val), started)
+    runtime = Runtime(str(device) if device is not None else config.device, config.precision)
+    job = _Job(model, [], y, [], y_val, config, runtime, report or (lambda _m, _f: None), on_epoch)
+    job.started = started if started is not None else job.started
+    return _head_on_features(job, feats, val_feats)
 
 
 def train_frozen_uncached(
@@ -608,7 +577,6 @@ def train_frozen_uncached(
     Same loop, batches, schedule and RNG stream as the cached path, so the heads agree up to float
     rounding — the test and bench/sentiment.py compare the two.
     """
-    started = time.perf_counter()
     set_seed(config.seed)
     runtime = Runtime(config.device, config.precision)
     model.to(runtime.device)
@@ -616,10 +584,8 @@ def train_frozen_uncached(
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     model.encoder.eval()
-    docs = model.clean(texts)
-    val_docs = model.clean(val_texts)
-    y = _label_ids(model, labels)
-    y_val = _label_ids(model, val_labels)
+    y, y_val = _label_ids(model, labels), _label_ids(model, val_labels)
+    job = _Job(model, model.clean(texts), y, model.clean(val_texts), y_val, config, runtime, lambda _m, _f: None)
 
     def encode(batch_docs: list[str]) -> torch.Tensor:
         with torch.no_grad():
@@ -627,26 +593,16 @@ def train_frozen_uncached(
             return model.encode(**batch).float()
 
     def val_logits(head: nn.Module) -> torch.Tensor:
-        return head(torch.cat([encode(val_docs[i : i + 64]) for i in range(0, len(val_docs), 64)]))
+        docs = job.val_texts
+        return head(torch.cat([encode(docs[i : i + 64]) for i in range(0, len(docs), 64)]))
 
-    fr, val_metrics = _fit_classifier(
+    return _fit_classifier(
         model.head,
-        model,
+        job,
         batches=_head_batches(len(y), config),
-        n_train=len(y),
-        logits_of=lambda head, idx: head(encode([docs[i] for i in idx.tolist()])),
-        y=y,
-        soft=None,
-        val_logits=val_logits if val_docs else None,
-        y_val=y_val,
-        config=config,
-        runtime=runtime,
-        report=lambda _m, _f: None,
-        on_epoch=None,
-        should_stop=None,
-        started=started,
+        logits_of=lambda head, idx: head(encode([job.texts[i] for i in idx.tolist()])),
+        val_logits=val_logits if job.val_texts else None,
     )
-    return _train_result(model, fr, val_metrics, config, len(y), len(y_val), started)
 
 
 def _lora_targets(encoder: nn.Module, config: TrainConfig) -> list[str]:
@@ -669,20 +625,8 @@ def _collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[st
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
-def _train_end_to_end(
-    model: TransformerClassifier,
-    texts: list[str],
-    y: torch.Tensor,
-    val_texts: list[str],
-    y_val: torch.Tensor,
-    config: TrainConfig,
-    runtime: Runtime,
-    report: Progress,
-    on_epoch: EpochCallback | None,
-    should_stop: StopCheck | None,
-    started: float,
-    soft: torch.Tensor | None,
-) -> TrainResult:
+def _train_end_to_end(job: _Job) -> TrainResult:
+    model, config, runtime = job.model, job.config, job.runtime
     if config.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -701,13 +645,13 @@ def _train_end_to_end(
     device = runtime.device
     model.to(device)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    report(f"tokenizing {len(texts)} texts", 0.02)
-    enc = model.tokenizer(model.clean(texts), truncation=True, max_length=model.usable_length)["input_ids"]
-    val_enc = (
-        model.tokenizer(model.clean(val_texts), truncation=True, max_length=model.usable_length)["input_ids"]
-        if val_texts
-        else []
-    )
+    job.report(f"tokenizing {len(job.texts)} texts", 0.02)
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return model.tokenizer(model.clean(texts), truncation=True, max_length=model.usable_length)["input_ids"]
+
+    enc = tokenize(job.texts)
+    val_enc = tokenize(job.val_texts) if job.val_texts else []
     lengths = [len(e) for e in enc]
     gen = torch.Generator().manual_seed(config.seed)
 
@@ -723,21 +667,10 @@ def _train_end_to_end(
         logits[order] = runtime.gather_rows(part, len(order)).float()
         return logits
 
-    fr, val_metrics = _fit_classifier(
+    return _fit_classifier(
         model,
-        model,
+        job,
         batches=lambda _epoch: length_grouped_batches(lengths, config.batch_size, gen, group=config.length_bucketing),
-        n_train=len(y),
         logits_of=lambda m, idx: m(**_collate([enc[i] for i in idx.tolist()], pad_id, device)),
-        y=y,
-        soft=soft,
         val_logits=val_logits if val_enc else None,
-        y_val=y_val,
-        config=config,
-        runtime=runtime,
-        report=report,
-        on_epoch=on_epoch,
-        should_stop=should_stop,
-        started=started,
     )
-    return _train_result(model, fr, val_metrics, config, len(y), len(y_val), started)

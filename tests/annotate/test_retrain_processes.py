@@ -9,7 +9,7 @@ import pytest
 from annotate.models import TrainingRun
 from slm.classify.base import load_classifier
 from slm.classify.testing import make_tiny_version
-from tests.annotate.conftest import NEG, POS, make_project
+from tests.annotate.conftest import NEG, POS, make_project, tiny_encoder_dir
 from tests.annotate.test_retrain import _label_all
 
 
@@ -18,15 +18,10 @@ def test_retrain_job_in_two_processes_registers_the_same_model(registry, annotat
     import torch
 
     from annotate import jobs
-    from slm.classify.charbert import char_bert_classifier
 
     torch.set_num_threads(1)
     settings.MEDIA_ROOT = tmp_path
-    tiny = char_bert_classifier(POS + NEG, ["negative", "positive"], hidden_size=32, num_layers=1, num_heads=2,
-                                max_length=24, min_freq=1, dropout=0.0)  # fmt: skip
-    enc_dir = tmp_path / "encoder"
-    tiny.encoder.save_pretrained(enc_dir)
-    tiny.tokenizer.save_pretrained(enc_dir)
+    enc_dir = tiny_encoder_dir(tmp_path / "encoder", num_layers=1, dropout=0.0)
     make_tiny_version(registry)
     project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir))
     _label_all(project, annotator_user)

@@ -9,11 +9,7 @@ import torch
 from slm.classify.charbert import char_bert_classifier
 from slm.classify.train import TrainConfig, train_transformer
 from slm.training import launch
-
-POS = [f"很好 好评 满意 great {i}" for i in range(20)]
-NEG = [f"很差 差评 失望 awful {i}" for i in range(20)]
-TEXTS = POS + NEG
-LABELS = ["pos"] * 20 + ["neg"] * 20
+from tests.slm.test_classify_transformer import LABELS, TEXTS
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +25,11 @@ def _tiny():  # type: ignore[no-untyped-def]
 
 
 def test_two_processes_train_the_same_classifier_as_one() -> None:
-    """Full mode (DDP over the whole model, sharded validation); the frozen mode's feature gather runs
-    in tests/annotate/test_retrain_processes.py."""
+    """Full mode (DDP over the whole model, sharded validation) with a pruned attention head (the
+    launching side rebuilds the smaller encoder); the frozen mode's feature gather runs in
+    tests/annotate/test_retrain_processes.py."""
     cfg = dict(mode="full", epochs=3, lr=3e-3, batch_size=8, early_stopping_patience=0, val_fraction=0.25, seed=1)
+    cfg["prune_heads"] = 0.5
     one, two = _tiny(), _tiny()
     r1 = train_transformer(one, TEXTS, LABELS, TrainConfig(**cfg))
     rows: list[dict] = []
@@ -44,7 +42,8 @@ def test_two_processes_train_the_same_classifier_as_one() -> None:
         on_epoch=rows.append,
         progress=lambda m, _f: messages.append(m),
     )
-    assert r2.timings["processes"] == 2 and r2.model is two
+    assert r2.timings["processes"] == 2 and r2.model is two and r2.pruning == r1.pruning
+    assert two.pruned_heads == one.pruned_heads and r2.pruning["heads_removed"] == 1
     assert [r["epoch"] for r in rows] == [1, 2, 3] and any(m.startswith("epoch 3/3") for m in messages)
     assert (r2.n_train, r2.n_val, r2.epochs_run) == (r1.n_train, r1.n_val, r1.epochs_run)
     for k, v in one.state_dict().items():
