@@ -296,10 +296,13 @@ def _how_to_get(repo_id: str, repo_type: str) -> str:
             f"On a machine with internet run `python manage.py pull_dataset {repo_id}` and copy its output "
             f"directory (SLM_DATA_CACHE_DIR/hub/...) here, or import the data from a CSV/JSONL file."
         )
+    folder = "models--" + repo_id.replace("/", "--")
     return (
-        f"On a machine with internet run `python manage.py pull_model {repo_id}` and copy the version directory "
-        f"it prints (SLM_REGISTRY_DIR/<name>/<version>) into this machine's registry, then `manage.py promote`; "
-        f"or copy a `save_pretrained` directory here and set CHAT_MODEL to its path."
+        f"On a machine with internet run `python manage.py pull_model {repo_id}`, then either copy its Hugging "
+        f"Face cache entry (HF_HOME/hub/{folder}) into this machine's HF_HOME/hub and run pull_model here again "
+        f"(it registers the cached copy offline), or copy the version directory it prints into this machine's "
+        f"registry (SLM_REGISTRY_DIR/<name>/<an unused version>) and run `manage.py promote`; or copy a "
+        f"`save_pretrained` directory here and set CHAT_MODEL to its path."
     )
 
 

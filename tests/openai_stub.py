@@ -10,6 +10,8 @@ a usage chunk when `stream_options.include_usage` is asked, then `data: [DONE]`.
   error_after    after this many tokens send `data: {"error": {...}}` (vLLM's mid-stream error)
   drop_after     after this many tokens close the connection without a finish or [DONE]
   delay_s        pause between tokens (bench pacing)
+  stamp          each token's text is the wall-clock time it was sent ("1712345678.123456;"), so a
+                 client can measure per-token latency (bench/remote.py)
 Every request is recorded (path, JSON body, Authorization header).
 """
 
@@ -36,6 +38,8 @@ class StubState:
     error_after: int | None = None
     drop_after: int | None = None
     delay_s: float = 0.0
+    stamp: bool = False
+    tokens_from_request: bool = False  # send exactly `max_tokens` tokens (bench)
     models: list[str] = field(default_factory=lambda: [MODEL])
     requests: list[dict[str, Any]] = field(default_factory=list)
     sent: int = 0
@@ -56,7 +60,7 @@ def _client_gone(sock: socket.socket) -> bool:
 
 
 class OpenAIStub:
-    def __init__(self, state: StubState | None = None) -> None:
+    def __init__(self, state: StubState | None = None, port: int = 0) -> None:
         self.state = state or StubState()
         stub = self
 
@@ -72,7 +76,7 @@ class OpenAIStub:
             def do_POST(self) -> None:  # noqa: N802
                 stub._complete(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -143,7 +147,8 @@ class OpenAIStub:
         try:
             if chat:
                 event(chunk(None))
-            for i, text in enumerate(st.tokens):
+            tokens = ["x"] * int(body.get("max_tokens") or 16) if st.tokens_from_request else st.tokens
+            for i, text in enumerate(tokens):
                 if st.stall_after is not None and i >= st.stall_after:
                     st.stalled.set()
                     deadline = time.monotonic() + 30
@@ -162,11 +167,11 @@ class OpenAIStub:
                     return
                 if st.delay_s:
                     time.sleep(st.delay_s)
-                event(chunk(text))
+                event(chunk(f"{time.time():.6f};" if st.stamp else text))
                 st.sent += 1
             event(chunk("", st.finish))
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 11, "completion_tokens": len(st.tokens), "total_tokens": 11 + len(st.tokens)}
+                usage = {"prompt_tokens": 11, "completion_tokens": len(tokens), "total_tokens": 11 + len(tokens)}
                 event({"id": "cmpl-stub", "object": "text_completion", "created": created, "model": body.get("model"),
                        "choices": [], "usage": usage})  # fmt: skip
             event(b"[DONE]")
@@ -175,3 +180,22 @@ class OpenAIStub:
             st.finished.set()
         except OSError:  # the client went away mid-stream (a cancel): what vLLM sees as a disconnect
             st.disconnected.set()
+
+
+def main() -> None:
+    """`python -m tests.openai_stub --port P [--stamp] [--delay-ms D]`: a stub in its own process (bench)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--stamp", action="store_true")
+    args = ap.parse_args()
+    state = StubState(delay_s=args.delay_ms / 1000, stamp=args.stamp, tokens_from_request=True)
+    stub = OpenAIStub(state, port=args.port)
+    print(f"listening {stub.url}", flush=True)
+    stub.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
