@@ -4,18 +4,13 @@ real process configured only through the environment (HF_ENDPOINT, HF_HOME, SLM_
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from slm.registry import Registry
 from tests.fakehub import closed_port_url
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.slmsite.test_settings import run_manage
 
 
 def run(*args: str) -> str:
@@ -58,22 +53,16 @@ def test_pull_dataset_command(hub_env, settings, tmp_path) -> None:  # type: ign
 
 
 def test_pull_model_as_a_process_through_hf_endpoint(fake_hub, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": fake_hub.url,
-        "HF_HOME": str(tmp_path / "hf"),
-        "SLM_VAR_DIR": str(tmp_path / "var"),
-        "DJANGO_SETTINGS_MODULE": "slmsite.settings.dev",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
-    env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run(
-        [sys.executable, "manage.py", "pull_model", "uer/gpt2-chinese-cluecorpussmall", "--as", "chat"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = run_manage(
+        ["pull_model", "uer/gpt2-chinese-cluecorpussmall", "--as", "chat"],
+        {
+            "HF_ENDPOINT": fake_hub.url,
+            "HF_HOME": str(tmp_path / "hf"),
+            "SLM_VAR_DIR": str(tmp_path / "var"),
+            "DJANGO_SETTINGS_MODULE": "slmsite.settings.dev",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        },
+        drop=("HF_HUB_CACHE", "SLM_REGISTRY_DIR"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "-> chat@v0001 (live)" in proc.stdout
