@@ -30,6 +30,8 @@ def test_pull_model_command_reports_pin_license_and_next_step(hub_env, registry)
     assert "-> chat@v0001 (not live; live is none)" in out and "license: unknown" in out
     assert "make it live: python manage.py promote chat v0001" in out and "stored as safetensors" in out
     assert registry.live_version("chat") is None
+    listing = run("list_models")
+    assert "* v0001" in listing and f"from fake-org/tiny-gpt2@{commit_v1[:12]}" in listing
 
 
 def test_pull_commands_offline_and_unknown_are_command_errors(hub_env, registry, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
