@@ -215,6 +215,8 @@ def any_active(runs_: list[TrainingRun]) -> bool:
 
 
 def versions(project: Project) -> list[dict[str, Any]]:
+    from slmsite.promotion import promote_warning
+
     registry = get_registry()
     live = registry.live_version(project.model_name)
     out = []
@@ -235,6 +237,7 @@ def versions(project: Project) -> list[dict[str, Any]]:
                 "accuracy": _num(gold.get("accuracy", m.get("accuracy"))),
                 "macro_f1": _num(gold.get("macro_f1", m.get("macro_f1"))),
                 "on_gold": bool(gold),
+                "promote_warning": promote_warning(registry, project.model_name, mv.version),
             }
         )
     return out

@@ -19,6 +19,9 @@ from django.views.decorators.http import require_POST
 from annotate import selectors, services
 from annotate.models import Export, ImportJob, Item, Project, TrainingRun
 from slm.registry import RegistryError
+from slmsite import confirm
+from slmsite.promotion import promote_warning
+from slmsite.registry import get_registry
 from slmsite.roles import admin_required, annotator_required, is_admin
 
 
@@ -349,6 +352,14 @@ def model_action(request: HttpRequest, pk: int) -> HttpResponse:
         if request.POST.get("action") == "promote":
             if not version:
                 raise ValidationError("choose a version")
+            warning = promote_warning(get_registry(), project.model_name, version)
+            if warning and not confirm.confirmed(request):  # worse on gold: ask first
+                return confirm.ask(
+                    request,
+                    question=warning,
+                    action=f"Make {version} live",
+                    cancel_url=reverse("annotate:models", kwargs={"pk": pk}),
+                )
             ref = services.version_promote(project=project, version=version, user=request.user)
             messages.success(request, f"{ref} is live; the playground serves it now.")
         else:

@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 
 from sentiment.models import BatchPrediction
 from slm.registry import ModelVersion, Registry
+from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 
 METRIC_KEYS = ("accuracy", "macro_f1", "ece")
@@ -44,12 +45,19 @@ def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:
     }
 
 
-def version_list(*, registry: Registry | None = None, name: str | None = None) -> list[dict[str, Any]]:
-    """All versions, newest first, each with metrics and a `live` flag."""
+def version_list(
+    *, registry: Registry | None = None, name: str | None = None, warnings: bool = False
+) -> list[dict[str, Any]]:
+    """All versions, newest first, each with metrics and a `live` flag (and, with `warnings`, the
+    question to ask before promoting one that is worse than the live version, "" when none)."""
     reg = _registry(registry)
     name = name or settings.SENTIMENT_MODEL
     live = reg.live_version(name)
-    return [version_summary(mv, live=live) for mv in reversed(reg.versions(name))]
+    out = [version_summary(mv, live=live) for mv in reversed(reg.versions(name))]
+    if warnings:
+        for v in out:
+            v["promote_warning"] = "" if v["live"] else promote_warning(reg, name, v["version"])
+    return out
 
 
 def models_overview(*, registry: Registry | None = None, name: str | None = None) -> dict[str, Any]:

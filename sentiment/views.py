@@ -18,6 +18,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from sentiment import selectors, services
 from sentiment.inference import InferenceError, PredictResult, get_service
 from slm.registry import RegistryError
+from slmsite import confirm
+from slmsite.promotion import promote_warning
+from slmsite.registry import get_registry
 from slmsite.roles import admin_required
 
 TEMPLATE = "sentiment/playground.html"
@@ -196,7 +199,7 @@ def batch_download(request: HttpRequest, batch_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def version_list(request: HttpRequest) -> HttpResponse:
-    versions = selectors.version_list()
+    versions = selectors.version_list(warnings=True)
     return render(
         request,
         "sentiment/versions.html",
@@ -215,13 +218,28 @@ def version_detail(request: HttpRequest, version: str) -> HttpResponse:
     return render(
         request,
         "sentiment/version.html",
-        {"card": card, "families": selectors.family_comparison(versions), "versions": versions},
+        {
+            "card": card,
+            "families": selectors.family_comparison(versions),
+            "versions": versions,
+            "promote_warning": ""
+            if card["live"]
+            else promote_warning(get_registry(), settings.SENTIMENT_MODEL, version),
+        },
     )
 
 
 @admin_required
 @require_POST
 def version_promote(request: HttpRequest, version: str) -> HttpResponse:
+    warning = promote_warning(get_registry(), settings.SENTIMENT_MODEL, version)
+    if warning and not confirm.confirmed(request):  # worse than the live version: ask first
+        return confirm.ask(
+            request,
+            question=warning,
+            action=f"Make {version} live",
+            cancel_url=reverse("sentiment:version", kwargs={"version": version}),
+        )
     try:
         mv = services.version_promote(version=version, user=request.user)
     except RegistryError as exc:
