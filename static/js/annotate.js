@@ -115,8 +115,8 @@
       b.className = "badge";
       b.textContent = label;
       li.append(b, " " + (text.length > 40 ? text.slice(0, 39) + "…" : text));
-      const placeholder = recent.querySelector(".muted");
-      if (placeholder) placeholder.remove();
+      const placeholder = document.getElementById("a-recent-empty");
+      if (placeholder) placeholder.hidden = true;
       recent.prepend(li);
       while (recent.children.length > 5) recent.lastElementChild.remove();
     }
@@ -161,6 +161,8 @@
           current = res.body.item;
           render();
           if (recent && recent.firstElementChild) recent.firstElementChild.remove();
+          const placeholder = document.getElementById("a-recent-empty");
+          if (placeholder && recent) placeholder.hidden = recent.children.length > 0;
           say("Undone: label item #" + current.id + " again.");
         })
         .catch((err) => say("Network error while undoing (" + err + ").", true));
