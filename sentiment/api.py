@@ -62,6 +62,10 @@ class VersionOut(Schema):
     parent: str | None = None
     data_hash: str | None = None
     metrics: dict[str, Any]
+    languages: list[str] = Field(
+        default_factory=list,
+        description="ISO 639-1 codes of the languages the version was trained on; [] = not recorded.",
+    )
 
 
 class ModelsOut(Schema):

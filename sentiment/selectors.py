@@ -42,6 +42,7 @@ def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:
         "parent": meta.get("parent"),
         "data_hash": meta.get("data_hash"),
         "metrics": mv.metrics,
+        "languages": [str(x) for x in meta.get("languages") or []],  # [] = not recorded
     }
 
 
@@ -234,3 +235,43 @@ def batch_for_user(*, batch_id: int, user: Any) -> BatchPrediction | None:
 
 def batch_recent(*, user: Any, limit: int = 5) -> list[BatchPrediction]:
     return list(BatchPrediction.objects.filter(owner=user).order_by("-created")[:limit])
+
+
+LANGUAGE_NAMES = {
+    "zh": "Chinese", "en": "English", "ja": "Japanese", "ko": "Korean", "de": "German", "fr": "French",
+    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
+}  # fmt: skip
+
+
+def language_names(codes: list[str]) -> list[str]:
+    """["zh", "en"] -> ["Chinese", "English"] (unknown codes as they are)."""
+    return [LANGUAGE_NAMES.get(code.split("-")[0], code) for code in codes]
+
+
+def _script_of(text: str) -> str | None:
+    """ "han" when the text is mostly Chinese characters, "latin" when it has Latin letters and no Han
+    characters; None when it cannot tell (digits, emoji, other scripts)."""
+    han = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
+    latin = sum(1 for ch in text if ch.isascii() and ch.isalpha())
+    if han and han >= latin / 4:  # a Chinese review may quote a brand name
+        return "han"
+    if latin >= 3 and not han:
+        return "latin"
+    return None
+
+
+_SCRIPT_LANGS = {"han": {"zh"}, "latin": {"en", "de", "fr", "es", "it", "pt", "nl"}}
+
+
+def language_mismatch(text: str, languages: list[str]) -> str:
+    """A warning when the text is plainly in a script none of the model's languages use ("" otherwise,
+    also when the model's languages are not recorded)."""
+    script = _script_of(text)
+    if not languages or script is None:
+        return ""
+    codes = {code.split("-")[0] for code in languages}
+    if codes & _SCRIPT_LANGS[script]:
+        return ""
+    names = " and ".join(language_names(languages))
+    kind = "Chinese characters" if script == "han" else "Latin letters"
+    return f"This model was trained on {names} text only; a text in {kind} gets an unreliable answer."
