@@ -61,7 +61,7 @@
         const strong = document.createElement("strong");
         strong.textContent = s.label;
         sugEl.append(strong);
-        sugEl.append(s.confidence !== null && s.confidence !== undefined ? " (" + Number(s.confidence).toFixed(2) + ")" : " (" + s.source + ")");
+        sugEl.append(s.confidence !== null && s.confidence !== undefined ? " (" + Math.round(100 * Number(s.confidence)) + "% sure)" : " (" + s.source + ")");
       }
       document.querySelectorAll(".a-label-btn").forEach((b) => b.classList.remove("picked"));
       shownAt = performance.now();
@@ -200,6 +200,10 @@
   // ------------------------------------------------------------------ dashboard charts
   const palette = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
 
+  function labelColor(label, i) {
+    return window.slmLabelColor ? window.slmLabelColor(label, i) : palette[i % palette.length];
+  }
+
   function chart(id, config) {
     const el = document.getElementById(id);
     if (!el || !window.Chart) return;
@@ -239,12 +243,12 @@
 
     const f1 = d.per_class_f1 || {};
     if (Object.values(f1).some((v) => v !== null)) {
-      chart("chart-f1", { type: "bar", data: { labels: Object.keys(f1), datasets: [{ label: "F1", data: Object.values(f1), backgroundColor: palette[0] }] }, options: { scales: { y: { min: 0, max: 1 } }, plugins: { legend: { display: false } } } });
+      chart("chart-f1", { type: "bar", data: { labels: Object.keys(f1), datasets: [{ label: "F1", data: Object.values(f1), backgroundColor: Object.keys(f1).map(labelColor) }] }, options: { scales: { y: { min: 0, max: 1 } }, plugins: { legend: { display: false } } } });
     } else emptyNote("chart-f1", "No evaluated version yet.");
 
     const dist = d.distribution || {};
     if (Object.values(dist).some((v) => v > 0)) {
-      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map((_, i) => palette[i % palette.length]) }] }, options: { plugins: { legend: { display: false } } } });
+      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map(labelColor) }] }, options: { plugins: { legend: { display: false } } } });
     } else emptyNote("chart-dist", "No labels yet.");
 
     const tp = d.throughput || [];

@@ -1,4 +1,12 @@
 // Small site-wide helpers (no inline scripts: the CSP forbids them).
+
+// One colour per label everywhere: the CSS variables --label-<name> (app.css), else a fixed palette.
+const SLM_PALETTE = ["#2563eb", "#7c3aed", "#d97706", "#0891b2", "#db2777", "#4b5563"];
+window.slmLabelColor = function (label, index) {
+  const slug = String(label).toLowerCase().replace(/[^a-z0-9]+/g, "-");
+  const css = getComputedStyle(document.documentElement).getPropertyValue(`--label-${slug}`).trim();
+  return css || SLM_PALETTE[(index || 0) % SLM_PALETTE.length];
+};
 document.addEventListener("click", (event) => {
   const btn = event.target.closest("[data-copy]");
   if (!btn) return;

@@ -122,7 +122,7 @@ def test_pages_render_for_annotator_and_admin(client, admin_user, annotator_user
     for name in ("annotate:review", "annotate:models"):
         assert client.get(reverse(name, kwargs={"pk": project.pk})).status_code == 200
     resp = client.get(reverse("annotate:models", kwargs={"pk": project.pk}), {"a": "v0001", "b": "v0001"})
-    assert resp.status_code == 200 and b"macro_f1" in resp.content
+    assert resp.status_code == 200 and b"held-out macro-F1" in resp.content  # compared on the same split, named
 
 
 def test_guidelines_markdown_is_sanitised(client, annotator_user, password, db):
