@@ -309,7 +309,6 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         .annotate(n=Count("id"))
         .order_by("created_at__date")
     )
-    sim = Simulation.objects.filter(project=project, status="succeeded").first()
     return {
         "labels": list(project.labels),
         "metrics_source": source,
@@ -322,7 +321,6 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         "distribution": stats["distribution"],
         "throughput": [{"day": d.isoformat(), "n": n} for d, n in daily],
         "stability": list(project.stability or []),
-        "simulation": sim.result if sim else None,
     }
 
 
@@ -332,6 +330,18 @@ def exports(project: Project) -> list[Export]:
 
 def simulations(project: Project) -> list[Simulation]:
     return list(Simulation.objects.filter(project=project)[:5])
+
+
+def simulation_panel(project: Project) -> dict[str, Any]:
+    """The dashboard's simulation card: the newest simulation (its status and progress while it runs)
+    and the result of the newest one that succeeded (the chart)."""
+    latest = Simulation.objects.filter(project=project).first()
+    done = Simulation.objects.filter(project=project, status=Simulation.Status.SUCCEEDED).first()
+    return {
+        "latest": latest,
+        "active": latest is not None and latest.status in (Simulation.Status.QUEUED, Simulation.Status.RUNNING),
+        "result": done.result if done else None,
+    }
 
 
 def active_leases(project: Project) -> int:

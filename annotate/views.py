@@ -125,7 +125,7 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "dashboard": selectors.dashboard_data(project, stats),
         "imports": list(ImportJob.objects.filter(project=project)[:5]),
         "exports": selectors.exports(project),
-        "simulations": selectors.simulations(project),
+        "sim": selectors.simulation_panel(project),
         "versions": selectors.versions(project)[:5],
         "admin": is_admin(request.user),
         "export_formats": Export.Format.choices,
@@ -278,7 +278,7 @@ def import_items(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, _err(exc))
     else:
-        messages.success(request, "Import queued; progress below.")
+        messages.success(request, "Import queued; progress below.", extra_tags="transient")
     return redirect("annotate:project", pk=pk)
 
 
@@ -288,7 +288,7 @@ def retrain(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     run, created = services.run_trigger(project=project, user=request.user)
     if created:
-        messages.success(request, f"Retrain #{run.pk} queued.")
+        messages.success(request, f"Retrain #{run.pk} queued.", extra_tags="transient")
     else:
         messages.info(request, f"Retrain #{run.pk} is already {run.status}; showing it.")
     return redirect("annotate:run", pk=run.pk)
@@ -379,7 +379,7 @@ def export(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, _err(exc))
     else:
-        messages.success(request, "Export queued; the download link appears when it is ready.")
+        messages.success(request, "Export queued; the download link appears when it is ready.", extra_tags="transient")
     return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#exports")
 
 
@@ -397,13 +397,37 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse:
 def simulate(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     strategies = request.POST.getlist("strategies") or ["entropy", "margin"]
+    error = ""
     try:
         services.simulation_create(project=project, user=request.user, strategies=strategies)
     except ValidationError as exc:
-        messages.error(request, _err(exc))
+        error = _err(exc)
+    if getattr(request, "htmx", False):  # the card swaps itself and polls until the chart is there
+        return _simulation_card(request, project, error=error)
+    if error:
+        messages.error(request, error)
     else:
-        messages.success(request, "Simulation queued on the gpu worker; the chart appears when it finishes.")
+        messages.success(
+            request, "Simulation queued; its progress and then the chart show on the dashboard.", extra_tags="transient"
+        )
     return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#simulation")
+
+
+def _simulation_card(request: HttpRequest, project: Project, *, error: str = "") -> HttpResponse:
+    ctx = {
+        "project": project,
+        "sim": selectors.simulation_panel(project),
+        "admin": is_admin(request.user),
+        "strategies": services.STRATEGY_CHOICES,
+        "error": error,
+    }
+    return render(request, "annotate/project.html#simulation", ctx)
+
+
+@annotator_required
+def simulation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The simulation card alone (polled while a simulation is queued or running)."""
+    return _simulation_card(request, get_object_or_404(Project, pk=pk))
 
 
 # ------------------------------------------------------------------ runs

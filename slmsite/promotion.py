@@ -4,7 +4,8 @@ first (annotate's versions page and the sentiment versions/model card pages use 
 Figures are only compared when they were measured on the same data:
 1. gold: the version was trained from the live one (its parent) and both were scored on the same gold
    items in that run (`annotate.parent_gold_metrics`), or both carry gold figures of the same project;
-2. held-out: neither has gold figures and both were evaluated on the same data (same `data_hash`).
+2. held-out: neither has gold figures and both were evaluated on the same data (same `data_hash` and
+   the same named split).
 Otherwise there is nothing fair to compare and no warning is given."""
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class Comparison:
 
     @property
     def sentence(self) -> str:
+        from slmsite.templatetags.slm_format import sig3
+
+        where = {"gold": "the gold items", "held-out": "held-out data"}.get(self.split, f"its {self.split} split")
         relation = "below" if self.worse else "not below"
         return (
-            f"{self.version} scores {self.score:.3g} {self.split} macro-F1, {relation} the live "
-            f"{self.live}'s {self.live_score:.3g}."
+            f"{self.version} scores {sig3(self.score)} macro-F1 on {where}, {relation} the live "
+            f"{self.live}'s {sig3(self.live_score)}."
         )
 
 
@@ -72,7 +76,10 @@ def compare_with_live(registry: Registry, name: str, version: str) -> Comparison
     held, live_held = _f1(cand.get("metrics")), _f1(live.get("metrics"))
     if held is None or live_held is None:
         return None
-    return Comparison(version, live_version, "held-out", held, live_held)
+    split = str((cand.get("metrics") or {}).get("split") or "held-out")
+    if split != str((live.get("metrics") or {}).get("split") or "held-out"):
+        return None
+    return Comparison(version, live_version, split, held, live_held)
 
 
 def promote_warning(registry: Registry, name: str, version: str) -> str:

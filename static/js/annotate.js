@@ -231,15 +231,7 @@
       });
     } else emptyNote("chart-learning", "No trained versions yet.");
 
-    const sim = d.simulation;
-    if (sim && sim.curves) {
-      const names = Object.keys(sim.curves);
-      chart("chart-sim", {
-        type: "line",
-        data: { datasets: names.map((n, i) => ({ label: n, data: sim.curves[n].labels.map((x, j) => ({ x: x, y: sim.curves[n].f1[j] })), borderColor: n === "random" ? "#9ca3af" : palette[i % palette.length], backgroundColor: n === "random" ? "#9ca3af" : palette[i % palette.length], borderDash: n === "random" ? [6, 4] : [] })) },
-        options: { scales: { x: { type: "linear", title: { display: true, text: "labels" } }, y: { title: { display: true, text: "gold macro-F1" } } } },
-      });
-    } else emptyNote("chart-sim", "No simulation yet.");
+    drawSimulation();
 
     const f1 = d.per_class_f1 || {};
     if (Object.values(f1).some((v) => v !== null)) {
@@ -261,6 +253,26 @@
       chart("chart-stability", { type: "line", data: { labels: st.map((p) => p.version), datasets: [{ label: "unchanged predictions", data: st.map((p) => p.agreement), borderColor: palette[4], backgroundColor: palette[4] }, { label: "κ between versions", data: st.map((p) => p.kappa), borderColor: palette[5], backgroundColor: palette[5] }] }, options: { scales: { y: { min: 0, max: 1 } } } });
     } else emptyNote("chart-stability", "Needs two versions with pool predictions.");
   }
+
+  // The simulation card draws its own chart from its JSON; it is swapped in by htmx while it polls.
+  function drawSimulation() {
+    const sim = readJSON("sim-data");
+    const old = window.Chart && window.Chart.getChart(document.getElementById("chart-sim") || "");
+    if (old) old.destroy();
+    if (sim && sim.curves) {
+      const names = Object.keys(sim.curves);
+      chart("chart-sim", {
+        type: "line",
+        data: { datasets: names.map((n, i) => ({ label: n, data: sim.curves[n].labels.map((x, j) => ({ x: x, y: sim.curves[n].f1[j] })), borderColor: n === "random" ? "#9ca3af" : palette[i % palette.length], backgroundColor: n === "random" ? "#9ca3af" : palette[i % palette.length], borderDash: n === "random" ? [6, 4] : [] })) },
+        options: { scales: { x: { type: "linear", title: { display: true, text: "labels" } }, y: { title: { display: true, text: "gold macro-F1" } } } },
+      });
+    } else emptyNote("chart-sim", document.querySelector("#simulation [data-job-active], #simulation[data-job-active]") ? "Running…" : "No simulation yet.");
+  }
+
+  document.addEventListener("htmx:afterSettle", () => {
+    const canvas = document.getElementById("chart-sim");
+    if (canvas && !(window.Chart && window.Chart.getChart(canvas))) drawSimulation();
+  });
 
   function init() {
     const root = document.getElementById("labeler");

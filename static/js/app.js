@@ -83,3 +83,14 @@ document.addEventListener(
   },
   true,
 );
+
+// "Retrain #2 queued."-style messages (class "transient") describe a job in progress: once no job on the
+// page is still polling (no [data-job-active] left after an htmx swap), they are out of date and go.
+function dropStaleJobMessages() {
+  if (document.querySelector("[data-job-active]")) return;
+  document.querySelectorAll(".messages .msg.transient").forEach((el) => el.remove());
+  const list = document.querySelector(".messages");
+  if (list && !list.children.length) list.remove();
+}
+document.addEventListener("htmx:afterSettle", dropStaleJobMessages);
+document.addEventListener("DOMContentLoaded", dropStaleJobMessages);

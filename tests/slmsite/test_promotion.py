@@ -28,7 +28,7 @@ def test_gold_figures_of_the_same_run_are_compared(registry: Registry) -> None:
     comp = compare_with_live(registry, "sentiment", worse)
     assert comp is not None and comp.split == "gold" and comp.worse
     assert promote_warning(registry, "sentiment", worse) == (
-        f"{worse} scores 0.548 gold macro-F1, below the live {live}'s 0.971. Make it live anyway?"
+        f"{worse} scores 0.548 macro-F1 on the gold items, below the live {live}'s 0.971. Make it live anyway?"
     )
     better = _version(
         registry,
@@ -45,7 +45,9 @@ def test_only_figures_on_the_same_data_are_compared(registry: Registry) -> None:
     same_project = _version(registry, {"gold_metrics": {"macro_f1": 0.5}, "annotate": {"project": 1}})
     other_project = _version(registry, {"gold_metrics": {"macro_f1": 0.5}, "annotate": {"project": 2}})
     held_out_only = _version(registry, {"metrics": {"macro_f1": 0.1}, "data_hash": "a"})
-    assert promote_warning(registry, "sentiment", same_project).startswith(f"{same_project} scores 0.5 gold")
+    assert promote_warning(registry, "sentiment", same_project).startswith(
+        f"{same_project} scores 0.500 macro-F1 on the gold"
+    )
     assert compare_with_live(registry, "sentiment", other_project) is None  # another gold set
     assert compare_with_live(registry, "sentiment", held_out_only) is None  # gold vs held-out: never mixed
     # held-out against held-out only on the same data
@@ -69,7 +71,7 @@ def test_sentiment_promote_of_a_worse_version_asks_first(client, admin_user, pas
     live, worse = worse_version
     client.login(username=admin_user.username, password=password)
     page = client.get(reverse("sentiment:versions")).content.decode()
-    assert f'data-confirm="{worse} scores 0.4 held-out macro-F1, below the live {live}' in page
+    assert f'data-confirm="{worse} scores 0.400 macro-F1 on held-out data, below the live {live}' in page
     card = client.get(reverse("sentiment:version", args=[worse])).content.decode()
     assert "data-confirm=" in card
     r = client.post(reverse("sentiment:promote", args=[worse]))
@@ -99,7 +101,7 @@ def test_annotate_promote_of_a_worse_version_asks_first(client, admin_user, pass
     )
     client.login(username=admin_user.username, password=password)
     page = client.get(reverse("annotate:models", args=[project.pk])).content.decode()
-    assert f"{worse} scores 0.548 gold macro-F1, below the live {live}&#x27;s 0.971" in page
+    assert f"{worse} scores 0.548 macro-F1 on the gold items, below the live {live}&#x27;s 0.971" in page
     url = reverse("annotate:model_action", args=[project.pk])
     r = client.post(url, {"version": worse, "action": "promote"})
     assert r.status_code == 200 and "Make it live anyway?" in r.content.decode()
