@@ -4,14 +4,13 @@ test-artifacts/screenshots/pages/ for people to look at."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import login
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("sync_orm_module")]
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -37,14 +36,6 @@ OVERFLOW_JS = """() => {
   }
   return {scrollWidth: document.documentElement.scrollWidth, viewport: vw, culprits: out};
 }"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _sync_orm_beside_playwright() -> Iterator[None]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    yield
-    mp.undo()
 
 
 @pytest.fixture

@@ -5,25 +5,16 @@ model's languages, the login form keeps the username, the phone menu opens from 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import login
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("sync_orm_module")]
 
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _sync_orm_beside_playwright() -> Iterator[None]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    yield
-    mp.undo()
 
 
 @pytest.fixture
