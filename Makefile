@@ -38,6 +38,7 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 fmt: install
 	$(VENV)/bin/ruff format .
@@ -47,6 +48,7 @@ bench: install
 	$(PY) bench/chat.py
 	$(PY) bench/sentiment.py
 	$(PY) bench/annotate.py
+	$(PY) bench/remote.py
 
 # Refresh vendored front-end files from the npm registry (versions in static/vendor/VERSIONS).
 vendor:

@@ -14,17 +14,26 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
+from pydantic import ConfigDict
 
 from sentiment import selectors
 from sentiment.inference import InferenceError, get_service
+from slmsite.limits import TextLimitError, texts_check
 
 router = Router(tags=["sentiment"])
 
 
 class PredictIn(Schema):
+    # The example /api/docs fills in: it must succeed as shown (no made-up "string" model version).
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"texts": ["这家酒店的服务非常好，下次还会再来。", "送餐太慢了，饭菜都凉了。"]}}
+    )
+
     texts: list[str] = Field(..., description="Texts to classify (1 to SENTIMENT_MAX_TEXTS).")
     model: str | None = Field(
-        None, description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version."
+        None,
+        description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version.",
+        examples=["live"],
     )
 
 
@@ -54,6 +63,10 @@ class VersionOut(Schema):
     parent: str | None = None
     data_hash: str | None = None
     metrics: dict[str, Any]
+    languages: list[str] = Field(
+        default_factory=list,
+        description="ISO 639-1 codes of the languages the version was trained on; [] = not recorded.",
+    )
 
 
 class ModelsOut(Schema):
@@ -73,17 +86,10 @@ def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:
 )
 def predict(request: HttpRequest, payload: PredictIn) -> Any:
     texts = payload.texts
-    max_texts = settings.SENTIMENT_MAX_TEXTS
-    max_chars = settings.SENTIMENT_MAX_TEXT_CHARS
-    if not texts:
-        return _error(422, "texts must be a non-empty list of strings")
-    if len(texts) > max_texts:
-        return _error(413, f"too many texts: {len(texts)} (at most {max_texts} per request)")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            return _error(413, f"texts[{i}] is too long: {len(text)} characters (at most {max_chars})")
-        if not text.strip():
-            return _error(422, f"texts[{i}] is empty")
+    try:
+        texts_check(texts, max_texts=settings.SENTIMENT_MAX_TEXTS)
+    except TextLimitError as exc:
+        return _error(exc.status, str(exc))
     try:
         result = get_service().predict(texts, payload.model)
     except InferenceError as exc:

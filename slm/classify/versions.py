@@ -16,6 +16,10 @@ metadata.json of a classifier version (every key is present; values may be empty
                    learning curve) or the curves are {} when none was computed.
     timings       {"train_s", "eval_s", ... "total_s"} in seconds
     parent        the version this one was trained from / compared with, or null
+    languages     ISO 639-1 codes of the training texts (["zh"] for the bundled reviews); [] = not known
+    training_data how to reproduce the training set (slm.classify.adapt): {"bundled": {dataset, params,
+                  hash, n} | null, "file": rows stored in the version directory | null, ...}; {} = not
+                  recorded, such a version cannot be adapted (only retrained from scratch)
     description   one line for lists
     (+ name, version, created: filled in by the registry)
 """
@@ -35,20 +39,53 @@ from slm.registry import ModelVersion, Registry
 
 
 def evaluate(
-    model: Classifier, texts: Sequence[str], labels: Sequence[str], *, batch_size: int = 256
+    model: Classifier,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    label_order: Sequence[str] | None = None,
+    batch_size: int = 256,
 ) -> dict[str, Any]:
-    """compute_metrics() of `model` on labelled texts; labels unknown to the model raise ValueError."""
-    index = {lab: i for i, lab in enumerate(model.labels)}
+    """compute_metrics() of `model` on labelled texts — the one evaluation of a trained classifier
+    (held-out splits, annotate's gold items, the live version it is compared with).
+
+    `label_order` reports the metrics in that label order (a project's labels) instead of the model's;
+    it must be the same set. Labels unknown to the model raise ValueError."""
+    model_labels = [str(x) for x in model.labels]
+    names = [str(x) for x in label_order] if label_order is not None else model_labels
+    if sorted(names) != sorted(model_labels):
+        raise ValueError(f"model labels {model_labels} differ from {names}")
+    index = {lab: i for i, lab in enumerate(names)}
     unknown = sorted({str(x) for x in labels} - set(index))
     if unknown:
-        raise ValueError(f"labels {unknown} are not known to the model (its labels: {model.labels})")
+        raise ValueError(f"labels {unknown} are not known to the model (its labels: {model_labels})")
     started = time.perf_counter()
     parts = [model.predict_proba(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    probs = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
-    metrics = compute_metrics([index[str(x)] for x in labels], probs, labels=model.labels)
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(names)))
+    probs = probs[:, [model_labels.index(lab) for lab in names]]
+    metrics = compute_metrics([index[str(x)] for x in labels], probs, labels=names)
     metrics["eval_s"] = round(time.perf_counter() - started, 3)
     metrics["ms_per_text"] = round(1000 * metrics["eval_s"] / max(1, len(texts)), 3)
     return metrics
+
+
+def normalize_languages(languages: Sequence[str] | str) -> list[str]:
+    """["zh", "en"] from "zh,en", ["ZH", " en "] etc.: lower-case codes, de-duplicated, in order. Codes are
+    ISO 639-1/-3 style (2-3 letters, optionally a region: "zh-tw"); anything else raises ValueError."""
+    items = languages.split(",") if isinstance(languages, str) else list(languages)
+    out: list[str] = []
+    for item in items:
+        code = str(item).strip().lower().replace("_", "-")
+        if not code:
+            continue
+        head, dash, region = code.partition("-")
+        if not (head.isascii() and head.isalpha() and 2 <= len(head) <= 3) or (
+            dash and not (region.isascii() and region.isalnum() and 2 <= len(region) <= 4)
+        ):
+            raise ValueError(f"{item!r} is not a language code (use ISO 639 codes such as zh, en, zh-tw)")
+        if code not in out:
+            out.append(code)
+    return out
 
 
 def build_metadata(
@@ -63,6 +100,8 @@ def build_metadata(
     curves: dict[str, Any] | None = None,
     timings: dict[str, Any] | None = None,
     description: str = "",
+    languages: Sequence[str] | None = None,
+    training_data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
@@ -77,6 +116,8 @@ def build_metadata(
         "curves": curves or {},
         "timings": timings or {},
         "description": description,
+        "languages": normalize_languages(languages or []),
+        "training_data": dict(training_data or {}),
     }
     if extra:
         meta.update(extra)
