@@ -545,29 +545,21 @@ def run_speed(args: Any, streams: list[int], before: Any) -> None:
         if gen is None and args.device == "cpu":
             print("\nctranslate2: not installed (pip install -r requirements-bench.txt); row skipped")
         engines: dict[str, Any] = {}
-        extra = {} if args.step_tokens is None else {"step_tokens": args.step_tokens}
-        cfg = EngineConfig(
+        common = dict(
             model=str(d),
             precision=args.precision,
             device=args.device,
             max_batch=max(streams + [5]),
             queue_size=64,
             num_threads=args.threads or None,
-            **extra,
         )
+        extra = {} if args.step_tokens is None else {"step_tokens": args.step_tokens}
+        cfg = EngineConfig(**common, **extra)
         engines["engine"] = Engine(cfg, mode="process")
         if args.thread:
             engines["engine-thread"] = Engine(cfg, mode="thread")
         if before is not None:
-            old_cfg = before.EngineConfig(
-                model=str(d),
-                precision=args.precision,
-                device=args.device,
-                max_batch=max(streams + [5]),
-                queue_size=64,
-                num_threads=args.threads or None,
-            )
-            engines["engine-before"] = before.Engine(old_cfg, mode="process")
+            engines["engine-before"] = before.Engine(before.EngineConfig(**common), mode="process")
         print(f"\nengines: precision={args.precision} device={args.device} (loading…)", flush=True)
         for name, engine in engines.items():
             t = time.perf_counter()

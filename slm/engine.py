@@ -1,12 +1,16 @@
-"""The chat serving engine: one owner of the model, one batched decode loop for every stream.
+"""The chat serving engine: one owner of the model, one forward pass per step for every stream.
 
 `EngineCore` runs the loop. Each step it takes commands (submit / cancel / shutdown), admits waiting
-requests FIFO up to `max_batch` (a prefill of the new prompt alone, whose KV cache then joins the
-batch cache), runs ONE forward pass for all active requests with a shared, left-padded KV cache
-(`transformers.DynamicCache`, rows added and removed between steps), and samples each row with its
-own `LogitsSampler`. Requests join and leave between steps; a cancel is seen before the next step, so
-a stop costs at most one token. Between steps it also checks the registry's live pointer and swaps
-to a newly promoted version once the running batch has drained (new requests wait for the swap).
+requests FIFO into free slots (up to `max_batch`), and runs ONE forward pass over a packed input
+(`slm.batching`): the next token of every decoding stream, then chunks of the prompts still being
+prefilled, in arrival order, up to `step_tokens` tokens. A long prompt is therefore prefilled over
+several steps while the running streams keep getting a token per step, and prompts that arrive
+together share steps. Attention keeps requests apart over a per-request slot KV cache. Each row is
+sampled with its own `LogitsSampler`. Requests join and leave between steps; a cancel is seen before
+the next step (mid-prefill too), so a stop costs at most one token. Between steps it also checks the
+registry's live pointer and swaps to a newly promoted version once the running batch has drained (new
+requests wait for the swap). Model handling (load, precision, the packed attention switch) is in
+`load_model` / `slm.precision` / `slm.batching`, separate from scheduling.
 
 `Engine` is the facade a server process uses: it keeps the bounded FIFO queue accounting (positions,
 `EngineBusy`, one live stream per user key), tokenizes prompts, and runs the core either in its own
@@ -90,6 +94,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch threads in the engine (None: leave as is)
     swap_check_s: float = 1.0  # how often the live pointer is re-read
     step_tokens: int = 32  # tokens per forward pass: one per decoding stream + prompt chunks (prefill)
+    coalesce_s: float = 0.005  # from idle, requests arriving within this of each other share the first step
 
 
 @dataclass
@@ -475,10 +480,13 @@ class EngineCore:
                 timeout = self.cfg.swap_check_s
             elif self.loaded is not None and self.loaded.min_step_s:
                 timeout = self.loaded.min_step_s - (time.perf_counter() - last_step)
+            idle = not (self.rows or self.waiting)
             try:
                 cmd = inbox.get(timeout=timeout) if timeout is not None and timeout > 0 else inbox.get_nowait()
             except queue.Empty:
                 cmd = None
+            # waking from idle: wait a moment for requests sent together, so they share the first step
+            patience = self.cfg.coalesce_s if idle and cmd is not None else 0.0
             while cmd is not None:
                 kind = cmd[0]
                 if kind == "shutdown":
@@ -489,7 +497,7 @@ class EngineCore:
                 elif kind == "cancel":
                     self.cancel(cmd[1])
                 try:
-                    cmd = inbox.get_nowait()
+                    cmd = inbox.get(timeout=patience) if patience else inbox.get_nowait()
                 except queue.Empty:
                     cmd = None
             if self.waiting and self.loaded is None:

@@ -378,3 +378,39 @@ def test_gpu_bf16_batched_greedy_equals_generate(model_dir: Path) -> None:
         )[0, len(ids) :].tolist()
         ref = out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
         assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True), i
+
+
+def test_requests_sent_together_from_idle_share_the_first_step(model_dir: Path) -> None:
+    """Waking from idle, the engine waits `coalesce_s` for more commands before its first step: a second
+    request that is only just behind the first is prefilled with it instead of a step later."""
+    import queue as queue_mod
+
+    tok = tiny_tokenizer()
+    params = GenerationParams(max_new_tokens=2)
+
+    class Inbox:  # the second submit is "in flight": only a waiting get() sees it
+        def __init__(self) -> None:
+            self.items = [
+                ("submit", GenRequest("a", tok(PROMPTS[0])["input_ids"], params)),
+                ("submit", GenRequest("b", tok(PROMPTS[1])["input_ids"], params)),
+            ]
+            self.gets = 0
+
+        def get(self, timeout: float | None = None) -> tuple[Any, ...]:
+            self.gets += 1
+            if self.items and (self.gets == 1 or (timeout or 0) > 0):
+                return self.items.pop(0)
+            if self.gets > 50:
+                return ("shutdown",)
+            raise queue_mod.Empty
+
+        def get_nowait(self) -> tuple[Any, ...]:
+            return self.get(0)
+
+    order: list[tuple[str | None, str]] = []
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32"), lambda r, k, d: order.append((r, k)))
+    core.ensure_model()
+    core.run(Inbox())
+    started = [r for r, k in order if k == "started"]
+    first_token = next(i for i, (_, k) in enumerate(order) if k in ("token", "end"))
+    assert started == ["a", "b"] and order.index(("b", "started")) < first_token
