@@ -392,7 +392,7 @@ class EngineCore:
         if decoding:  # the budget protects running streams: prefill gets what they leave (>= 1/4)
             budget = max(self.cfg.step_tokens - len(decoding), self.cfg.step_tokens // 4, 1)
         else:  # nobody waits on this step but the prompts themselves
-            budget = self.cfg.step_tokens * IDLE_PREFILL_FACTOR
+            budget = max(self.cfg.step_tokens, 1) * IDLE_PREFILL_FACTOR
         chunks: list[tuple[_Row, Chunk]] = []
         for row in self.rows:
             if budget <= 0:
