@@ -23,12 +23,15 @@ child's main thread at full speed) or in a dedicated thread (mode "thread"; it s
     ("end", {"reason": eos|length|stop|cancelled, "text": ..., "usage": {...}, "timing": {...}, "model": ref})
     ("error", {"code": ..., "message": ...})
 
-Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core CPU,
-load ~4): single stream 51 tok/s (fp32 generate 18), 4 streams 148 tok/s aggregate (thread-per-request
-baseline 21), 8 streams 193 (baseline 24). The process placement beat the thread placement in that run
-(thread = 0.79-0.87x), and isolates torch from the event loop's GIL and from crashes; under heavier load
-an earlier run had the thread ahead, so both stay available (CHAT_ENGINE_MODE). With 2 torch threads on
-the loaded box int8 decode collapsed (2 tok/s vs 30 with 1), hence CHAT_ENGINE_THREADS=1 by default.
+Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core CPU at
+load ~10, so ratios within one run are what count): vs the previous engine (left-padded DynamicCache,
+`quantize_dynamic`) 0.89x / 1.04x / 1.11x aggregate tok/s at 1 / 4 / 8 streams (oneDNN's int8 kernel is
+slower than fbgemm's for a single row, faster from 4 rows up); TTFT p95 of 4 simultaneous users 220 ms
+vs 450 ms; running streams lose 32% of their tok/s while a 512-token prompt is prefilled (96% before);
+CTranslate2's int8 generator on the same weights is still ~1.7x faster per token. The process placement
+isolates torch from the event loop's GIL and from crashes; `thread` mode stays for comparison
+(CHAT_ENGINE_MODE). With 2 torch threads on the loaded box int8 decode collapsed (2 tok/s vs 30 with 1),
+hence CHAT_ENGINE_THREADS=1 by default.
 
 No Django in here.
 """
