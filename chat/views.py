@@ -63,6 +63,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "window": window,
             "presets": PRESETS,
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+            "building": selectors.model_building(),
         },
     )
 

@@ -186,7 +186,11 @@ function onFrame(frame) {
         input.focus();
       }
       pending = null;
-      setStatus(frame.message || "Something went wrong; try again.", "error");
+      if (frame.code === "model_unavailable" && document.querySelector(".building")) {
+        setStatus("The chat model is still being built (see above); your message is kept, send it when it is ready.", "warn");
+      } else {
+        setStatus(frame.message || "Something went wrong; try again.", "error");
+      }
       statusEl.dataset.code = frame.code || "";
       if (streaming) finishLocal();
       setBusy(false);
