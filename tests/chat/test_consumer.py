@@ -399,6 +399,30 @@ async def test_detached_stream_without_polls_is_cancelled(paced_chat_model, plai
     assert peek_backend().active_ids() == []
 
 
+async def test_a_followed_detached_stream_stops_on_request(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
+    """The Stop button of a reloaded page that polls the reply (no socket of its own): stop_detached."""
+    from chat.consumers import keep_detached_alive, stop_detached
+    from chat.engine_client import peek_backend
+
+    chat_settings.CHAT_DETACH_GRACE_S = 5.0
+    comm = await connect(plain_user)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 100}})
+    start = await recv(comm)
+    assert (await recv(comm))["type"] == "token"
+    await comm.send_json_to({"type": "detach"})
+    await comm.disconnect()
+    mid = start["message"]
+    assert keep_detached_alive(mid)
+    assert stop_detached(mid) and not stop_detached(mid + 1000)
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    while (agent := await database_sync_to_async(Message.objects.get)(pk=mid)).status == "streaming":
+        assert loop.time() < stopped_at + 5.0  # well within the 5 s grace: the stop is seen in ~0.25 s
+        await asyncio.sleep(0.05)
+    assert agent.status == "cancelled" and agent.completion_tokens < 100
+    assert peek_backend().active_ids() == []
+
+
 async def test_conversation_ids_of_wrong_types_are_not_found(chat_model, plain_user) -> None:  # type: ignore[no-untyped-def]
     """Infinity crashed int() (OverflowError, socket closed); true / 1.5 used to pick conversation 1."""
     mine = await database_sync_to_async(Conversation.objects.create)(owner=plain_user, title="mine")
