@@ -92,14 +92,6 @@ function applyPreset(name) {
   }
 }
 
-function csrfToken() {
-  try {
-    return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-  } catch (e) {
-    return "";
-  }
-}
-
 function isLive(article) {
   return article && (article.dataset.status === "streaming" || article.dataset.status === "queued");
 }
@@ -338,7 +330,7 @@ function stop() {
     fetch(urlFor(root.dataset.stopUrl, id), {
       method: "POST",
       credentials: "same-origin",
-      headers: { "X-CSRFToken": csrfToken() },
+      headers: { "X-CSRFToken": window.slmCsrfToken() },
     }).then((r) => {
       if (!r.ok) setStatus("Could not stop this reply.", "error");
     });

@@ -38,6 +38,21 @@ def live_chat_model(live_stack):  # type: ignore[no-untyped-def]
     return add_tiny_chat_version(Registry(settings.SLM_REGISTRY_DIR), serving={"min_step_s": 0.05}, never_eos=True)
 
 
+def send_and_wait_for_tokens(page, text: str, *, max_new_tokens: int, tokens: int) -> None:  # type: ignore[no-untyped-def]
+    """Sends `text` (no stop strings) and waits until the streaming reply shows `tokens` tokens."""
+    params = page.locator("#chat-params")
+    if not params.evaluate("el => el.open"):
+        page.click("#chat-params summary")
+    page.fill("#p-max_new_tokens", str(max_new_tokens))
+    page.fill("#p-stop", "")
+    page.locator("#chat-input").fill(text)
+    page.locator("#chat-input").press("Enter")
+    page.wait_for_function(
+        "n => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= n",
+        arg=tokens,
+    )
+
+
 def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, password, page, artifacts_dir_session):  # type: ignore[no-untyped-def]
     shots = artifacts_dir_session / "screenshots"
     login(page, plain_user.username, password)
@@ -86,14 +101,7 @@ def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, pas
     page.locator(".cm-agent .cm-details summary").click()
     assert live_chat_model.ref in page.locator(".cm-agent .cm-details").inner_text()
     # reload in the middle of a reply: the reply keeps streaming into view, then completes
-    page.click("#chat-params summary")
-    page.fill("#p-max_new_tokens", "60")
-    page.fill("#p-stop", "")
-    page.locator("#chat-input").fill("and then?")
-    page.locator("#chat-input").press("Enter")
-    page.wait_for_function(
-        "() => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= 3"
-    )
+    send_and_wait_for_tokens(page, "and then?", max_new_tokens=60, tokens=3)
     page.reload()
     second = page.locator(".cm-agent").nth(1)
     assert second.locator(".badge").inner_text().startswith("streaming")
@@ -120,13 +128,7 @@ def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, pas
     page.keyboard.press("Enter")
     page.wait_for_selector(".cm-agent button[aria-label='Good reply'][aria-pressed=true]")
     # reload mid-reply again, then Stop: the reply stops (server-side) and says so
-    page.click("#chat-params summary")
-    page.fill("#p-max_new_tokens", "120")
-    page.locator("#chat-input").fill("one more")
-    page.locator("#chat-input").press("Enter")
-    page.wait_for_function(
-        "() => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= 3"
-    )
+    send_and_wait_for_tokens(page, "one more", max_new_tokens=120, tokens=3)
     page.reload()
     third = page.locator(".cm-agent").nth(2)
     page.wait_for_function("() => !document.getElementById('stop-btn').disabled")
