@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings as dj_settings
 from django.db import connection
 
-from annotate import services
+from annotate import selectors, services
 from annotate.models import Item, TrainingRun
 from slm.classify.testing import make_tiny_version
 from tests.annotate.conftest import make_project
@@ -90,7 +90,13 @@ def test_manual_policy_registers_without_promoting_then_promote_and_rollback(
     run.refresh_from_db()
     assert run.status == "succeeded" and not run.promoted
     assert registry.live_version("sentiment") == "v0001"
-    assert services.version_promote(project=project, version="v0002") == "sentiment@v0002"
+    from annotate.promotion import WorseThanLive
+
+    if selectors.gold_scores(project)["v0002"] < selectors.gold_scores(project)["v0001"]:
+        with pytest.raises(WorseThanLive, match="confirm"):  # worse on gold: asks for a confirmation first
+            services.version_promote(project=project, version="v0002")
+        assert registry.live_version("sentiment") == "v0001"
+    assert services.version_promote(project=project, version="v0002", confirm=True) == "sentiment@v0002"
     assert registry.live_version("sentiment") == "v0002"
     assert services.version_rollback(project=project) == "sentiment@v0001"
     assert registry.live_version("sentiment") == "v0001"
@@ -127,12 +133,10 @@ def test_auto_trigger_every_n_labels(registry, annotator_user, queues):
 
 @pytest.mark.django_db(transaction=True)
 def test_queue_down_fails_the_run_instead_of_hanging(registry, admin_user, project, settings, monkeypatch):
-    from annotate import jobs
-
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(jobs, "get_queue", boom)
+    monkeypatch.setattr("slmsite.jobs.get_queue", boom)
     run, _ = services.run_trigger(project=project, user=admin_user)
     run.refresh_from_db()
     assert run.status == "failed" and "could not queue" in run.error
@@ -186,8 +190,8 @@ def test_worker_killed_mid_run_fails_the_run_and_keeps_live(
         "REDIS_URL": dj_settings.REDIS_URL,
         "SLM_TEST_VAR_DIR": str(dj_settings.TEST_VAR_DIR),
         "SLM_REGISTRY_DIR": str(registry.root),
-        "ANNOTATE_GPU_QUEUE": queues["gpu"],
-        "ANNOTATE_DEFAULT_QUEUE": queues["default"],
+        "SLM_GPU_QUEUE": queues["gpu"],
+        "SLM_DEFAULT_QUEUE": queues["default"],
         "ANNOTATE_TRAIN_PAUSE_FILE": str(pause),
         "ANNOTATE_RUN_HEARTBEAT_S": "0.2",
     }
@@ -286,10 +290,12 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
     from annotate.models import Project
 
     Project.objects.filter(pk=project.pk).update(strategy="hybrid")
-    services.version_promote(project=project, version=run.version)
-    Item.objects.filter(project=project, is_gold=False).update(final_label="", lane=Item.POOL)
+    services.version_promote(project=project, version=run.version, confirm=True)  # the tiny model beats it
+    Item.objects.filter(project=project, is_gold=False).update(final_label="", n_labels=0)  # back to the pool
     out = jobs.refresh_pool_job(project.pk)
-    cache = np.load(jobs.pool_cache_path(project.pk))
+    from annotate.pool import pool_cache_path
+
+    cache = np.load(pool_cache_path(project.pk))
     assert out["items"] > 0 and cache["embeddings"].shape == (out["items"], 32)
 
 
