@@ -46,7 +46,7 @@ class ProjectIn(Schema):
     strategy: str = Field("entropy", description=f"one of {', '.join(STRATEGIES)}")
     retrain_every: int = Field(0, ge=0, description="auto retrain after this many new labels (0 = off)")
     promote: Literal["auto", "manual"] = "auto"
-    retrain_from: Literal["parent", "scratch"] = "scratch"
+    retrain_from: Literal["parent", "scratch"] = "parent"
     new_label_weight: float | None = Field(None, description="weight of the new labels against the parent's data")
     family: Literal["ngram", "transformer"] = Field("ngram", description="the family trained from scratch")
     encoder: str = Field("", max_length=300, description="encoder of a transformer trained from scratch")

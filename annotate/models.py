@@ -41,7 +41,7 @@ class Project(models.Model):
         default="",
         help_text="registry ref the first retrain adapts (name or name@version; empty = the name's live version)",
     )
-    retrain_from = models.CharField(max_length=10, choices=RetrainFrom.choices, default=RetrainFrom.SCRATCH)
+    retrain_from = models.CharField(max_length=10, choices=RetrainFrom.choices, default=RetrainFrom.PARENT)
     new_label_weight = models.FloatField(
         null=True, blank=True, help_text="weight of the project's labels against the parent's data (empty = default)"
     )

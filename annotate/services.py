@@ -119,7 +119,7 @@ def project_create(
     family: str = Project.Family.NGRAM,
     base_model: str = "",
     base: str = "",
-    retrain_from: str = Project.RetrainFrom.SCRATCH,
+    retrain_from: str = Project.RetrainFrom.PARENT,
     new_label_weight: float | None = None,
     strategy: str = "entropy",
     batch_size: int = 20,

@@ -110,14 +110,17 @@ def train(
     return model, write, meta
 
 
-def _parent_data(parent: ModelVersion) -> tuple[list[str], list[str]]:
-    from slm.classify.adapt import ParentDataUnavailable, parent_training_data
+def _parent_rows(parent: ModelVersion) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(all rows the parent was trained on, the part of them stored with it rather than rebuilt from a
+    bundled dataset), each {"text", "label", "weight"}; TrainingError when they cannot be reproduced."""
+    from slm.classify.adapt import ParentDataUnavailable, training_rows
 
     try:
-        texts, labels = parent_training_data(parent.metadata)
+        rows = training_rows(parent.metadata, parent.path)
     except ParentDataUnavailable as exc:
         raise TrainingError(f"cannot adapt {parent.ref}: its training data is not available ({exc})") from exc
-    return list(texts), list(labels)
+    n_file = int((parent.metadata.get("training_data") or {}).get("n_file") or 0)
+    return rows, rows[len(rows) - n_file :] if n_file else []  # training_rows lists the stored rows last
 
 
 def _saver(model: Any) -> Callable[[Path], None]:
@@ -154,21 +157,27 @@ def _adapt_transformer(job: _Job, parent: ModelVersion) -> Trained:
     labels mixed with a replayed sample of the parent's training data (gold texts left out)."""
     import numpy as np
 
+    from slm.classify.adapt import stored_record, write_training_rows
     from slm.classify.train import TrainConfig, train_transformer
     from slm.classify.transformer import TransformerClassifier
     from slm.classify.versions import build_metadata
     from slm.data import data_hash
     from slm.text import clean_text
 
-    parent_texts, parent_labels = _parent_data(parent)
+    rows, stored = _parent_rows(parent)
     model = TransformerClassifier.load(parent.path)
-    banned = {clean_text(t) for t in job.exclude}
-    keep = [i for i, t in enumerate(parent_texts) if clean_text(t) not in banned]
-    n_replay = min(len(keep), max(REPLAY_PER_LABEL * len(job.texts), REPLAY_MIN))
+    new = dict(zip(job.texts, job.labels, strict=True))  # a new label replaces the parent's row of that text
+    banned = {clean_text(t) for t in job.exclude} | {clean_text(t) for t in new}
+    keep = [r for r in rows if clean_text(r["text"]) not in banned]
+    n_replay = min(len(keep), max(REPLAY_PER_LABEL * len(new), REPLAY_MIN))
     pick = np.random.default_rng(0).choice(len(keep), size=n_replay, replace=False) if n_replay else []
     replay = [keep[int(i)] for i in pick]
-    train_texts = list(job.texts) + [parent_texts[i] for i in replay]
-    train_labels = list(job.labels) + [parent_labels[i] for i in replay]
+    train_texts = list(new) + [r["text"] for r in replay]
+    train_labels = list(new.values()) + [r["label"] for r in replay]
+    # what the child records to be adapted in turn: the parent's bundled part as it was, stored rows here
+    child_stored = [r for r in stored if r["text"] not in new] + [
+        {"text": t, "label": y, "weight": 1.0} for t, y in new.items()
+    ]
     known = set(TrainConfig.__dataclass_fields__)
     recorded = {k: v for k, v in (parent.metadata.get("config") or {}).items() if k in known}
     mode = model.mode if model.mode in ("frozen", "full", "lora") else "frozen"
@@ -179,17 +188,19 @@ def _adapt_transformer(job: _Job, parent: ModelVersion) -> Trained:
             "encoder": "",
             "epochs": 30 if mode == "frozen" else 3,
             "lr": float(recorded.get("lr", 5e-4)) * (1.0 if mode == "frozen" else 0.5),
-            "val_fraction": 0.1 if len(train_texts) >= 30 else 0.0,
+            # early stopping on a handful of held-out texts is noise: small sets train the fixed epochs
+            "val_fraction": 0.1 if len(train_texts) >= 200 else 0.0,
             "time_budget_s": 0.0,
             "device": "auto",
         }
     )
     job.log(
-        f"warm start from {parent.ref} ({mode}): {len(job.texts)} new labels + {len(replay)} replayed of its "
-        f"{len(parent_texts)} training texts, {config.epochs} epochs"
+        f"warm start from {parent.ref} ({mode}): {len(new)} new labels + {len(replay)} replayed of its "
+        f"{len(rows)} training texts, {config.epochs} epochs"
     )
     result = train_transformer(model, train_texts, train_labels, config, on_epoch=job.epoch_report(config.epochs))
     job.log(f"best epoch {result.best_epoch} of {result.epochs_run}")
+    parent_record = parent.metadata.get("training_data") or {}
     meta = build_metadata(
         family="transformer",
         labels=list(model.labels),
@@ -197,25 +208,31 @@ def _adapt_transformer(job: _Job, parent: ModelVersion) -> Trained:
         data_hash=data_hash(zip(train_texts, train_labels, strict=True)),
         metrics={},
         data={
-            "source": "annotate labels + replay of the parent's training data",
+            "source": f"adapted from {parent.ref}: {len(new)} new labels + {len(replay)} replayed of its data",
             "n_train": result.n_train,
             "n_val": result.n_val,
             "n_test": 0,
-            "n_new": len(job.texts),
-            "n_replay": len(replay),
-            "parent_data": parent.metadata.get("data") or {},
         },
         curves={"x": "epoch", **result.curves},
         timings=dict(result.timings),
         description=f"warm start from {parent.ref} on annotate labels + replay",
+        training_data=stored_record(child_stored, bundled=parent_record.get("bundled")),
     )
-    meta["adapt"] = {
+    meta["adaptation"] = {
         "method": "warm_start_replay",
         "parent": parent.ref,
-        "n_new": len(job.texts),
+        "mode": mode,
+        "n_parent": len(rows),
+        "n_new": len(new),
         "n_replay": len(replay),
     }
-    return result.model, _saver(result.model), meta
+    meta["languages"] = list(parent.metadata.get("languages") or [])
+
+    def write(directory: Path) -> None:
+        result.model.save(directory)
+        write_training_rows(directory, child_stored)
+
+    return result.model, write, meta
 
 
 def _train_ngram(job: _Job) -> Trained:

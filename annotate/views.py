@@ -68,7 +68,7 @@ def _project_form_values(post: Any) -> dict[str, Any]:
         "family": post.get("family", "ngram"),
         "base_model": post.get("base_model", ""),
         "base": post.get("base", ""),
-        "retrain_from": post.get("retrain_from", "scratch"),
+        "retrain_from": post.get("retrain_from", "parent"),
         "new_label_weight": num("new_label_weight", None, float),
         "strategy": post.get("strategy", "entropy"),
         "batch_size": num("batch_size", 20),

@@ -41,7 +41,7 @@ class Migration(migrations.Migration):
                     ("parent", "the parent model (adapt it with the new labels)"),
                     ("scratch", "scratch (the project's labels only)"),
                 ],
-                default="scratch",
+                default="parent",
                 max_length=10,
             ),
         ),

@@ -38,7 +38,7 @@ def test_labeling_api_end_to_end_through_redis_and_a_worker(
     base = "/api/annotate/projects"
 
     # create: admin only; unknown strategy / label set / base are 422 with a message
-    spec = {"name": "api", "labels": ["negative", "positive"], "strategy": "margin", "retrain_every": 0}
+    spec = {"name": "api", "labels": ["negative", "positive"], "strategy": "margin", "retrain_from": "scratch"}
     assert _post(ann, base, spec).status_code == 403
     assert _post(plain, base, spec).status_code == 403
     r = _post(admin, base, {**spec, "strategy": "nope"})
@@ -47,7 +47,7 @@ def test_labeling_api_end_to_end_through_redis_and_a_worker(
     assert r.status_code == 422 and "two distinct labels" in r.json()["message"]
     r = _post(admin, base, {**spec, "base": "nosuchmodel@v0009"})
     assert r.status_code == 422 and "unknown base" in r.json()["message"]
-    r = _post(admin, base, {**spec, "labels": ["a", "b"], "retrain_from": "parent"})
+    r = _post(admin, base, {**spec, "labels": ["a", "b"], "retrain_from": "parent"})  # the API's default
     assert r.status_code == 422 and "differs from the base" in r.json()["message"]
     r = _post(admin, base, spec)
     assert r.status_code == 201, r.content

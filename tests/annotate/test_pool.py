@@ -76,9 +76,11 @@ def test_project_create_refuses_strategies_the_base_family_cannot_run(registry):
     with pytest.raises(ValidationError, match="cannot be adapted"):
         services.project_create(name="p1", labels=["negative", "positive"], retrain_from="parent")
     with pytest.raises(ValidationError, match="unknown query strategy"):
-        services.project_create(name="p1", labels=["negative", "positive"], strategy="nope")
+        services.project_create(name="p1", labels=["negative", "positive"], strategy="nope", retrain_from="scratch")
     # from scratch the project's own family decides: an n-gram project may use BALD
-    p = services.project_create(name="p2", labels=["negative", "positive"], strategy="bald", base=ens.ref)
+    p = services.project_create(
+        name="p2", labels=["negative", "positive"], strategy="bald", base=ens.ref, retrain_from="scratch"
+    )
     assert p.family == "ngram" and p.base == ens.ref
 
 

@@ -107,7 +107,7 @@ def test_manual_policy_registers_without_promoting_then_promote_and_rollback(
 @pytest.mark.django_db(transaction=True)
 def test_run_with_one_label_fails_cleanly(registry, admin_user, annotator_user, run_worker):
     make_tiny_version(registry)
-    project = make_project()
+    project = make_project(retrain_from="scratch")  # adapting a parent needs only one new label
     a = services.lease_next(project=project, user=annotator_user)
     services.label_submit(project=project, user=annotator_user, item_id=a.item_id, label="positive")
     run, _ = services.run_trigger(project=project, user=admin_user)
@@ -160,6 +160,17 @@ def _db_env() -> dict[str, str]:
     return {
         "DATABASE_URL": f"postgres://{sd.get('USER') or ''}{pw}@{sd.get('HOST') or '127.0.0.1'}:{sd.get('PORT') or 5432}/{sd['NAME']}"
     }
+
+
+def _forget_dead_workers(queue: str) -> None:
+    """A worker killed with -9 stays registered (busy) in Redis for its job timeout; drop its registration
+    so later checks of the live workers (healthz) do not count it."""
+    import django_rq
+    from rq import Queue, Worker
+
+    conn = django_rq.get_connection("gpu")
+    for worker in Worker.all(connection=conn, queue=Queue(queue, connection=conn)):
+        worker.register_death()
 
 
 WORKER = """
@@ -215,6 +226,7 @@ def test_worker_killed_mid_run_fails_the_run_and_keeps_live(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        _forget_dead_workers(queues["gpu"])
     settings.ANNOTATE_RUN_STALE_S = 1
 
     def reaped() -> bool:
@@ -271,7 +283,7 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
     tiny.encoder.save_pretrained(enc_dir)
     tiny.tokenizer.save_pretrained(enc_dir)
     make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir))
+    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir), retrain_from="scratch")
     _label_all(project, annotator_user)
     run = TrainingRun.objects.create(project=project)
     jobs.retrain_job(run.pk)  # no worker needed to check the family; the RQ path is tested above
@@ -304,7 +316,7 @@ def test_transformer_family_without_encoder_fails_with_a_clear_error(registry, a
     from annotate import jobs
 
     make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35, family="transformer")
+    project = make_project(gold_fraction=0.35, family="transformer", retrain_from="scratch")
     _label_all(project, annotator_user)
     run = TrainingRun.objects.create(project=project)
     with pytest.raises(Exception, match="base encoder"):
