@@ -83,15 +83,3 @@ def run_decision(*, status: str, version: str, decision: str, promoted: bool, li
     if promoted:
         return f"{text}; no longer live ({live or 'nothing'} is live now)"
     return text
-
-
-def worse_than_live(scores: dict[str, float], version: str, live: str) -> str:
-    """A message when `version` scored below the live version on this project's gold items (both known),
-    else ""."""
-    new, old = scores.get(version), scores.get(live)
-    if new is None or old is None or new >= old:
-        return ""
-    return (
-        f"{version} scored worse on this project's gold items than live {live} ({METRIC_NAME} {_f(new)} < "
-        f"{_f(old)}); confirm to promote it anyway"
-    )

@@ -272,33 +272,18 @@ def run_decision(run: TrainingRun, live: str | None) -> str:
     )
 
 
-def gold_scores(project: Project) -> dict[str, float]:
-    """Gold macro-F1 per version on this project's gold items, from its runs (the newest figure wins): each
-    run scored its new version and the version that was live then."""
-    out: dict[str, float] = {}
-    qs = TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).order_by("created_at")
-    for run in qs:
-        metrics = run.metrics or {}
-        for version, key in ((metrics.get("live_version"), "live_gold"), (run.version, "gold")):
-            value = (metrics.get(key) or {}).get(promotion.METRIC)
-            if version and value is not None:
-                out[str(version)] = float(value)
-    return out
-
-
 def versions(project: Project) -> list[dict[str, Any]]:
-    """The project's registry versions, newest first, with the figures the models page and the promote
-    confirmation need: `live` from the registry pointer, this project's gold macro-F1 of each version and
-    of the live one, and `promote_warning` (non-empty when promoting it needs a confirmation)."""
+    from slmsite.promotion import promote_warning
+
     registry = get_registry()
     live = registry.live_version(project.model_name)
-    scores = gold_scores(project)
     out = []
     for mv in reversed(registry.versions(project.model_name)):
         meta = mv.metadata
         gold = meta.get("gold_metrics") or {}
         m = mv.metrics
-        warning = promotion.worse_than_live(scores, mv.version, live) if live and mv.version != live else ""
+        split = str(m.get("split") or "held-out")
+        test = {} if "gold" in split else m  # the version's own test split; gold figures apart
         out.append(
             {
                 "version": mv.version,
@@ -309,13 +294,12 @@ def versions(project: Project) -> list[dict[str, Any]]:
                 "parent": meta.get("parent") or "",
                 "n_train": (meta.get("annotate") or {}).get("n_train"),
                 "from_project": (meta.get("annotate") or {}).get("project") == project.pk,
-                "accuracy": _num(gold.get("accuracy", m.get("accuracy"))),
-                "macro_f1": _num(gold.get("macro_f1", m.get("macro_f1"))),
+                "gold_accuracy": _num(gold.get("accuracy")),
+                "gold_macro_f1": _num(gold.get("macro_f1")),
+                "test_macro_f1": _num(test.get("macro_f1")),
+                "test_split": split if test else "",
                 "on_gold": bool(gold),
-                "project_gold_macro_f1": _num(scores.get(mv.version)),
-                "live_gold_macro_f1": _num(scores.get(live)) if live else None,
-                "worse_than_live": bool(warning),
-                "promote_warning": warning,
+                "promote_warning": promote_warning(registry, project.model_name, mv.version),
             }
         )
     return out
@@ -326,14 +310,27 @@ def compare_versions(project: Project, a: str, b: str) -> dict[str, Any]:
     out: dict[str, Any] = {"a": a, "b": b, "rows": []}
     ma = registry.get(project.model_name, a).metadata
     mb = registry.get(project.model_name, b).metadata
-    ga = ma.get("gold_metrics") or ma.get("metrics") or {}
-    gb = mb.get("gold_metrics") or mb.get("metrics") or {}
-    for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "n"):
-        out["rows"].append({"metric": key, "a": _num(ga.get(key)), "b": _num(gb.get(key))})
-    for lab in project.labels:
-        fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
-        fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")
-        out["rows"].append({"metric": f"F1 {lab}", "a": _num(fa), "b": _num(fb)})
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted F1", "ece": "ECE", "n": "items"}
+
+    def split_metrics(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        metrics = meta.get("metrics") or {}
+        own = {} if "gold" in str(metrics.get("split") or "") else metrics
+        return {"gold": meta.get("gold_metrics") or (metrics if not own else {}), "held-out": own}
+
+    # each row compares figures measured on the same kind of data: gold with gold, held-out with held-out
+    sa, sb = split_metrics(ma), split_metrics(mb)
+    for split in ("gold", "held-out"):
+        ga, gb = sa[split], sb[split]
+        if not ga and not gb:
+            continue
+        for key, name in names.items():
+            if ga.get(key) is not None or gb.get(key) is not None:
+                out["rows"].append({"metric": f"{split} {name}", "a": _num(ga.get(key)), "b": _num(gb.get(key))})
+        for lab in project.labels:
+            fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
+            fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")
+            if fa is not None or fb is not None:
+                out["rows"].append({"metric": f"{split} F1 {lab}", "a": _num(fa), "b": _num(fb)})
     out["family"] = (ma.get("family", ""), mb.get("family", ""))
     return out
 
@@ -370,7 +367,6 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         .annotate(n=Count("id"))
         .order_by("created_at__date")
     )
-    sim = Simulation.objects.filter(project=project, status="succeeded").first()
     last = TrainingRun.objects.filter(project=project).exclude(status__in=TrainingRun.ACTIVE).first()
     return {
         "labels": list(project.labels),
@@ -387,7 +383,6 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         "distribution": stats["distribution"],
         "throughput": [{"day": d.isoformat(), "n": n} for d, n in daily],
         "stability": list(project.stability or []),
-        "simulation": sim.result if sim else None,
     }
 
 
@@ -397,6 +392,18 @@ def exports(project: Project) -> list[Export]:
 
 def simulations(project: Project) -> list[Simulation]:
     return list(Simulation.objects.filter(project=project)[:5])
+
+
+def simulation_panel(project: Project) -> dict[str, Any]:
+    """The dashboard's simulation card: the newest simulation (its status and progress while it runs)
+    and the result of the newest one that succeeded (the chart)."""
+    latest = Simulation.objects.filter(project=project).first()
+    done = Simulation.objects.filter(project=project, status=Simulation.Status.SUCCEEDED).first()
+    return {
+        "latest": latest,
+        "active": latest is not None and latest.status in (Simulation.Status.QUEUED, Simulation.Status.RUNNING),
+        "result": done.result if done else None,
+    }
 
 
 def active_leases(project: Project) -> int:

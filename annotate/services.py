@@ -745,15 +745,16 @@ def run_reap_stale(*, project: Project | None = None) -> int:
 
 
 def version_promote(*, project: Project, version: str, user: Any = None, confirm: bool = False) -> str:
-    """Makes `version` of the project's model live. A version that scored worse than the live one on this
-    project's gold items is promoted only with confirm=True (promotion.WorseThanLive otherwise)."""
+    """Makes `version` of the project's model live. A version known to score worse than the live one
+    (slmsite.promotion: on the same gold items or held-out data) is promoted only with confirm=True
+    (promotion.WorseThanLive with the question otherwise)."""
+    from slmsite.promotion import promote_warning
+
     registry = get_registry()
     registry.get(project.model_name, version)  # VersionNotFound before anything else
-    live = registry.live_version(project.model_name)
-    if not confirm and live and live != version:
-        worse = promotion.worse_than_live(selectors.gold_scores(project), version, live)
-        if worse:
-            raise promotion.WorseThanLive(worse)
+    warning = promote_warning(registry, project.model_name, version)
+    if warning and not confirm:
+        raise promotion.WorseThanLive(warning)
     mv = registry.promote(project.model_name, version)
     who = getattr(user, "username", "") or "an admin"
     for run in TrainingRun.objects.filter(project=project, version=version, promoted=False):

@@ -22,4 +22,5 @@ urlpatterns = [
     path("p/<int:pk>/models/action", views.model_action, name="model_action"),
     path("p/<int:pk>/export", views.export, name="export"),
     path("p/<int:pk>/simulate", views.simulate, name="simulate"),
+    path("p/<int:pk>/simulation", views.simulation, name="simulation"),
 ]

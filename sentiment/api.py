@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
+from pydantic import ConfigDict
 
 from sentiment import selectors
 from sentiment.inference import InferenceError, get_service
@@ -22,9 +23,16 @@ router = Router(tags=["sentiment"])
 
 
 class PredictIn(Schema):
+    # The example /api/docs fills in: it must succeed as shown (no made-up "string" model version).
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"texts": ["这家酒店的服务非常好，下次还会再来。", "送餐太慢了，饭菜都凉了。"]}}
+    )
+
     texts: list[str] = Field(..., description="Texts to classify (1 to SENTIMENT_MAX_TEXTS).")
     model: str | None = Field(
-        None, description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version."
+        None,
+        description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version.",
+        examples=["live"],
     )
 
 
@@ -54,6 +62,10 @@ class VersionOut(Schema):
     parent: str | None = None
     data_hash: str | None = None
     metrics: dict[str, Any]
+    languages: list[str] = Field(
+        default_factory=list,
+        description="ISO 639-1 codes of the languages the version was trained on; [] = not recorded.",
+    )
 
 
 class ModelsOut(Schema):

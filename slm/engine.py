@@ -50,8 +50,9 @@ from slm.generation import (
     GenerationParams,
     IncrementalDecoder,
     LogitsSampler,
+    encode_prompt,
     format_chat_prompt,
-    make_decode,
+    make_detokenizer,
 )
 
 log = logging.getLogger(__name__)
@@ -375,7 +376,7 @@ class EngineCore:
             req = self.waiting.popleft()
             ids = req.prompt_ids
             if req.model_ref and req.model_ref != lm.ref and req.prompt_text:
-                ids = lm.tokenizer(req.prompt_text)["input_ids"]
+                ids = encode_prompt(lm.tokenizer, req.prompt_text)
             if not ids or len(ids) >= lm.n_positions:
                 self.emit(req.id, "error", {"code": "prompt_too_long", "message": "prompt does not fit the model"})
                 continue
@@ -403,7 +404,7 @@ class EngineCore:
             row = _Row(
                 req=req,
                 sampler=LogitsSampler(req.params, device=lm.device),
-                decoder=IncrementalDecoder(make_decode(lm.tokenizer), req.params.stop),
+                decoder=make_detokenizer(lm.tokenizer, req.params.stop),
                 seen=torch.tensor(ids, dtype=torch.long, device=lm.device),
                 cached=len(ids),
                 last=-1,
@@ -717,12 +718,15 @@ class Engine:
         Room for max_new_tokens is reserved, but never more than half the window: a reply asked longer
         than the window allows ends with reason "length" at its edge instead of refusing every prompt."""
         ref, tok, n_pos = self.tokenizer()
-        budget = n_pos - min(params.max_new_tokens, n_pos // 2)
+        reserved = min(params.max_new_tokens, n_pos // 2)
 
         def encode(text: str) -> list[int]:
-            return list(tok(text)["input_ids"])
+            return encode_prompt(tok, text)
 
-        return ref, format_chat_prompt(history, user_text, encode, max(1, budget))
+        prompt = format_chat_prompt(
+            history, user_text, encode, max(1, n_pos - reserved), window=n_pos, reserved=reserved
+        )
+        return ref, prompt
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "slmsite.middleware.ContentSecurityPolicyMiddleware",
+    "slmsite.errors.NotFoundPageMiddleware",
 ]
 
 ROOT_URLCONF = "slmsite.urls"
@@ -161,9 +162,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# The one hash allows exactly django-rq's admin inline script (`$("tr input.action-select").actions();`,
+# the same text in all its job-list templates of django-rq 4.2.0); nothing else inline runs.
+DJANGO_RQ_ADMIN_SCRIPT_HASH = "'sha256-1kZe1KRxelr3ptMPsod17Z6BDvbtm4WcufgsZGvsErM='"
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    f"default-src 'self'; script-src 'self' {DJANGO_RQ_ADMIN_SCRIPT_HASH}; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; connect-src 'self' ws: wss:; font-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
 )
@@ -182,9 +186,15 @@ SLM_DEVICE = os.environ.get("SLM_DEVICE", "auto")  # auto | cpu | cuda | mps
 
 # Chat: a registry name ("registry:chat" = live version of model "chat"), a hub id or a path.
 CHAT_MODEL = os.environ.get("CHAT_MODEL", "registry:chat")
-CHAT_BACKEND = os.environ.get("CHAT_BACKEND", "local")  # local | remote
+# local = slm.engine; remote = TGI / HF Inference API; openai = an OpenAI-compatible server (vLLM, Ollama,
+# llama.cpp, TGI /v1) at CHAT_REMOTE_URL, its /v1/completions or (CHAT_REMOTE_API=chat) /v1/chat/completions.
+CHAT_BACKEND = os.environ.get("CHAT_BACKEND", "local")  # local | remote | openai
 CHAT_REMOTE_URL = os.environ.get("CHAT_REMOTE_URL", "")
-CHAT_REMOTE_TOKEN = os.environ.get("CHAT_REMOTE_TOKEN", "")
+CHAT_REMOTE_TOKEN = os.environ.get("CHAT_REMOTE_TOKEN", "")  # sent as Authorization: Bearer (API key)
+CHAT_REMOTE_API = os.environ.get("CHAT_REMOTE_API", "completions")  # openai backend: completions | chat
+CHAT_REMOTE_MODEL = os.environ.get("CHAT_REMOTE_MODEL", "")  # openai backend: "" = first of GET /v1/models
+# openai backend: also send top_k / repetition_penalty (vLLM, llama.cpp accept them; api.openai.com does not)
+CHAT_REMOTE_SAMPLING_EXTRAS = env_bool("CHAT_REMOTE_SAMPLING_EXTRAS", True)
 CHAT_PRECISION = os.environ.get("CHAT_PRECISION", "int8")  # fp32 | int8 | bf16 | fp16
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
 CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)

@@ -131,7 +131,7 @@ def test_labeling_api_end_to_end_through_redis_and_a_worker(
     assert _post(admin, f"{base}/{pid}/promote", {"version": "v0099"}).status_code == 404
     # v0001 scored worse on this project's gold: promoting it needs a confirmation
     r = _post(admin, f"{base}/{pid}/promote", {"version": "v0001"})
-    assert r.status_code == 409 and "confirm" in r.json()["message"]
+    assert r.status_code == 409 and "Make it live anyway?" in r.json()["message"]
     r = _post(admin, f"{base}/{pid}/promote", {"version": "v0001", "confirm": True})
     assert r.status_code == 200 and registry.live_version("sentiment") == "v0001"
     assert Project.objects.get(pk=pid).model_name == "sentiment"

@@ -74,20 +74,21 @@ def test_decision_text_after_keep_promote_and_rollback_on_the_pages(
     run = TrainingRun.objects.create(project=project)
     jobs.retrain_job(run.pk)
     run.refresh_from_db()
-    scores = selectors.gold_scores(project)
-    assert run.status == "succeeded" and scores["v0002"] < scores["v0001"] == 1.0
-    kept = f"kept v0001 live: v0002's gold macro-F1 {scores['v0002']:.3f} < v0001's 1.000"
+    new_f1, live_f1 = run.metrics["gold"]["macro_f1"], run.metrics["live_gold"]["macro_f1"]
+    assert run.status == "succeeded" and new_f1 < live_f1 == 1.0 and run.metrics["live_version"] == "v0001"
+    kept = f"kept v0001 live: v0002's gold macro-F1 {new_f1:.3f} < v0001's 1.000"
     assert run.decision == kept and not run.promoted and registry.live_version("sentiment") == "v0001"
     client.login(username=admin_user.username, password=password)
     page = client.get(f"/annotate/runs/{run.pk}/").content.decode()
     assert escape(kept) in page and 'class="badge live"' not in page
     assert escape(kept) in client.get(f"/annotate/p/{project.pk}/").content.decode()  # the dashboard says it too
-    # the confirmation data for a hand promotion of the worse version
+    # the confirmation for a hand promotion of the worse version (the figures the run recorded)
     v2 = next(v for v in selectors.versions(project) if v["version"] == "v0002")
-    assert v2["worse_than_live"] and "confirm" in v2["promote_warning"]
-    assert v2["project_gold_macro_f1"] == round(scores["v0002"], 4) and v2["live_gold_macro_f1"] == 1.0
+    assert v2["promote_warning"].endswith("Make it live anyway?")
     resp = client.post(f"/annotate/p/{project.pk}/models/action", {"action": "promote", "version": "v0002"})
-    assert resp.status_code == 302 and registry.live_version("sentiment") == "v0001"  # refused without confirm
+    assert resp.status_code == 200 and registry.live_version("sentiment") == "v0001"  # asks first
+    with pytest.raises(promotion.WorseThanLive, match="Make it live anyway"):  # so does the service (API)
+        services.version_promote(project=project, version="v0002")
     client.post(f"/annotate/p/{project.pk}/models/action", {"action": "promote", "version": "v0002", "confirm": "1"})
     assert registry.live_version("sentiment") == "v0002"
     run.refresh_from_db()
