@@ -93,17 +93,14 @@ def training_data(project: Project) -> tuple[list[str], list[str], list[str], li
 
 
 def evaluate(model: Any, texts: list[str], labels: list[str], label_names: list[str]) -> dict[str, Any]:
-    """compute_metrics of `model` on gold (texts, labels), in the project's label order; {} without gold."""
-    from slm.classify.metrics import compute_metrics
-    from slm.classify.pool import predict_in_batches
+    """Gold metrics in the project's label order; {} without gold items, {"error"} for another label set."""
+    from slm.classify.versions import evaluate as evaluate_classifier
 
     if not texts:
         return {}
-    model_labels = list(model.labels)
-    if sorted(model_labels) != sorted(label_names):
-        return {"error": f"model labels {model_labels} differ from the project's {label_names}"}
-    probs = predict_in_batches(model, texts)[:, [model_labels.index(lab) for lab in label_names]]
-    return compute_metrics([label_names.index(lab) for lab in labels], probs, labels=label_names)
+    if sorted(model.labels) != sorted(label_names):
+        return {"error": f"model labels {list(model.labels)} differ from the project's {label_names}"}
+    return evaluate_classifier(model, texts, labels, label_order=label_names)
 
 
 def _wait_for_pause_file(rlog: RunLog) -> None:

@@ -37,6 +37,7 @@ from slm.active import STRATEGIES, in_cold_start
 from slm.registry import ModelVersion, RegistryError, parse_ref
 from slm.text import PreprocessConfig, clean_text
 from slmsite.jobs import enqueue_or_fail, job_state
+from slmsite.limits import TextLimitError, texts_check
 from slmsite.registry import get_registry
 from slmsite.roles import is_admin
 
@@ -312,8 +313,10 @@ def items_import(*, project: Project, items: Sequence[NewItem]) -> ImportReport:
             raise ValidationError(f"items[{n}]: a gold item needs a label")
         if label and label not in project.labels:
             raise ValidationError(f"items[{n}]: unknown label {label!r}; the labels are {', '.join(project.labels)}")
-        if len(it.text) > settings.SENTIMENT_MAX_TEXT_CHARS:
-            raise ValidationError(f"items[{n}]: the text is longer than {settings.SENTIMENT_MAX_TEXT_CHARS} characters")
+    try:
+        texts_check([it.text for it in items], allow_empty=True, name=lambda i: f"items[{i}]")
+    except TextLimitError as exc:
+        raise ValidationError(str(exc)) from exc
     report = items_add(project=project, rows=items)
     if report.added:
         transaction.on_commit(lambda: enqueue_refresh(project.pk))
@@ -358,8 +361,10 @@ def fix_submit(*, text: str, label: str, model_ref: str, user: Any) -> Item:
     text = clean_text(text or "")
     if not text:
         raise ValidationError("the text is empty")
-    if len(text) > settings.SENTIMENT_MAX_TEXT_CHARS:
-        raise ValidationError("the text is too long")
+    try:
+        texts_check([text], name=lambda _i: "the text")
+    except TextLimitError as exc:
+        raise ValidationError(str(exc)) from exc
     name = (model_ref or "").partition("@")[0] or settings.SENTIMENT_MODEL
     project = (
         Project.objects.filter(model_name=name).order_by("created_at").first()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from annotate.models import Item, Project
 from slm.registry import ModelVersion
 
@@ -192,6 +194,7 @@ def _adapt_transformer(job: _Job, parent: ModelVersion) -> Trained:
             "val_fraction": 0.1 if len(train_texts) >= 200 else 0.0,
             "time_budget_s": 0.0,
             "device": "auto",
+            "processes": settings.SLM_TRAIN_PROCESSES,
         }
     )
     job.log(
@@ -269,7 +272,12 @@ def _train_transformer(job: _Job) -> Trained:
     if not source:
         raise TrainingError("the transformer family needs a base encoder (hub id, local path or registry:<name>)")
     config = TrainConfig(
-        mode="frozen", encoder=source, epochs=30, val_fraction=0.1 if len(job.texts) >= 30 else 0.0, num_threads=2
+        mode="frozen",
+        encoder=source,
+        epochs=30,
+        val_fraction=0.1 if len(job.texts) >= 30 else 0.0,
+        num_threads=2,
+        processes=settings.SLM_TRAIN_PROCESSES,
     )
     job.log(f"loading encoder {source} (frozen mode: features once, then {config.epochs} head epochs)")
     try:

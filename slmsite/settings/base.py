@@ -183,6 +183,9 @@ LOGGING = {
 SLM_REGISTRY_DIR = Path(os.environ.get("SLM_REGISTRY_DIR", VAR_DIR / "registry"))
 SLM_DATA_CACHE_DIR = Path(os.environ.get("SLM_DATA_CACHE_DIR", VAR_DIR / "datasets"))
 SLM_DEVICE = os.environ.get("SLM_DEVICE", "auto")  # auto | cpu | cuda | mps
+# Training jobs (annotate retrains, chat fine-tunes, train_sentiment) split each batch over this many
+# processes (torchrun + accelerate: gloo on CPU, NCCL with one GPU per process); 1 = in the job's process.
+SLM_TRAIN_PROCESSES = env_int("SLM_TRAIN_PROCESSES", 1)
 
 # Chat: a registry name ("registry:chat" = live version of model "chat"), a hub id or a path.
 CHAT_MODEL = os.environ.get("CHAT_MODEL", "registry:chat")
