@@ -163,7 +163,8 @@ STORAGES = {
 }
 
 # The one hash allows exactly django-rq's admin inline script (`$("tr input.action-select").actions();`,
-# the same text in all its job-list templates of django-rq 4.2.0); nothing else inline runs.
+# the same text in all its job-list templates of django-rq 4.2.0; static/js/admin_compat.js makes that
+# call a no-op, Django's actions.js starts itself); nothing else inline runs.
 DJANGO_RQ_ADMIN_SCRIPT_HASH = "'sha256-1kZe1KRxelr3ptMPsod17Z6BDvbtm4WcufgsZGvsErM='"
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
