@@ -135,6 +135,9 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_JOB_TIMEOUT_S", 3600)},
 }
 RQ_SHOW_ADMIN_LINK = True
+# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes.
+SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
+SLM_DEFAULT_QUEUE = os.environ.get("SLM_DEFAULT_QUEUE", "default")
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -271,8 +274,6 @@ ANNOTATE_RETRAIN_TIMEOUT_S = env_int("ANNOTATE_RETRAIN_TIMEOUT_S", 2 * 3600)
 ANNOTATE_RETRAIN_RETRIES = env_int("ANNOTATE_RETRAIN_RETRIES", 1)
 ANNOTATE_RUN_HEARTBEAT_S = env_float("ANNOTATE_RUN_HEARTBEAT_S", 5.0)
 ANNOTATE_RUN_STALE_S = env_int("ANNOTATE_RUN_STALE_S", 60)
-ANNOTATE_GPU_QUEUE = os.environ.get("ANNOTATE_GPU_QUEUE", "gpu")  # RQ queue of retrain/simulation jobs
-ANNOTATE_DEFAULT_QUEUE = os.environ.get("ANNOTATE_DEFAULT_QUEUE", "default")  # imports, exports, pool refresh
 ANNOTATE_DEMO_PROJECT = os.environ.get("ANNOTATE_DEMO_PROJECT", "Demo: Chinese review sentiment")
 # Test hook only: while this file exists a retrain job waits (heartbeating) before training.
 ANNOTATE_TRAIN_PAUSE_FILE = os.environ.get("ANNOTATE_TRAIN_PAUSE_FILE", "")
