@@ -8,6 +8,7 @@ urlpatterns = [
     path("c/<int:pk>/", views.conversation, name="conversation"),
     path("c/<int:pk>/rename", views.conversation_rename, name="rename"),
     path("c/<int:pk>/delete", views.conversation_delete, name="delete"),
+    path("c/<int:pk>/model", views.conversation_model, name="model"),
     path("list/", views.conversation_list, name="list"),
     path("m/<int:pk>/", views.message, name="message"),
     path("m/<int:pk>/rate", views.message_rate, name="rate"),
