@@ -4,7 +4,6 @@ streams, per-model live-pointer swaps, and the facade's per-model views."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from slm.engine import Engine, EngineConfig, EngineCore, GenRequest, load_model
 from slm.generation import GenerationParams
 from tests.chat.tiny import add_tiny_chat_version, save_tiny, tiny_model, tiny_tokenizer
-from tests.slm.test_engine import PROMPTS, Recorder, reference
+from tests.slm.test_engine import PROMPTS, Recorder, _submit, reference
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,17 +166,6 @@ def test_an_unloadable_model_fails_only_its_own_requests(two_models: tuple[Path,
     assert rec.end("good")["model"] == a
 
 
-def _submit(view: Any, rec: Recorder, prompt: str, params: GenerationParams, user: str) -> str:
-    box: list[str] = []
-    known = threading.Event()
-    ref, chat_prompt = view.prepare([], prompt, params)
-    rid, _ = view.submit(chat_prompt, params, rec.callback(box, known), user_key=user, model_ref=ref)
-    box.append(rid)
-    rec.done.setdefault(rid, threading.Event())
-    known.set()
-    return rid
-
-
 def test_engine_views_serve_two_registry_models_and_swap_each_on_promotion(tmp_path: Path) -> None:
     from slm.registry import Registry
 
@@ -189,14 +177,17 @@ def test_engine_views_serve_two_registry_models_and_swap_each_on_promotion(tmp_p
     rec = Recorder()
     greedy = GenerationParams(max_new_tokens=6, do_sample=False)
     try:
-        r1 = _submit(chat, rec, "hello", greedy, "u1")
-        r2 = _submit(other, rec, "hello", greedy, "u2")
+
+        def submit(view: Any, user: str) -> str:  # prepared for the version live now (as the consumer does)
+            ref = view.prepare([], "hello", greedy)[0]
+            return _submit(view, rec, PROMPTS[0], greedy, user=user, model_ref=ref)
+
+        r1, r2 = submit(chat, "u1"), submit(other, "u2")
         assert rec.done[r1].wait(30) and rec.done[r2].wait(30)
         assert rec.end(r1)["model"] == chat1.ref and rec.end(r2)["model"] == other1.ref
         assert engine.models == {"registry:chat": chat1.ref, "registry:other": other1.ref}
         other2 = add_tiny_chat_version(reg, "other", seed=4)  # promoted: only "other" swaps
-        r3 = _submit(other, rec, "hello", greedy, "u2")
-        r4 = _submit(chat, rec, "hello", greedy, "u1")
+        r3, r4 = submit(other, "u2"), submit(chat, "u1")
         assert rec.done[r3].wait(30) and rec.done[r4].wait(30)
         assert rec.end(r3)["model"] == other2.ref and rec.end(r4)["model"] == chat1.ref
         assert rec.end(r4)["text"] == rec.end(r1)["text"]
