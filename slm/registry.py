@@ -72,9 +72,12 @@ def _check_name(name: str) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, before_write: Callable[[], None] | None = None) -> None:
+        """`before_write` is called just before a version is published or a pointer moves; it may raise to
+        stop the write (the Django side passes a check that the job's RQ worker is still alive)."""
         self.root = Path(root)
         self._lock = threading.Lock()
+        self._before_write = before_write or (lambda: None)
 
     # ----------------------------------------------------------------- reading
     def names(self) -> list[str]:
@@ -181,6 +184,7 @@ class Registry:
         try:
             write(tmp)
             with self._name_lock(name):
+                self._before_write()
                 version = self._next_version(name)
                 meta = dict(metadata)
                 meta.update({"name": name, "version": version, "created": utcnow_iso()})
@@ -209,6 +213,7 @@ class Registry:
         """Makes `version` live (atomic pointer swap). Promoting the live version is a no-op."""
         mv = self.get(name, version)
         with self._name_lock(name):
+            self._before_write()
             state = self.live_state(name)
             if state.get("version") != version:
                 history = [v for v in state.get("history", []) if v != version] + [version]
@@ -218,6 +223,7 @@ class Registry:
     def rollback(self, name: str, version: str | None = None) -> ModelVersion:
         """Goes back to `version`, or to the version that was live before the current one."""
         with self._name_lock(name):
+            self._before_write()
             state = self.live_state(name)
             history: list[str] = list(state.get("history", []))
             current = state.get("version")
