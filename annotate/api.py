@@ -93,7 +93,4 @@ def run_status(request: HttpRequest, run_id: int) -> dict[str, Any]:
     run = TrainingRun.objects.filter(pk=run_id).first()
     if run is None:
         raise HttpError(404, f"no run {run_id}")
-    if run.is_active:
-        services.run_reap_stale(project=run.project)
-        run.refresh_from_db()
     return _run_out(run)

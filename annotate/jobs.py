@@ -122,6 +122,14 @@ def job_state(job_id: str) -> str | None:
 
 
 # ------------------------------------------------------------------ retrain
+def reap_stale_runs_job() -> dict[str, int]:
+    """Scheduled (annotate/cron.py, every ANNOTATE_REAP_INTERVAL_S): fails runs whose worker died."""
+    from annotate import services
+
+    _fresh_db()
+    return {"reaped": services.run_reap_stale()}
+
+
 class _Heartbeat:
     """Writes run.heartbeat_at every ANNOTATE_RUN_HEARTBEAT_S from a thread (own DB connection)."""
 

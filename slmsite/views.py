@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import psutil
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,6 +41,18 @@ def _check_database() -> dict[str, Any]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _worker_alive(worker: Any, host: str) -> bool:
+    """A registered worker counts only while it lives: on this host its pid must exist (a `kill -9` leaves its
+    registration behind until the TTL); elsewhere its heartbeat must be within its TTL."""
+    if worker.hostname == host and worker.pid:
+        try:
+            return psutil.Process(worker.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    beat = worker.last_heartbeat
+    return beat is not None and (timezone.now() - beat).total_seconds() <= worker.worker_ttl + 60
+
+
 def _check_redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         import django_rq
@@ -45,9 +60,13 @@ def _check_redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
 
         conn = django_rq.get_connection("default")
         conn.ping()
-        workers = Worker.all(connection=conn)
+        host = socket.gethostname()
+        workers = [w for w in Worker.all(connection=conn) if _worker_alive(w, host)]
         queues = {name: len(django_rq.get_queue(name)) for name in settings.RQ_QUEUES}
-        info = [{"name": w.name, "queues": w.queue_names(), "state": w.get_state()} for w in workers]
+        info = [
+            {"name": w.name, "queues": w.queue_names(), "state": w.get_state(), "pid": w.pid, "host": w.hostname}
+            for w in workers
+        ]
         return {"ok": True}, {"ok": bool(workers), "count": len(workers), "workers": info, "queued": queues}
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, {"ok": False, "count": 0}

@@ -129,11 +129,20 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Periodic jobs (slmsite/cron.py, `rqcron`) go to their own queue with its own worker, so they never wait
+# behind a training run.
+SLM_MAINTENANCE_QUEUE = os.environ.get("SLM_MAINTENANCE_QUEUE", "maintenance")
 RQ_QUEUES = {
     "gpu": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_GPU_JOB_TIMEOUT_S", 6 * 3600)},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_JOB_TIMEOUT_S", 3600)},
+    SLM_MAINTENANCE_QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
+# Every worker forks its work horse and scheduler so that they die with it (slmsite/worker.py).
+RQ = {"WORKER_CLASS": "slmsite.worker.Worker"}
 RQ_SHOW_ADMIN_LINK = True
+# `serve` restarts a child that died after this many seconds, doubling up to the maximum while it keeps dying.
+SLM_RESTART_BACKOFF_S = env_float("SLM_RESTART_BACKOFF_S", 1.0)
+SLM_RESTART_BACKOFF_MAX_S = env_float("SLM_RESTART_BACKOFF_MAX_S", 30.0)
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -254,6 +263,8 @@ ANNOTATE_RETRAIN_TIMEOUT_S = env_int("ANNOTATE_RETRAIN_TIMEOUT_S", 2 * 3600)
 ANNOTATE_RETRAIN_RETRIES = env_int("ANNOTATE_RETRAIN_RETRIES", 1)
 ANNOTATE_RUN_HEARTBEAT_S = env_float("ANNOTATE_RUN_HEARTBEAT_S", 5.0)
 ANNOTATE_RUN_STALE_S = env_int("ANNOTATE_RUN_STALE_S", 60)
+# How often the scheduled reaper (annotate/cron.py) looks for runs whose worker died.
+ANNOTATE_REAP_INTERVAL_S = env_int("ANNOTATE_REAP_INTERVAL_S", 10)
 ANNOTATE_GPU_QUEUE = os.environ.get("ANNOTATE_GPU_QUEUE", "gpu")  # RQ queue of retrain/simulation jobs
 ANNOTATE_DEFAULT_QUEUE = os.environ.get("ANNOTATE_DEFAULT_QUEUE", "default")  # imports, exports, pool refresh
 ANNOTATE_DEMO_PROJECT = os.environ.get("ANNOTATE_DEMO_PROJECT", "Demo: Chinese review sentiment")
