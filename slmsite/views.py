@@ -31,12 +31,33 @@ def home(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _pool_use() -> dict[str, Any] | None:
+    """This process's PostgreSQL connection pool: bound, open connections, idle ones, waiting requests."""
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        return None
+    stats = pool.get_stats()
+    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    return {
+        "max": pool.max_size,
+        "min": pool.min_size,
+        "open": size,
+        "in_use": size - idle,
+        "idle": idle,
+        "waiting": stats.get("requests_waiting", 0),
+        "timeouts": stats.get("requests_errors", 0),
+    }
+
+
 def _check_database() -> dict[str, Any]:
     try:
         with connection.cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
-        return {"ok": True, "vendor": connection.vendor}
+        out: dict[str, Any] = {"ok": True, "vendor": connection.vendor}
+        if (pool := _pool_use()) is not None:
+            out["pool"] = pool
+        return out
     except Exception as exc:  # pragma: no cover - exercised by the failure test
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 

@@ -26,6 +26,7 @@ _fork_hook_installed = False
 # None elsewhere (the worker itself, a SimpleWorker, a test).
 _parent_pid: int | None = None
 _forking_pid = 0
+_inherited_db: list[Any] = []  # the parent's DB connections/pools, kept referenced and never used or closed
 
 
 class WorkerGone(RuntimeError):
@@ -60,14 +61,33 @@ def _before_fork() -> None:
     _forking_pid = os.getpid()
 
 
+def _forget_inherited_db() -> None:
+    """A forked child must neither use the parent's database connections and pool (their sockets are shared)
+    nor close them (that would end the parent's sessions): it drops them and opens its own."""
+    if "django.db" not in sys.modules:
+        return
+    from django.db import connections
+
+    pg = sys.modules.get("django.db.backends.postgresql.base")
+    if pg is not None:
+        pools = pg.DatabaseWrapper._connection_pools
+        _inherited_db.extend(pools.values())
+        pools.clear()
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None:
+            _inherited_db.append(conn.connection)
+            conn.connection = None
+
+
 def _after_fork_in_child() -> None:
     """In every process forked below the worker: die when the process that forked it dies (a chain down the
-    tree: horse -> its own forks)."""
+    tree: horse -> its own forks), with database connections of its own."""
     global _parent_pid
     _parent_pid = _forking_pid
     die_with_parent(signal.SIGTERM)
     if not parent_alive(_parent_pid):  # the parent died before the signal was armed
         os._exit(1)
+    _forget_inherited_db()
 
 
 class Worker(RQWorker):

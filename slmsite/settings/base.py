@@ -96,8 +96,28 @@ TEMPLATES = [
 
 # --- Database: SQLite (WAL, busy timeout) unless DATABASE_URL is set -------------
 SQLITE_PATH = Path(os.environ.get("SQLITE_PATH", VAR_DIR / "db.sqlite3"))
+# PostgreSQL: each process (daphne, a job) borrows connections from one bounded psycopg pool and gives them
+# back when a request or a sync_to_async call ends (CONN_MAX_AGE must be 0 with a pool). Without a pool
+# (DB_POOL_MAX_SIZE=0), connections are not persistent. Under ASGI every request runs in a thread of its own,
+# so a persistent per-thread connection (the old conn_max_age=60) grew without bound.
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 1)
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8)
+DB_POOL_TIMEOUT_S = env_float("DB_POOL_TIMEOUT_S", 30.0)
+DB_APPLICATION_NAME = os.environ.get("DB_APPLICATION_NAME", "slm")
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        DATABASES["default"]["OPTIONS"] = {
+            **DATABASES["default"].get("OPTIONS", {}),
+            "application_name": DB_APPLICATION_NAME,
+        }
+        if DB_POOL_MAX_SIZE > 0:
+            DATABASES["default"]["OPTIONS"]["pool"] = {
+                "min_size": min(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE),
+                "max_size": DB_POOL_MAX_SIZE,
+                "timeout": DB_POOL_TIMEOUT_S,
+                "max_idle": 60.0,
+            }
 else:
     DATABASES = {
         "default": {
