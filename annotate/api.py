@@ -72,7 +72,7 @@ def _run_out(run: TrainingRun) -> dict[str, Any]:
 
 
 @router.post(
-    "annotate/projects/{project_id}/retrain",
+    "annotate/projects/{id:project_id}/retrain",
     response={202: RetrainOut, 403: ErrorOut, 404: ErrorOut},
     summary="Queue a retrain of the project's model (one per project at a time)",
 )
@@ -86,7 +86,7 @@ def retrain(request: HttpRequest, project_id: int) -> tuple[int, dict[str, Any]]
     return 202, {"run": run.pk, "created": created, "status": run.status}
 
 
-@router.get("runs/{run_id}", response={200: RunOut, 403: ErrorOut, 404: ErrorOut}, summary="A training run")
+@router.get("runs/{id:run_id}", response={200: RunOut, 403: ErrorOut, 404: ErrorOut}, summary="A training run")
 def run_status(request: HttpRequest, run_id: int) -> dict[str, Any]:
     if not is_annotator(request.user):
         raise HttpError(403, "needs the annotator or admin role")
