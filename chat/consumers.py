@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_SAVE_S = 0.5  # how often the partial reply is written (a refresh mid-reply shows it)
 DISCONNECT_WAIT_S = 10.0
+MAX_FRAME_DEPTH = 8  # a generate frame nests 3 levels (frame, params, stop list)
 
 _rate_lock = threading.Lock()
 _recent: dict[int, deque[float]] = {}
@@ -65,6 +66,18 @@ def rate_limited(user_id: int, per_minute: int, now: float | None = None) -> boo
 def reset_rate_limits() -> None:
     with _rate_lock:
         _recent.clear()
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when JSON `value` nests lists/objects deeper than `limit` (iterative: no recursion to overflow)."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 class _Stream:
@@ -157,9 +170,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if text_data is None:
             await self.send_error("bad_json", "frames must be JSON text")
             return
+        limit = settings.CHAT_MAX_FRAME_CHARS
+        if len(text_data) > limit:
+            log.warning("chat: user %s sent a frame of %d characters (limit %d)", self.user.pk, len(text_data), limit)
+            await self.send_error("frame_too_large", f"a frame has at most {limit} characters")
+            return
         try:
             frame = json.loads(text_data)
+            if _too_deep(frame, MAX_FRAME_DEPTH):
+                raise RecursionError
             json.dumps(frame, ensure_ascii=False).encode("utf-8")  # "\ud800" escapes: no valid text
+        except RecursionError:
+            log.warning("chat: user %s sent a frame nested deeper than %d levels", self.user.pk, MAX_FRAME_DEPTH)
+            await self.send_error("bad_json", f"the frame is nested deeper than {MAX_FRAME_DEPTH} levels")
+            return
         except ValueError:  # UnicodeEncodeError included
             await self.send_error("bad_json", "the frame is not valid JSON (or holds a lone surrogate escape)")
             return

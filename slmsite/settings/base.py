@@ -215,6 +215,9 @@ CHAT_PRECISION = os.environ.get("CHAT_PRECISION", "int8")  # fp32 | int8 | bf16 
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
 CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)
 CHAT_MAX_PROMPT_CHARS = env_int("CHAT_MAX_PROMPT_CHARS", 4000)
+# A chat frame longer than this is answered with an error frame (frame_too_large). Messages over daphne's own
+# limit (--websocket-max-message-size, 1 MiB) are refused by the server with a close 1009 (slmsite/server.py).
+CHAT_MAX_FRAME_CHARS = env_int("CHAT_MAX_FRAME_CHARS", max(65_536, 8 * CHAT_MAX_PROMPT_CHARS))
 CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
 # Chat engine: "process" = a spawned child process owns the model (torch runs in its main thread at full
 # speed); "thread" = a dedicated thread in the server process. CHAT_ENGINE_THREADS: torch threads of the engine

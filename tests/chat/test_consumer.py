@@ -497,3 +497,28 @@ async def test_lone_surrogate_escapes_are_bad_json(chat_model, plain_user) -> No
     _, tokens, end = await collect(comm)
     assert "".join(tokens) == end["text"]
     await comm.disconnect()
+
+
+async def test_deeply_nested_frames_are_bad_json_and_logged(chat_model, plain_user, caplog) -> None:  # type: ignore[no-untyped-def]
+    """999 levels of nesting raised an uncaught RecursionError: the socket closed with 1011."""
+    comm = await connect(plain_user)
+    for depth in (999, 30_000):
+        frame = '{"type": "generate", "prompt": "hi", "params": ' + "[" * depth + "]" * depth + "}"
+        with caplog.at_level("WARNING", logger="chat.consumers"):
+            await expect_error(comm, frame, "bad_json")
+        assert "nested deeper" in caplog.text
+    await expect_error(comm, {"type": "generate", "prompt": "hi", "params": {"stop": [[[[[[[["x"]]]]]]]]}}, "bad_json")
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
+    await collect(comm)  # still usable
+    await comm.disconnect()
+
+
+async def test_oversized_frames_get_an_error_frame_and_a_log_line(chat_model, plain_user, settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    big = {"type": "generate", "prompt": "hi", "pad": "x" * settings.CHAT_MAX_FRAME_CHARS}
+    with caplog.at_level("WARNING", logger="chat.consumers"):
+        await expect_error(comm, big, "frame_too_large")
+    assert "sent a frame of" in caplog.text
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
+    await collect(comm)
+    await comm.disconnect()
