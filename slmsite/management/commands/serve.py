@@ -81,16 +81,9 @@ class Command(BaseCommand):
             specs.append(ChildSpec("worker", [*manage, "rqworker", "gpu", "default", "--with-scheduler"], env=env))
         specs.append(ChildSpec("cron", [*manage, "rqcron", "slmsite.cron"], env=env))
         specs.append(ChildSpec("maintenance", [*manage, "rqworker", settings.SLM_MAINTENANCE_QUEUE], env=env))
-        daphne = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            opts["host"],
-            "-p",
-            str(opts["port"]),
-            "slmsite.asgi:application",
-        ]
+        # daphne, with WebSocket messages over its size limit refused by a close 1009 (slmsite/server.py)
+        server = [sys.executable, "-m", "slmsite.server", "-b", opts["host"], "-p", str(opts["port"])]
+        daphne = [*server, "slmsite.asgi:application"]
         specs.append(ChildSpec("daphne", daphne, env=env, cwd=settings.BASE_DIR))
         return specs
 
