@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -10,9 +13,10 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import engine_client, metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
-from chat.consumers import keep_detached_alive
+from chat import engine_client, metrics, selectors, services, streams  # noqa: F401  (metrics: registers the chat series for /metrics)
 from chat.models import Conversation, Message
+
+log = logging.getLogger(__name__)
 
 PRESETS = [
     {
@@ -120,7 +124,10 @@ def message(request: HttpRequest, pk: int) -> HttpResponse:
     reply whose page was reloaded (detached stream) generating."""
     msg = _message_or_404(request, pk)
     if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING):
-        keep_detached_alive(msg.pk)
+        try:
+            streams.keep_detached_alive(msg.pk)
+        except redis.RedisError:  # the reply may stop after its grace; the page still shows what exists
+            log.warning("chat: could not extend the grace of detached message %s", msg.pk)
     return render(request, "chat/index.html#message", {"m": msg})
 
 

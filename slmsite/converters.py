@@ -6,13 +6,13 @@ from __future__ import annotations
 
 
 class StrictIdConverter:
-    regex = "[1-9][0-9]{0,17}"
+    regex = "0|[1-9][0-9]{0,17}"  # "0" matches no row; templates reverse it as a placeholder for JS
 
     def to_python(self, value: str) -> int:
         return int(value)
 
     def to_url(self, value: int | str) -> str:
         text = str(value)
-        if not text.isascii() or not text.isdigit() or text.startswith("0") or len(text) > 18:
+        if not text.isascii() or not text.isdigit() or (text.startswith("0") and text != "0") or len(text) > 18:
             raise ValueError(f"not a database id: {value!r}")
         return text

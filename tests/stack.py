@@ -58,6 +58,7 @@ def stack_env(**extra: str) -> dict[str, str]:
         "REDIS_URL": settings.REDIS_URL,
         "SLM_TEST_VAR_DIR": str(settings.TEST_VAR_DIR),
         "SLM_REGISTRY_DIR": str(settings.SLM_REGISTRY_DIR),
+        "SLM_TEST_REGISTRY_DIR": str(settings.SLM_REGISTRY_DIR),  # the test's registry (e.g. the fixture's)
         "PYTHONUNBUFFERED": "1",
         **extra,
     }

@@ -227,6 +227,10 @@ CHAT_ENGINE_THREADS = env_int("CHAT_ENGINE_THREADS", 1)
 CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 # A page reload mid-reply detaches its stream: generation goes on while the reloaded page polls it.
 CHAT_DETACH_GRACE_S = env_float("CHAT_DETACH_GRACE_S", 5.0)
+# chat/streams.py keeps the rate limit, the one-stream-per-user claim and detached streams in Redis under this
+# prefix (shared by every daphne process); a claim of a process that died expires after this TTL.
+CHAT_STREAMS_PREFIX = os.environ.get("CHAT_STREAMS_PREFIX", "slm:chat")
+CHAT_STREAM_CLAIM_TTL_S = env_float("CHAT_STREAM_CLAIM_TTL_S", 30.0)
 # Start the engine (load the model) when the chat page is rendered rather than on the first message.
 CHAT_ENGINE_WARM = env_bool("CHAT_ENGINE_WARM", True)
 CHAT_DEFAULT_PARAMS = {

@@ -31,7 +31,6 @@ def test_a_retrain_whose_worker_is_killed_stops_before_registering(
     pause.write_text("hold")
     run, _ = services.run_trigger(project=project, user=admin_user)
     env = stack_env(
-        SLM_REGISTRY_DIR=str(registry.root),
         ANNOTATE_GPU_QUEUE=queues["gpu"],
         ANNOTATE_DEFAULT_QUEUE=queues["default"],
         ANNOTATE_TRAIN_PAUSE_FILE=str(pause),

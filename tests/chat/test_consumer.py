@@ -357,7 +357,7 @@ async def test_multi_turn_prompt_and_truncation(chat_model, plain_user) -> None:
 
 
 async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
-    from chat.consumers import keep_detached_alive
+    from chat.streams import keep_detached_alive
 
     chat_settings.CHAT_DETACH_GRACE_S = 2.0
     comm = await connect(plain_user)
@@ -374,7 +374,7 @@ async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, 
         if agent.status not in ("queued", "streaming"):
             break
         assert loop.time() < deadline
-        keep_detached_alive(mid)
+        await database_sync_to_async(keep_detached_alive)(mid)  # the poll view, in a thread
         await asyncio.sleep(0.1)  # poll interval of the page (a condition wait, bounded by the deadline)
     assert agent.status == "done" and agent.finish_reason in ("length", "eos")
     assert agent.completion_tokens == 30 or agent.finish_reason == "eos"

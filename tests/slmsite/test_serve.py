@@ -49,14 +49,14 @@ def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: _gpu_workers(url), 120, "serve to come up with a worker")
+        wait_until(lambda: _gpu_workers(url), 300, "serve to come up with a worker")
         (first,) = _gpu_workers(url)
         children = {p.pid for p in psutil.Process(serve.pid).children()}
         assert first in children and len(children) == 4  # worker, cron, maintenance worker, daphne
         # past the start-up window (a child dying at once is a configuration error that stops the stack)
         wait_until(lambda: time.time() - psutil.Process(first).create_time() > 3.5, 10, "the worker to settle")
         psutil.Process(first).send_signal(signal.SIGKILL)
-        wait_until(lambda: (pids := _gpu_workers(url)) and first not in pids, 90, "a restarted worker")
+        wait_until(lambda: (pids := _gpu_workers(url)) and first not in pids, 180, "a restarted worker")
         assert serve.poll() is None  # the stack did not stop
         assert _health(url)["status"] == "ok"
         children = {p.pid for p in psutil.Process(serve.pid).children()}
