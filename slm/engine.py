@@ -50,8 +50,9 @@ from slm.generation import (
     GenerationParams,
     IncrementalDecoder,
     LogitsSampler,
+    encode_prompt,
     format_chat_prompt,
-    make_decode,
+    make_detokenizer,
 )
 
 log = logging.getLogger(__name__)
@@ -375,7 +376,7 @@ class EngineCore:
             req = self.waiting.popleft()
             ids = req.prompt_ids
             if req.model_ref and req.model_ref != lm.ref and req.prompt_text:
-                ids = lm.tokenizer(req.prompt_text)["input_ids"]
+                ids = encode_prompt(lm.tokenizer, req.prompt_text)
             if not ids or len(ids) >= lm.n_positions:
                 self.emit(req.id, "error", {"code": "prompt_too_long", "message": "prompt does not fit the model"})
                 continue
@@ -403,7 +404,7 @@ class EngineCore:
             row = _Row(
                 req=req,
                 sampler=LogitsSampler(req.params, device=lm.device),
-                decoder=IncrementalDecoder(make_decode(lm.tokenizer), req.params.stop),
+                decoder=make_detokenizer(lm.tokenizer, req.params.stop),
                 seen=torch.tensor(ids, dtype=torch.long, device=lm.device),
                 cached=len(ids),
                 last=-1,
@@ -720,7 +721,7 @@ class Engine:
         budget = n_pos - min(params.max_new_tokens, n_pos // 2)
 
         def encode(text: str) -> list[int]:
-            return list(tok(text)["input_ids"])
+            return encode_prompt(tok, text)
 
         return ref, format_chat_prompt(history, user_text, encode, max(1, budget))
 

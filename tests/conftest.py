@@ -64,3 +64,25 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("SLM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def fake_hub():  # type: ignore[no-untyped-def]
+    """A fake Hugging Face hub on 127.0.0.1 (tests/fakehub.py) serving tiny models and a dataset."""
+    from tests.fakehub import start_fake_hub
+
+    hub, work = start_fake_hub()
+    yield hub
+    hub.stop()
+    work.cleanup()
+
+
+@pytest.fixture
+def hub_env(fake_hub, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """HF_ENDPOINT pointed at the fake hub and a private, empty HF cache for this test."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    fake_hub.clear_log()
+    return fake_hub

@@ -205,9 +205,14 @@ class NgramClassifier:
         config: NgramConfig | None = None,
         *,
         label_order: Sequence[str] | None = None,
+        sample_weight: Sequence[float] | np.ndarray | None = None,
         progress: Progress | None = None,
     ) -> NgramClassifier:
-        """Fits vocabulary, idf and the linear model. `label_order` fixes the output columns."""
+        """Fits vocabulary, idf and the linear model. `label_order` fixes the output columns.
+
+        `sample_weight` (one non-negative number per text, default 1) weighs each text in the naive-Bayes
+        ratios, the classifier's loss and its calibration; the vocabulary and idf count every text once.
+        """
         config = config or NgramConfig()
         report = progress or (lambda _m, _f: None)
         started = time.perf_counter()
@@ -224,6 +229,15 @@ class NgramClassifier:
         present = np.unique(y)
         if len(present) < 2:
             raise ValueError("the training data contains only one label")
+        sw = None
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, dtype=np.float64).ravel()
+            if sw.shape[0] != len(texts):
+                raise ValueError(f"{len(texts)} texts but {sw.shape[0]} sample weights")
+            if not np.isfinite(sw).all() or (sw < 0).any():
+                raise ValueError("sample weights must be finite and non-negative")
+            if len(np.unique(y[sw > 0])) < 2:
+                raise ValueError("the texts with a positive weight contain only one label")
 
         pre = PreprocessConfig.from_dict(config.preprocess)
         docs = [clean_text(t, pre) for t in texts]
@@ -262,7 +276,7 @@ class NgramClassifier:
         do_calibrate = platt and folds >= 2 and n >= 20
         if config.classifier == "logreg" and not binary:
             lr = LogisticRegression(C=config.C, max_iter=config.max_iter)
-            lr.fit(x, y)
+            lr.fit(x, y, sample_weight=sw)
             weight[:, lr.classes_] = lr.coef_.T
             bias[lr.classes_] = lr.intercept_
             output = "softmax"
@@ -274,17 +288,17 @@ class NgramClassifier:
                 if yc.sum() == 0:
                     weight[:, c], bias[c] = 0.0, -10.0
                     continue
-                w, b, scale = cls._fit_binary(x, yc, config)
+                w, b, scale = cls._fit_binary(x, yc, config, sw)
                 weight[:, c] = w * scale
                 bias[c] = b
                 if do_calibrate:
-                    scores_for_calibration[c] = (cls._cv_scores(x, yc, config, folds), yc)
+                    scores_for_calibration[c] = (cls._cv_scores(x, yc, config, folds, sw), yc)
                 report(f"fitted class {names[c]}", 0.3 + 0.6 * (step + 1) / len(targets))
         calibration: dict[str, list[float]] = {}
         if do_calibrate:
             for c, (scores, yc) in scores_for_calibration.items():
                 sigmoid = LogisticRegression(C=1e4, max_iter=1000)
-                sigmoid.fit(scores.reshape(-1, 1), yc)
+                sigmoid.fit(scores.reshape(-1, 1), yc, sample_weight=sw)
                 a, b0 = float(sigmoid.coef_[0, 0]), float(sigmoid.intercept_[0])
                 weight[:, c] *= a
                 bias[c] = a * bias[c] + b0
@@ -302,6 +316,7 @@ class NgramClassifier:
             "n_train": n,
             "n_features": int(x.shape[1]),
             "min_df_used": min_df,
+            "weighted": sw is not None,
             "calibration": calibration,
             "features_s": round(t_features, 3),
             "train_s": round(time.perf_counter() - started, 3),
@@ -310,11 +325,16 @@ class NgramClassifier:
         return model
 
     @staticmethod
-    def _fit_binary(x: sp.csr_matrix, yc: np.ndarray, config: NgramConfig) -> tuple[np.ndarray, float, np.ndarray]:
-        """Returns (w, b, scale) with decision = (x * scale) @ w + b; scale is the NB ratio or 1."""
+    def _fit_binary(
+        x: sp.csr_matrix, yc: np.ndarray, config: NgramConfig, sw: np.ndarray | None = None
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Returns (w, b, scale) with decision = (x * scale) @ w + b; scale is the NB ratio or 1.
+        `sw`: per-row weights (None: all 1) for the NB counts and the classifier's loss."""
         if config.classifier == "nblr":
             xb = x.copy()
             xb.data[:] = 1.0
+            if sw is not None:
+                xb = sp.csr_matrix(sp.diags(sw) @ xb)
             p = config.nb_alpha + np.asarray(xb[yc == 1].sum(axis=0)).ravel()
             q = config.nb_alpha + np.asarray(xb[yc == 0].sum(axis=0)).ravel()
             r = np.log((p / p.sum()) / (q / q.sum()))
@@ -326,16 +346,18 @@ class NgramClassifier:
             model = LinearSVC(C=config.C / 16.0, max_iter=config.max_iter, random_state=config.seed)
         else:
             model = LogisticRegression(C=config.C, max_iter=config.max_iter, solver="liblinear")
-        model.fit(xs, yc)
+        model.fit(xs, yc, sample_weight=sw)
         return model.coef_.ravel().astype(np.float64), float(model.intercept_[0]), r
 
     @classmethod
-    def _cv_scores(cls, x: sp.csr_matrix, yc: np.ndarray, config: NgramConfig, folds: int) -> np.ndarray:
+    def _cv_scores(
+        cls, x: sp.csr_matrix, yc: np.ndarray, config: NgramConfig, folds: int, sw: np.ndarray | None = None
+    ) -> np.ndarray:
         """Out-of-fold decision values for Platt scaling (NB ratios recomputed inside each fold)."""
         scores = np.zeros(x.shape[0], dtype=np.float64)
         skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
         for tr, te in skf.split(np.zeros(len(yc)), yc):
-            w, b, scale = cls._fit_binary(x[tr], yc[tr], config)
+            w, b, scale = cls._fit_binary(x[tr], yc[tr], config, None if sw is None else sw[tr])
             scores[te] = np.asarray(x[te] @ (w * scale)).ravel() + b
         return scores
 

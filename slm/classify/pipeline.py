@@ -30,6 +30,9 @@ class Split:
     source: str = ""
     quality: dict[str, Any] = field(default_factory=dict)
     split_name: str = "held-out"
+    languages: list[str] = field(default_factory=list)  # of the texts, e.g. ["zh"]; [] = not known
+    # how to reproduce train_texts/train_labels (slm.classify.adapt.bundled_record); {} = not reproducible
+    training_data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -169,6 +172,8 @@ def register_candidate(
         curves=candidate.curves,
         timings=candidate.timings,
         description=candidate.description,
+        languages=split.languages,
+        training_data=split.training_data,
         extra=extra,
     )
     candidate.version = register_classifier(registry, name, candidate.model, meta, parent=parent, promote=promote)

@@ -5,7 +5,8 @@
     mv = make_tiny_version(registry, labels=("neg", "neu", "pos"), promote=False)
 
 The model is a genuine n-gram classifier trained on ~20 short Chinese and English reviews (it gets
-"太好了" / "great" right), registered with the full metadata schema of slm.classify.versions.
+"太好了" / "great" right), registered with the full metadata schema of slm.classify.versions; its
+training rows are stored with the version, so it can be adapted (slm.classify.adapt.adapt_ngram).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from slm.classify.adapt import StoredRowsNgramClassifier, stored_record
 from slm.classify.ngram import NgramClassifier, NgramConfig
 from slm.classify.versions import build_metadata, evaluate, register_classifier
 from slm.data import data_hash
@@ -77,7 +79,8 @@ def make_tiny_version(
     labels = [str(x) for x in labels]
     raw_texts, raw_labels = tiny_dataset(labels)
     texts, y, quality = preprocess(raw_texts, raw_labels, PreprocessConfig(min_chars=2))
-    model = NgramClassifier.train(texts, y, TINY_CONFIG, label_order=labels)
+    model = StoredRowsNgramClassifier.train(texts, y, TINY_CONFIG, label_order=labels)
+    model.stored_rows = [{"text": t, "label": lab, "weight": 1.0} for t, lab in zip(texts, y, strict=True)]
     train_s = time.perf_counter() - started
     # learning curve on the training texts themselves (a test model has no held-out split)
     curve_x = [0.5, 1.0]
@@ -104,5 +107,7 @@ def make_tiny_version(
         curves={"x": "train_fraction", "train_fraction": curve_x, "train_accuracy": curve_acc},
         timings={"train_s": round(train_s, 4), "total_s": round(time.perf_counter() - started, 4)},
         description="tiny n-gram test model",
+        languages=["zh", "en"],
+        training_data=stored_record(model.stored_rows),
     )
     return register_classifier(registry, name, model, meta, promote=promote)

@@ -16,6 +16,10 @@ metadata.json of a classifier version (every key is present; values may be empty
                    learning curve) or the curves are {} when none was computed.
     timings       {"train_s", "eval_s", ... "total_s"} in seconds
     parent        the version this one was trained from / compared with, or null
+    languages     ISO 639-1 codes of the training texts (["zh"] for the bundled reviews); [] = not known
+    training_data how to reproduce the training set (slm.classify.adapt): {"bundled": {dataset, params,
+                  hash, n} | null, "file": rows stored in the version directory | null, ...}; {} = not
+                  recorded, such a version cannot be adapted (only retrained from scratch)
     description   one line for lists
     (+ name, version, created: filled in by the registry)
 """
@@ -51,6 +55,25 @@ def evaluate(
     return metrics
 
 
+def normalize_languages(languages: Sequence[str] | str) -> list[str]:
+    """["zh", "en"] from "zh,en", ["ZH", " en "] etc.: lower-case codes, de-duplicated, in order. Codes are
+    ISO 639-1/-3 style (2-3 letters, optionally a region: "zh-tw"); anything else raises ValueError."""
+    items = languages.split(",") if isinstance(languages, str) else list(languages)
+    out: list[str] = []
+    for item in items:
+        code = str(item).strip().lower().replace("_", "-")
+        if not code:
+            continue
+        head, dash, region = code.partition("-")
+        if not (head.isascii() and head.isalpha() and 2 <= len(head) <= 3) or (
+            dash and not (region.isascii() and region.isalnum() and 2 <= len(region) <= 4)
+        ):
+            raise ValueError(f"{item!r} is not a language code (use ISO 639 codes such as zh, en, zh-tw)")
+        if code not in out:
+            out.append(code)
+    return out
+
+
 def build_metadata(
     *,
     family: str,
@@ -63,6 +86,8 @@ def build_metadata(
     curves: dict[str, Any] | None = None,
     timings: dict[str, Any] | None = None,
     description: str = "",
+    languages: Sequence[str] | None = None,
+    training_data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
@@ -77,6 +102,8 @@ def build_metadata(
         "curves": curves or {},
         "timings": timings or {},
         "description": description,
+        "languages": normalize_languages(languages or []),
+        "training_data": dict(training_data or {}),
     }
     if extra:
         meta.update(extra)

@@ -208,9 +208,15 @@ SLM_DEVICE = os.environ.get("SLM_DEVICE", "auto")  # auto | cpu | cuda | mps
 
 # Chat: a registry name ("registry:chat" = live version of model "chat"), a hub id or a path.
 CHAT_MODEL = os.environ.get("CHAT_MODEL", "registry:chat")
-CHAT_BACKEND = os.environ.get("CHAT_BACKEND", "local")  # local | remote
+# local = slm.engine; remote = TGI / HF Inference API; openai = an OpenAI-compatible server (vLLM, Ollama,
+# llama.cpp, TGI /v1) at CHAT_REMOTE_URL, its /v1/completions or (CHAT_REMOTE_API=chat) /v1/chat/completions.
+CHAT_BACKEND = os.environ.get("CHAT_BACKEND", "local")  # local | remote | openai
 CHAT_REMOTE_URL = os.environ.get("CHAT_REMOTE_URL", "")
-CHAT_REMOTE_TOKEN = os.environ.get("CHAT_REMOTE_TOKEN", "")
+CHAT_REMOTE_TOKEN = os.environ.get("CHAT_REMOTE_TOKEN", "")  # sent as Authorization: Bearer (API key)
+CHAT_REMOTE_API = os.environ.get("CHAT_REMOTE_API", "completions")  # openai backend: completions | chat
+CHAT_REMOTE_MODEL = os.environ.get("CHAT_REMOTE_MODEL", "")  # openai backend: "" = first of GET /v1/models
+# openai backend: also send top_k / repetition_penalty (vLLM, llama.cpp accept them; api.openai.com does not)
+CHAT_REMOTE_SAMPLING_EXTRAS = env_bool("CHAT_REMOTE_SAMPLING_EXTRAS", True)
 CHAT_PRECISION = os.environ.get("CHAT_PRECISION", "int8")  # fp32 | int8 | bf16 | fp16
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
 CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)

@@ -6,7 +6,10 @@ import pytest
 import torch
 from django.core.management import call_command
 
+from slm.classify.adapt import parent_training_data
 from slm.classify.base import load_classifier
+from slm.data import data_hash
+from slm.sentiment_data import review_domain
 
 
 @pytest.fixture
@@ -32,6 +35,8 @@ def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, regist
         assert meta["quality"]["conflicts_dropped"] > 0 and meta["quality"]["duplicates_dropped"] > 0
         assert meta["timings"] and meta["config"]["family"] == meta["family"]
         assert meta["parent"] is None
+        assert meta["languages"] == ["zh"]
+        assert meta["training_data"]["bundled"]["params"]["exclude_domains"] == ["book"]
     transformer = versions[1].metadata
     assert transformer["curves"]["x"] == "epoch" and transformer["curves"]["val_loss"]
     live = registry.live("sentiment")
@@ -40,6 +45,10 @@ def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, regist
     assert live.metadata["metrics"]["macro_f1"] == best
     model = load_classifier(live.path)
     assert model.predict_proba(["很好", "太差"]).shape == (2, 2)
+    # the training set is reproducible from the metadata, and holds no book review (the demo's domain)
+    texts, labels = parent_training_data(versions[0].metadata)
+    assert data_hash(zip(texts, labels, strict=True)) == versions[0].metadata["data_hash"]
+    assert len(texts) == versions[0].metadata["data"]["n_train"] and all(review_domain(t) != "book" for t in texts)
 
     call_command("bootstrap_models", "sentiment")  # idempotent: nothing new
     assert len(registry.versions("sentiment")) == 3

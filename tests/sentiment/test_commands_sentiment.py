@@ -173,3 +173,26 @@ def test_predict_file_keeps_texts_as_written(registry, tmp_path: Path) -> None: 
     src.write_bytes(b"")
     with pytest.raises(CommandError, match="empty"):
         run("predict_sentiment", "--input", str(src))
+
+
+def test_train_records_languages_and_reproducible_training_data(registry, labelled_csv: Path) -> None:  # type: ignore[no-untyped-def]
+    from slm.classify.adapt import adapt_ngram, parent_training_data
+
+    args = ("--text-column", "review", "--label-column", "y", "--test-size", "0.3")
+    run("train_sentiment", "--data", str(labelled_csv), *args, "--languages", "ZH, en,zh")
+    mv = registry.versions("sentiment")[-1]
+    assert mv.metadata["languages"] == ["zh", "en"]
+    texts, labels = parent_training_data(mv.metadata, mv.path)  # rows stored with the version
+    assert len(texts) == mv.metadata["data"]["n_train"] and set(labels) == {"negative", "positive"}
+    model, meta = adapt_ngram(mv.path, mv.metadata, ["zq坏了"], ["negative"])
+    assert meta["languages"] == ["zh", "en"] and meta["adaptation"]["n_new"] == 1
+    with pytest.raises(CommandError, match="not a language code"):
+        run("train_sentiment", "--data", str(labelled_csv), *args, "--languages", "chinese!")
+    run("train_sentiment", "--data", str(labelled_csv), *args)
+    assert registry.versions("sentiment")[-1].metadata["languages"] == []  # not known for a file
+
+    run("train_sentiment", "--limit", "200", "--test-size", "0.25")  # the bundled reviews
+    bundled = registry.versions("sentiment")[-1]
+    assert bundled.metadata["languages"] == ["zh"] and bundled.metadata["training_data"]["bundled"]
+    texts, labels = parent_training_data(bundled.metadata)
+    assert len(texts) == bundled.metadata["data"]["n_train"] == 150

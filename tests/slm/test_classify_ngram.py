@@ -112,3 +112,32 @@ def test_ensemble_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.predict_proba(probe), ens.predict_proba(probe), rtol=1e-6)
     with pytest.raises(ValueError):
         EnsembleClassifier([a, b], [1])
+
+
+@pytest.mark.parametrize("classifier", ["nblr", "logreg", "svm"])
+def test_sample_weight_pulls_towards_heavy_rows(classifier: str) -> None:
+    texts = SEPARABLE_POS + SEPARABLE_NEG + ["good great 差 q"] * 2
+    labels = ["pos"] * 20 + ["neg"] * 20 + ["neg", "pos"]  # the same text with both labels
+    config = NgramConfig(classifier=classifier, min_df=1, calibrate="none")
+    neg_heavy = NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 40 + [30.0, 1.0])
+    pos_heavy = NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 40 + [1.0, 30.0])
+    p_neg = neg_heavy.predict_proba(["good great 差 q"])[0, 0]
+    p_pos = pos_heavy.predict_proba(["good great 差 q"])[0, 0]
+    assert p_neg > 0.5 > p_pos
+    assert neg_heavy.train_info["weighted"] and neg_heavy.predict(["good great 好", "bad awful 差"]) == ["pos", "neg"]
+    # all-equal weights change nothing (the C of the fit is per unit weight)
+    plain = NgramClassifier.train(texts[:40], labels[:40], config)
+    ones = NgramClassifier.train(texts[:40], labels[:40], config, sample_weight=np.ones(40))
+    np.testing.assert_allclose(plain.weight, ones.weight, atol=1e-4)
+
+
+def test_sample_weight_is_validated() -> None:
+    texts = SEPARABLE_POS[:3] + SEPARABLE_NEG[:3]
+    labels = ["pos"] * 3 + ["neg"] * 3
+    config = NgramConfig(min_df=1)
+    with pytest.raises(ValueError, match="6 texts but 5 sample weights"):
+        NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 5)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 5 + [-1.0])
+    with pytest.raises(ValueError, match="only one label"):
+        NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 3 + [0.0] * 3)

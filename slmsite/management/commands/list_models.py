@@ -16,6 +16,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{name} (live: {live or '-'})")
             for mv in reg.versions(name):
                 mark = "*" if mv.version == live else " "
+                src = mv.metadata.get("source") or {}
+                origin = f"  from {src.get('repo')}@{str(src.get('commit'))[:12]}" if src.get("kind") == "hub" else ""
                 self.stdout.write(
-                    f"  {mark} {mv.version}  {mv.metadata.get('created', '')}  {json.dumps(mv.metrics)[:120]}"
+                    f"  {mark} {mv.version}  {mv.metadata.get('created', '')}  {json.dumps(mv.metrics)[:120]}{origin}"
                 )
