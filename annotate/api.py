@@ -13,6 +13,7 @@ from ninja.errors import HttpError
 from annotate import services
 from annotate.models import Project, TrainingRun
 from slmsite.roles import is_admin, is_annotator
+from slmsite.schemas import ErrorOut
 
 router = Router(tags=["annotate"])
 
@@ -42,10 +43,6 @@ class RunOut(Schema):
     created_at: str
     started_at: str | None
     finished_at: str | None
-
-
-class ErrorOut(Schema):
-    detail: str
 
 
 def _run_out(run: TrainingRun) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from slmsite import views
-from slmsite.api import api
+from slmsite.api import api, not_found
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -14,6 +14,7 @@ urlpatterns = [
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    re_path(r"^api/(?P<rest>.*)$", not_found),
     path("chat/", include("chat.urls")),
     path("sentiment/", include("sentiment.urls")),
     path("annotate/", include("annotate.urls")),

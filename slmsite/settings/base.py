@@ -187,10 +187,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# Pages may connect (fetch, WebSocket) to their own origin only ('self' covers ws:/wss: of the same host and
+# port), plus CHAT_WS_ORIGIN when the chat socket is served from another origin (e.g. wss://ws.example.com).
+CHAT_WS_ORIGIN = os.environ.get("CHAT_WS_ORIGIN", "").strip()
+_CONNECT_SRC = " ".join(["'self'", CHAT_WS_ORIGIN]).strip()
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self' ws: wss:; font-src 'self'; "
+    f"img-src 'self' data:; connect-src {_CONNECT_SRC}; font-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
 )
 

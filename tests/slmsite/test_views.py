@@ -104,3 +104,25 @@ def test_healthz_counts_only_live_workers(client):
     finally:
         for w in registered:
             w.register_death()
+
+
+@pytest.mark.django_db
+def test_csp_connects_only_to_the_own_origin(client):
+    """connect-src was 'self' ws: wss: — any WebSocket host. Now 'self' (plus CHAT_WS_ORIGIN when set)."""
+    import re
+    import subprocess
+    import sys
+
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    assert re.search(r"connect-src 'self';", policy), policy
+    assert "ws:" not in policy and "wss:" not in policy
+    code = "from django.conf import settings; print(settings.CONTENT_SECURITY_POLICY)"
+    env = {"DJANGO_SETTINGS_MODULE": "slmsite.settings.test", "CHAT_WS_ORIGIN": "wss://ws.example.com"}
+    out = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "connect-src 'self' wss://ws.example.com;" in out

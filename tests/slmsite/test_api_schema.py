@@ -1,0 +1,38 @@
+"""schemathesis against /api/openapi.json (in-process WSGI): generated and invalid requests never get a 5xx
+and never a response that contradicts the published schema (status codes, bodies, content types)."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from slmsite.wsgi import application
+
+schema = schemathesis.openapi.from_wsgi("/api/openapi.json", application)
+
+
+@pytest.fixture
+def auth(db, registry, admin_user):  # type: ignore[no-untyped-def]
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    from sentiment.inference import reset_services
+    from slm.classify.testing import make_tiny_version
+    from slmsite.services import api_token_create
+
+    reset_services()
+    make_tiny_version(registry)
+    raw = api_token_create(user=admin_user, name="schemathesis")
+    for signal in (request_started, request_finished):  # as Django's test client: keep the test's transaction
+        signal.disconnect(close_old_connections)
+    yield {"Authorization": f"Bearer {raw}"}
+    for signal in (request_started, request_finished):
+        signal.connect(close_old_connections)
+    reset_services()
+
+
+@schema.parametrize()
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_conforms_to_its_schema(case, auth):
+    case.call_and_validate(headers=auth)
