@@ -215,6 +215,8 @@ def any_active(runs_: list[TrainingRun]) -> bool:
 
 
 def versions(project: Project) -> list[dict[str, Any]]:
+    from slmsite.promotion import promote_warning
+
     registry = get_registry()
     live = registry.live_version(project.model_name)
     out = []
@@ -222,6 +224,8 @@ def versions(project: Project) -> list[dict[str, Any]]:
         meta = mv.metadata
         gold = meta.get("gold_metrics") or {}
         m = mv.metrics
+        split = str(m.get("split") or "held-out")
+        test = {} if "gold" in split else m  # the version's own test split; gold figures apart
         out.append(
             {
                 "version": mv.version,
@@ -232,9 +236,12 @@ def versions(project: Project) -> list[dict[str, Any]]:
                 "parent": meta.get("parent") or "",
                 "n_train": (meta.get("annotate") or {}).get("n_train"),
                 "from_project": (meta.get("annotate") or {}).get("project") == project.pk,
-                "accuracy": _num(gold.get("accuracy", m.get("accuracy"))),
-                "macro_f1": _num(gold.get("macro_f1", m.get("macro_f1"))),
+                "gold_accuracy": _num(gold.get("accuracy")),
+                "gold_macro_f1": _num(gold.get("macro_f1")),
+                "test_macro_f1": _num(test.get("macro_f1")),
+                "test_split": split if test else "",
                 "on_gold": bool(gold),
+                "promote_warning": promote_warning(registry, project.model_name, mv.version),
             }
         )
     return out
@@ -245,14 +252,27 @@ def compare_versions(project: Project, a: str, b: str) -> dict[str, Any]:
     out: dict[str, Any] = {"a": a, "b": b, "rows": []}
     ma = registry.get(project.model_name, a).metadata
     mb = registry.get(project.model_name, b).metadata
-    ga = ma.get("gold_metrics") or ma.get("metrics") or {}
-    gb = mb.get("gold_metrics") or mb.get("metrics") or {}
-    for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "n"):
-        out["rows"].append({"metric": key, "a": _num(ga.get(key)), "b": _num(gb.get(key))})
-    for lab in project.labels:
-        fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
-        fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")
-        out["rows"].append({"metric": f"F1 {lab}", "a": _num(fa), "b": _num(fb)})
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted F1", "ece": "ECE", "n": "items"}
+
+    def split_metrics(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        metrics = meta.get("metrics") or {}
+        own = {} if "gold" in str(metrics.get("split") or "") else metrics
+        return {"gold": meta.get("gold_metrics") or (metrics if not own else {}), "held-out": own}
+
+    # each row compares figures measured on the same kind of data: gold with gold, held-out with held-out
+    sa, sb = split_metrics(ma), split_metrics(mb)
+    for split in ("gold", "held-out"):
+        ga, gb = sa[split], sb[split]
+        if not ga and not gb:
+            continue
+        for key, name in names.items():
+            if ga.get(key) is not None or gb.get(key) is not None:
+                out["rows"].append({"metric": f"{split} {name}", "a": _num(ga.get(key)), "b": _num(gb.get(key))})
+        for lab in project.labels:
+            fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
+            fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")
+            if fa is not None or fb is not None:
+                out["rows"].append({"metric": f"{split} F1 {lab}", "a": _num(fa), "b": _num(fb)})
     out["family"] = (ma.get("family", ""), mb.get("family", ""))
     return out
 
@@ -289,7 +309,6 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         .annotate(n=Count("id"))
         .order_by("created_at__date")
     )
-    sim = Simulation.objects.filter(project=project, status="succeeded").first()
     return {
         "labels": list(project.labels),
         "metrics_source": source,
@@ -302,7 +321,6 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         "distribution": stats["distribution"],
         "throughput": [{"day": d.isoformat(), "n": n} for d, n in daily],
         "stability": list(project.stability or []),
-        "simulation": sim.result if sim else None,
     }
 
 
@@ -312,6 +330,18 @@ def exports(project: Project) -> list[Export]:
 
 def simulations(project: Project) -> list[Simulation]:
     return list(Simulation.objects.filter(project=project)[:5])
+
+
+def simulation_panel(project: Project) -> dict[str, Any]:
+    """The dashboard's simulation card: the newest simulation (its status and progress while it runs)
+    and the result of the newest one that succeeded (the chart)."""
+    latest = Simulation.objects.filter(project=project).first()
+    done = Simulation.objects.filter(project=project, status=Simulation.Status.SUCCEEDED).first()
+    return {
+        "latest": latest,
+        "active": latest is not None and latest.status in (Simulation.Status.QUEUED, Simulation.Status.RUNNING),
+        "result": done.result if done else None,
+    }
 
 
 def active_leases(project: Project) -> int:

@@ -22,4 +22,5 @@ urlpatterns = [
     path("p/<id:pk>/models/action", views.model_action, name="model_action"),
     path("p/<id:pk>/export", views.export, name="export"),
     path("p/<id:pk>/simulate", views.simulate, name="simulate"),
+    path("p/<id:pk>/simulation", views.simulation, name="simulation"),
 ]

@@ -19,6 +19,9 @@ from django.views.decorators.http import require_POST
 from annotate import selectors, services
 from annotate.models import Export, ImportJob, Item, Project, TrainingRun
 from slm.registry import RegistryError
+from slmsite import confirm
+from slmsite.promotion import promote_warning
+from slmsite.registry import get_registry
 from slmsite.roles import admin_required, annotator_required, is_admin
 
 
@@ -121,7 +124,7 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "dashboard": selectors.dashboard_data(project, stats),
         "imports": list(ImportJob.objects.filter(project=project)[:5]),
         "exports": selectors.exports(project),
-        "simulations": selectors.simulations(project),
+        "sim": selectors.simulation_panel(project),
         "versions": selectors.versions(project)[:5],
         "admin": is_admin(request.user),
         "export_formats": Export.Format.choices,
@@ -274,7 +277,7 @@ def import_items(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, _err(exc))
     else:
-        messages.success(request, "Import queued; progress below.")
+        messages.success(request, "Import queued; progress below.", extra_tags="transient")
     return redirect("annotate:project", pk=pk)
 
 
@@ -284,7 +287,7 @@ def retrain(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     run, created = services.run_trigger(project=project, user=request.user)
     if created:
-        messages.success(request, f"Retrain #{run.pk} queued.")
+        messages.success(request, f"Retrain #{run.pk} queued.", extra_tags="transient")
     else:
         messages.info(request, f"Retrain #{run.pk} is already {run.status}; showing it.")
     return redirect("annotate:run", pk=run.pk)
@@ -348,6 +351,14 @@ def model_action(request: HttpRequest, pk: int) -> HttpResponse:
         if request.POST.get("action") == "promote":
             if not version:
                 raise ValidationError("choose a version")
+            warning = promote_warning(get_registry(), project.model_name, version)
+            if warning and not confirm.confirmed(request):  # worse on gold: ask first
+                return confirm.ask(
+                    request,
+                    question=warning,
+                    action=f"Make {version} live",
+                    cancel_url=reverse("annotate:models", kwargs={"pk": pk}),
+                )
             ref = services.version_promote(project=project, version=version, user=request.user)
             messages.success(request, f"{ref} is live; the playground serves it now.")
         else:
@@ -367,7 +378,7 @@ def export(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         messages.error(request, _err(exc))
     else:
-        messages.success(request, "Export queued; the download link appears when it is ready.")
+        messages.success(request, "Export queued; the download link appears when it is ready.", extra_tags="transient")
     return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#exports")
 
 
@@ -385,13 +396,37 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse:
 def simulate(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
     strategies = request.POST.getlist("strategies") or ["entropy", "margin"]
+    error = ""
     try:
         services.simulation_create(project=project, user=request.user, strategies=strategies)
     except ValidationError as exc:
-        messages.error(request, _err(exc))
+        error = _err(exc)
+    if getattr(request, "htmx", False):  # the card swaps itself and polls until the chart is there
+        return _simulation_card(request, project, error=error)
+    if error:
+        messages.error(request, error)
     else:
-        messages.success(request, "Simulation queued on the gpu worker; the chart appears when it finishes.")
+        messages.success(
+            request, "Simulation queued; its progress and then the chart show on the dashboard.", extra_tags="transient"
+        )
     return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#simulation")
+
+
+def _simulation_card(request: HttpRequest, project: Project, *, error: str = "") -> HttpResponse:
+    ctx = {
+        "project": project,
+        "sim": selectors.simulation_panel(project),
+        "admin": is_admin(request.user),
+        "strategies": services.STRATEGY_CHOICES,
+        "error": error,
+    }
+    return render(request, "annotate/project.html#simulation", ctx)
+
+
+@annotator_required
+def simulation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The simulation card alone (polled while a simulation is queued or running)."""
+    return _simulation_card(request, get_object_or_404(Project, pk=pk))
 
 
 # ------------------------------------------------------------------ runs

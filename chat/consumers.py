@@ -224,8 +224,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("missing_prompt", "'prompt' must be a non-empty string")
             return
         if len(prompt) > settings.CHAT_MAX_PROMPT_CHARS:
+            limit = settings.CHAT_MAX_PROMPT_CHARS
             await self.send_error(
-                "prompt_too_long", f"the prompt has {len(prompt)} characters; at most {settings.CHAT_MAX_PROMPT_CHARS}"
+                "prompt_too_long",
+                f"Your message is too long: it has {len(prompt):,} characters and at most {limit:,} are allowed. "
+                f"Shorten it by {len(prompt) - limit:,} characters.",
             )
             return
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from chat.models import Conversation, Message
@@ -56,3 +58,20 @@ def message_get(*, user: Any, message_id: Any) -> Message | None:
     if mid is None:
         return None
     return Message.objects.select_related("conversation").filter(pk=mid, conversation__owner=user).first()
+
+
+def model_window() -> int | None:
+    """The context window (prompt + reply, in tokens) of the model new chat requests run on, read from
+    its config.json; None when it is unknown (a remote backend, or no model yet)."""
+    if settings.CHAT_BACKEND != "local":
+        return None
+    from slm.loader import ModelNotAvailable, resolve_source
+    from slmsite.registry import get_registry
+
+    try:
+        src = resolve_source(settings.CHAT_MODEL, registry=get_registry())
+        conf = json.loads((src.path / "config.json").read_text()) if src.path is not None else {}
+    except (ModelNotAvailable, OSError, ValueError):
+        return None
+    window = conf.get("n_positions") or conf.get("max_position_embeddings")
+    return int(window) if isinstance(window, int) and window > 0 else None

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import engine_client, metrics, selectors, services, streams  # noqa: F401  (metrics: registers the chat series for /metrics)
 from chat.models import Conversation, Message
+from slmsite import confirm
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ def _conversation_or_404(request: HttpRequest, pk: int) -> Conversation:
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     engine_client.warm()  # the engine loads the model while the user types
     defaults = dict(settings.CHAT_DEFAULT_PARAMS)
+    limits = dict(settings.CHAT_LIMITS)
+    window = selectors.model_window()
+    if window:  # a reply can never be longer than the model's window: the control says so
+        low, high = limits["max_new_tokens"]
+        limits["max_new_tokens"] = (low, min(high, window))
+        defaults["max_new_tokens"] = min(defaults["max_new_tokens"], window // 2)
     return render(
         request,
         "chat/index.html",
@@ -56,7 +63,8 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "chat_messages": selectors.conversation_messages(conversation=conversation) if conversation else [],
             "defaults": defaults,
             "stop_text": ", ".join(defaults.get("stop") or []),
-            "limits": settings.CHAT_LIMITS,
+            "limits": limits,
+            "window": window,
             "presets": PRESETS,
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
         },
@@ -101,6 +109,13 @@ def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
     conv = _conversation_or_404(request, pk)
+    if not confirm.confirmed(request):  # deleting is permanent: ask first
+        return confirm.ask(
+            request,
+            question=f"Delete “{conv}” and all its messages? This cannot be undone.",
+            action="Delete conversation",
+            cancel_url=reverse("chat:conversation", kwargs={"pk": conv.pk}),
+        )
     services.conversation_delete(conversation=conv)
     messages.success(request, "Conversation deleted.")
     if getattr(request, "htmx", False):

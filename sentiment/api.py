@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
+from pydantic import ConfigDict
 
 from sentiment import selectors
 from sentiment.inference import InferenceError, get_service
@@ -23,6 +24,11 @@ router = Router(tags=["sentiment"])
 
 
 class PredictIn(Schema):
+    # The example /api/docs fills in: it must succeed as shown (no made-up "string" model version).
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"texts": ["这家酒店的服务非常好，下次还会再来。", "送餐太慢了，饭菜都凉了。"]}}
+    )
+
     # The view checks these (with its own messages: 422 empty, 413 too many/too long); the schema states them
     # so that clients and schemathesis know an empty list or a blank text is refused.
     texts: list[str] = Field(
@@ -31,7 +37,9 @@ class PredictIn(Schema):
         json_schema_extra={"minItems": 1, "items": {"type": "string", "pattern": "\\S"}},
     )
     model: str | None = Field(
-        None, description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version."
+        None,
+        description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version.",
+        examples=["live"],
     )
 
 
@@ -56,6 +64,10 @@ class VersionOut(Schema):
     parent: str | None = None
     data_hash: str | None = None
     metrics: dict[str, Any]
+    languages: list[str] = Field(
+        default_factory=list,
+        description="ISO 639-1 codes of the languages the version was trained on; [] = not recorded.",
+    )
 
 
 class ModelsOut(Schema):

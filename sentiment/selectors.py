@@ -10,9 +10,8 @@ from django.db.models import QuerySet
 
 from sentiment.models import BatchPrediction
 from slm.registry import ModelVersion, Registry
+from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
-
-METRIC_KEYS = ("accuracy", "macro_f1", "ece")
 
 
 def _registry(registry: Registry | None) -> Registry:
@@ -24,6 +23,19 @@ def _num(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def split_figures(meta: dict[str, Any]) -> dict[str, Any]:
+    """The version's figures by the data they were measured on, never mixed: `test` = its own evaluation
+    split (named by `test_split`: "held-out" for the default models), `gold` = an annotate project's gold
+    items (retrained versions), {} when there are none."""
+    metrics = dict(meta.get("metrics") or {})
+    split = str(metrics.get("split") or "held-out")
+    gold = dict(meta.get("gold_metrics") or {})
+    if "gold" in split:
+        gold = gold or metrics
+        metrics = {}
+    return {"test": metrics, "test_split": split if metrics else "", "gold": gold}
 
 
 def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:
@@ -41,15 +53,24 @@ def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:
         "parent": meta.get("parent"),
         "data_hash": meta.get("data_hash"),
         "metrics": mv.metrics,
+        "languages": [str(x) for x in meta.get("languages") or []],  # [] = not recorded
+        **split_figures(meta),
     }
 
 
-def version_list(*, registry: Registry | None = None, name: str | None = None) -> list[dict[str, Any]]:
-    """All versions, newest first, each with metrics and a `live` flag."""
+def version_list(
+    *, registry: Registry | None = None, name: str | None = None, warnings: bool = False
+) -> list[dict[str, Any]]:
+    """All versions, newest first, each with metrics and a `live` flag (and, with `warnings`, the
+    question to ask before promoting one that is worse than the live version, "" when none)."""
     reg = _registry(registry)
     name = name or settings.SENTIMENT_MODEL
     live = reg.live_version(name)
-    return [version_summary(mv, live=live) for mv in reversed(reg.versions(name))]
+    out = [version_summary(mv, live=live) for mv in reversed(reg.versions(name))]
+    if warnings:
+        for v in out:
+            v["promote_warning"] = "" if v["live"] else promote_warning(reg, name, v["version"])
+    return out
 
 
 def models_overview(*, registry: Registry | None = None, name: str | None = None) -> dict[str, Any]:
@@ -78,9 +99,11 @@ def family_comparison(versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "family": family,
                 "version": v["version"],
                 "live": v["live"],
-                "accuracy": _num(v["metrics"].get("accuracy")),
-                "macro_f1": _num(v["metrics"].get("macro_f1")),
-                "ece": _num(v["metrics"].get("ece")),
+                "test_split": v["test_split"],
+                "accuracy": _num(v["test"].get("accuracy")),
+                "macro_f1": _num(v["test"].get("macro_f1")),
+                "ece": _num(v["test"].get("ece")),
+                "gold_macro_f1": _num(v["gold"].get("macro_f1")),
             }
         )
     return rows
@@ -160,8 +183,28 @@ def _matrix(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any] | None
     return {"labels": labels, "matrix": cm, "rows": rows}
 
 
+def _value_text(key: str, v: Any) -> str:
+    """A metadata value in words: ranges as "1–3", lists joined, yes/no, 3 significant digits."""
+    from slmsite.templatetags.slm_format import sig3
+
+    if v is None or v == "" or v == [] or v == {}:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return sig3(v)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) and "gram" in key:
+        return f"{v[0]}–{v[1]}"
+    if isinstance(v, list) and all(isinstance(x, int | float | str) and not isinstance(x, bool) for x in v):
+        return ", ".join(_value_text(key, x) for x in v[:12]) + (f" … ({len(v)} in all)" if len(v) > 12 else "")
+    text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """Flattens a nested dict into (dotted key, short string value) rows for key/value tables."""
+    """Flattens a nested dict into (dotted key, value in words) rows for key/value tables."""
     out: list[tuple[str, str]] = []
     if not isinstance(d, dict):
         return out
@@ -170,13 +213,45 @@ def _flat(d: Any, prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(v, dict) and v and len(v) <= 30:
             out += _flat(v, key + ".")
         else:
-            if isinstance(v, float):
-                v = round(v, 4)
-            elif isinstance(v, list) and all(isinstance(x, float) for x in v):
-                v = [round(x, 4) for x in v]
-            text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-            out.append((key, text if len(text) <= 300 else text[:297] + "..."))
+            out.append((key, _value_text(key, v)))
     return out
+
+
+METRIC_NAMES = {
+    "accuracy": ("Accuracy", ""),
+    "macro_f1": ("Macro-F1", ""),
+    "weighted_f1": ("Weighted F1", ""),
+    "ece": ("Calibration error (ECE, lower is better)", ""),
+    "n": ("Texts scored", ""),
+    "eval_s": ("Scoring time", " s"),
+    "ms_per_text": ("Time per text", " ms"),
+}
+
+
+def _figures(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Named single figures of one evaluation (known ones first), for the card's tables."""
+    keys = [k for k in METRIC_NAMES if k in metrics]
+    keys += [k for k in metrics if k not in METRIC_NAMES]
+    rows = []
+    for k in keys:
+        value = metrics[k]
+        if isinstance(value, bool) or _num(value) is None:
+            continue
+        name, unit = METRIC_NAMES.get(k, (k.replace("_", " "), ""))
+        rows.append({"key": k, "name": name, "value": value, "unit": unit, "count": isinstance(value, int)})
+    return rows
+
+
+def _histogram(quality: dict[str, Any]) -> dict[str, Any] | None:
+    """The text-length histogram of the quality report, as bars (label "10–19", count), for a chart."""
+    hist = quality.get("length_histogram")
+    if not isinstance(hist, dict):
+        return None
+    counts, edges = hist.get("counts"), hist.get("edges")
+    if not (isinstance(counts, list) and isinstance(edges, list) and len(edges) == len(counts) + 1):
+        return None
+    labels = [f"{round(edges[i])}–{round(edges[i + 1])}" for i in range(len(counts))]
+    return {"labels": labels, "counts": counts, "unit": str(quality.get("length_unit") or "chars")}
 
 
 def version_card(version: str, *, registry: Registry | None = None, name: str | None = None) -> dict[str, Any]:
@@ -187,28 +262,34 @@ def version_card(version: str, *, registry: Registry | None = None, name: str | 
     live = reg.live_version(name)
     summary = version_summary(mv, live=live)
     meta = mv.metadata
-    metrics = summary["metrics"]
+    test, gold = summary["test"], summary["gold"]
+    main = test or gold  # the evaluation the per-class table and the confusion matrix come from
     config = meta.get("config") or {}
-    quality = meta.get("quality") or meta.get("quality_report") or meta.get("data_quality") or {}
+    quality = dict(meta.get("quality") or meta.get("quality_report") or meta.get("data_quality") or {})
+    histogram = _histogram(quality)
+    if histogram:
+        quality.pop("length_histogram", None)
     timings = meta.get("timings") or {}
     shown = {"config", "quality", "quality_report", "data_quality", "timings", "metrics", "curves", "labels"}
-    shown |= {"family", "name", "version", "created", "parent", "data_hash"}
+    shown |= {"family", "name", "version", "created", "parent", "data_hash", "gold_metrics", "languages"}
     extra = {k: v for k, v in meta.items() if k not in shown}
-    matrix = _matrix(metrics, summary["labels"])
-    curves = _curves(meta.get("curves") or metrics.get("curves"))
-    headline = [(k, _num(metrics.get(k))) for k in METRIC_KEYS if _num(metrics.get(k)) is not None]
-    headline += [
-        (k, _num(v))
-        for k, v in metrics.items()
-        if k not in METRIC_KEYS and _num(v) is not None and not isinstance(v, bool)
-    ]
+    matrix = _matrix(main, summary["labels"])
+    curves = _curves(meta.get("curves") or main.get("curves"))
     return {
         **summary,
-        "headline": headline,
-        "per_class": _per_class(metrics, summary["labels"]),
+        "main_split": summary["test_split"] if test else "gold",
+        "test_figures": _figures(test),
+        "gold_figures": _figures(gold),
+        "language_names": language_names(summary["languages"]),
+        "per_class": _per_class(main, summary["labels"]),
         "matrix": matrix,
         "curves": curves,
-        "chart_data": {"matrix": matrix and {"labels": matrix["labels"], "matrix": matrix["matrix"]}, "curves": curves},
+        "histogram": histogram,
+        "chart_data": {
+            "matrix": matrix and {"labels": matrix["labels"], "matrix": matrix["matrix"]},
+            "curves": curves,
+            "histogram": histogram,
+        },
         "config_rows": _flat(config),
         "quality_rows": _flat(quality),
         "timing_rows": _flat(timings),
@@ -226,3 +307,43 @@ def batch_for_user(*, batch_id: int, user: Any) -> BatchPrediction | None:
 
 def batch_recent(*, user: Any, limit: int = 5) -> list[BatchPrediction]:
     return list(BatchPrediction.objects.filter(owner=user).order_by("-created")[:limit])
+
+
+LANGUAGE_NAMES = {
+    "zh": "Chinese", "en": "English", "ja": "Japanese", "ko": "Korean", "de": "German", "fr": "French",
+    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
+}  # fmt: skip
+
+
+def language_names(codes: list[str]) -> list[str]:
+    """["zh", "en"] -> ["Chinese", "English"] (unknown codes as they are)."""
+    return [LANGUAGE_NAMES.get(code.split("-")[0], code) for code in codes]
+
+
+def _script_of(text: str) -> str | None:
+    """ "han" when the text is mostly Chinese characters, "latin" when it has Latin letters and no Han
+    characters; None when it cannot tell (digits, emoji, other scripts)."""
+    han = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
+    latin = sum(1 for ch in text if ch.isascii() and ch.isalpha())
+    if han and han >= latin / 4:  # a Chinese review may quote a brand name
+        return "han"
+    if latin >= 3 and not han:
+        return "latin"
+    return None
+
+
+_SCRIPT_LANGS = {"han": {"zh"}, "latin": {"en", "de", "fr", "es", "it", "pt", "nl"}}
+
+
+def language_mismatch(text: str, languages: list[str]) -> str:
+    """A warning when the text is plainly in a script none of the model's languages use ("" otherwise,
+    also when the model's languages are not recorded)."""
+    script = _script_of(text)
+    if not languages or script is None:
+        return ""
+    codes = {code.split("-")[0] for code in languages}
+    if codes & _SCRIPT_LANGS[script]:
+        return ""
+    names = " and ".join(language_names(languages))
+    kind = "Chinese characters" if script == "han" else "Latin letters"
+    return f"This model was trained on {names} text only; a text in {kind} gets an unreliable answer."

@@ -178,7 +178,9 @@ def batch_run(*, batch_id: int, chunk: int | None = None) -> BatchPrediction:
                     }
                 )
         batch.refresh_from_db()
-        batch.result_file.save(f"batch-{batch_id}-predictions.csv", ContentFile(buf.getvalue().encode()), save=False)
+        # UTF-8 with a byte-order mark: Excel then opens Chinese text correctly (other readers skip it)
+        data = buf.getvalue().encode("utf-8-sig")
+        batch.result_file.save(f"batch-{batch_id}-predictions.csv", ContentFile(data), save=False)
         batch.model_ref = ref
         batch.labels = labels
         batch.label_counts = dict(counts)

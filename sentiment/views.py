@@ -18,6 +18,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from sentiment import selectors, services
 from sentiment.inference import InferenceError, PredictResult, get_service
 from slm.registry import RegistryError
+from slmsite import confirm
+from slmsite.promotion import promote_warning
+from slmsite.registry import get_registry
 from slmsite.roles import admin_required
 
 TEMPLATE = "sentiment/playground.html"
@@ -60,6 +63,7 @@ def _result_context(result: PredictResult, text: str) -> dict[str, Any]:
         "labels": result.labels,
         "suggest": next((label for label in result.labels if label != pred["label"]), pred["label"]),
         "fix_url": _fix_url(),
+        "lang_warning": selectors.language_mismatch(text, [str(x) for x in result.metadata.get("languages") or []]),
     }
 
 
@@ -81,6 +85,24 @@ def _classify(text: str, model: str | None) -> tuple[dict[str, Any] | None, str 
     return _result_context(result, text), None, 200
 
 
+def _languages_context(live: dict[str, Any] | None) -> dict[str, Any]:
+    """Examples, placeholder and notice that match the languages the live model was trained on."""
+    languages = (live or {}).get("languages") or []
+    codes = {code.split("-")[0] for code in languages}
+    examples = [ex for ex in EXAMPLES if ex["lang"] in codes] if codes else EXAMPLES
+    names = selectors.language_names(languages)
+    return {
+        "examples": examples or EXAMPLES,
+        "languages": names,
+        "placeholder": f"Type a review in {' or '.join(names)}…" if names else "Type a review…",
+        "language_notice": (
+            f"The live model was trained on {' and '.join(names)} text only; other languages get unreliable answers."
+            if names and not codes >= {ex["lang"] for ex in EXAMPLES}
+            else ""
+        ),
+    }
+
+
 def _page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
     versions = selectors.version_list()
     live = next((v["version"] for v in versions if v["live"]), None)
@@ -93,7 +115,7 @@ def _page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
         "versions": versions,
         "families": selectors.family_comparison(versions),
         "live": next((v for v in versions if v["live"]), None),
-        "examples": EXAMPLES,
+        **_languages_context(next((v for v in versions if v["live"]), None)),
         "recent_batches": selectors.batch_recent(user=request.user),
         "max_chars": settings.SENTIMENT_MAX_TEXT_CHARS,
         "max_upload_mb": round(settings.SENTIMENT_MAX_UPLOAD_BYTES / (1024 * 1024), 1),
@@ -196,7 +218,7 @@ def batch_download(request: HttpRequest, batch_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def version_list(request: HttpRequest) -> HttpResponse:
-    versions = selectors.version_list()
+    versions = selectors.version_list(warnings=True)
     return render(
         request,
         "sentiment/versions.html",
@@ -215,13 +237,28 @@ def version_detail(request: HttpRequest, version: str) -> HttpResponse:
     return render(
         request,
         "sentiment/version.html",
-        {"card": card, "families": selectors.family_comparison(versions), "versions": versions},
+        {
+            "card": card,
+            "families": selectors.family_comparison(versions),
+            "versions": versions,
+            "promote_warning": ""
+            if card["live"]
+            else promote_warning(get_registry(), settings.SENTIMENT_MODEL, version),
+        },
     )
 
 
 @admin_required
 @require_POST
 def version_promote(request: HttpRequest, version: str) -> HttpResponse:
+    warning = promote_warning(get_registry(), settings.SENTIMENT_MODEL, version)
+    if warning and not confirm.confirmed(request):  # worse than the live version: ask first
+        return confirm.ask(
+            request,
+            question=warning,
+            action=f"Make {version} live",
+            cancel_url=reverse("sentiment:version", kwargs={"version": version}),
+        )
     try:
         mv = services.version_promote(version=version, user=request.user)
     except RegistryError as exc:

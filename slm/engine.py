@@ -718,12 +718,15 @@ class Engine:
         Room for max_new_tokens is reserved, but never more than half the window: a reply asked longer
         than the window allows ends with reason "length" at its edge instead of refusing every prompt."""
         ref, tok, n_pos = self.tokenizer()
-        budget = n_pos - min(params.max_new_tokens, n_pos // 2)
+        reserved = min(params.max_new_tokens, n_pos // 2)
 
         def encode(text: str) -> list[int]:
             return encode_prompt(tok, text)
 
-        return ref, format_chat_prompt(history, user_text, encode, max(1, budget))
+        prompt = format_chat_prompt(
+            history, user_text, encode, max(1, n_pos - reserved), window=n_pos, reserved=reserved
+        )
+        return ref, prompt
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -42,7 +42,14 @@ class ParamError(ValueError):
 
 
 class PromptTooLong(ValueError):
-    """Even the newest turn alone does not fit the model's context window."""
+    """Even the newest turn alone does not fit the model's context window. The message says so in words
+    (how much too long, what to do); the numbers are kept for clients that want to show their own."""
+
+    def __init__(self, message: str, *, tokens: int = 0, limit: int = 0, excess_chars: int = 0) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
+        self.excess_chars = excess_chars
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,21 @@ def _turn_line(role: str, text: str) -> str:
     return f"{prefix} {' '.join(text.split())}"
 
 
+def _too_long(user_text: str, n: int, limit: int, window: int | None, reserved: int, unit: str) -> PromptTooLong:
+    excess = n - limit
+    chars = len(user_text) if unit == "characters" else -(-excess * len(user_text) // max(1, n))
+    how = f"it is {n:,} {unit} and at most {limit:,} {unit} fit"
+    if window:
+        how += f" (the model reads {window:,} {unit} at a time and keeps {reserved:,} of them for the reply)"
+    fix = f"Shorten it by about {excess:,} {unit}"
+    if unit != "characters":
+        fix += f" (roughly {min(chars, len(user_text)):,} characters)"
+    if reserved - excess >= 1:
+        fix += f", or set “Max new tokens” to {reserved - excess:,} or less"
+    message = f"Your message is too long for this model: {how}. {fix}."
+    return PromptTooLong(message, tokens=n, limit=limit, excess_chars=min(chars, len(user_text)))
+
+
 @dataclass(frozen=True)
 class ChatPrompt:
     text: str
@@ -397,10 +419,15 @@ def format_chat_prompt(
     user_text: str,
     encode: Callable[[str], list[int]],
     max_prompt_tokens: int,
+    *,
+    window: int | None = None,
+    reserved: int = 0,
+    unit: str = "tokens",
 ) -> ChatPrompt:
     """'User: …\\nAgent: …\\nUser: <new>\\nAgent:' with the oldest turns dropped until it fits in
     `max_prompt_tokens` (= context window - max_new_tokens). `history` holds (role, text) pairs,
-    role "user" or "agent". Raises PromptTooLong when the newest user turn alone does not fit."""
+    role "user" or "agent". Raises PromptTooLong when the newest user turn alone does not fit; `window`
+    and `reserved` (the room kept for the reply) only make its message more helpful."""
     kept = [(role, text) for role, text in history if text.strip()]
     lines = [_turn_line(role, text) for role, text in kept]
     tail = _turn_line("user", user_text) + "\n" + AGENT_PREFIX
@@ -413,8 +440,5 @@ def format_chat_prompt(
             turns = tuple((role, t.strip()) for role, t in [*kept[start:], ("user", user_text)])
             return ChatPrompt(text, ids, len(lines) - start, start, turns)
         if start >= len(lines):
-            raise PromptTooLong(
-                f"the prompt is {len(ids)} tokens but at most {max_prompt_tokens} fit "
-                f"(context window minus max_new_tokens); shorten the message or lower max_new_tokens"
-            )
+            raise _too_long(user_text, len(ids), max_prompt_tokens, window, reserved, unit)
         start += 1

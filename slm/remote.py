@@ -340,7 +340,7 @@ class RemoteEngine:
         self.upstream_model()
         # No tokenizer here: characters stand in for tokens against CHAT_MAX_PROMPT_CHARS.
         return self.model_ref, format_chat_prompt(
-            history, user_text, lambda text: [0] * len(text), self.cfg.max_prompt_chars
+            history, user_text, lambda text: [0] * len(text), self.cfg.max_prompt_chars, unit="characters"
         )
 
     def stats(self) -> dict[str, int]:

@@ -5,6 +5,8 @@ from django.urls import include, path, re_path
 from slmsite import views
 from slmsite.api import api, not_found
 
+handler404 = "slmsite.errors.not_found"
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),

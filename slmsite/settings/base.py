@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "slmsite.middleware.ContentSecurityPolicyMiddleware",
+    "slmsite.errors.NotFoundPageMiddleware",
 ]
 
 ROOT_URLCONF = "slmsite.urls"
@@ -187,13 +188,16 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+# The one hash allows exactly django-rq's admin inline script (`$("tr input.action-select").actions();`,
+# the same text in all its job-list templates of django-rq 4.2.0); nothing else inline runs.
+DJANGO_RQ_ADMIN_SCRIPT_HASH = "'sha256-1kZe1KRxelr3ptMPsod17Z6BDvbtm4WcufgsZGvsErM='"
 # Pages may connect (fetch, WebSocket) to their own origin only ('self' covers ws:/wss: of the same host and
 # port), plus CHAT_WS_ORIGIN when the chat socket is served from another origin (e.g. wss://ws.example.com).
 CHAT_WS_ORIGIN = os.environ.get("CHAT_WS_ORIGIN", "").strip()
 _CONNECT_SRC = " ".join(["'self'", CHAT_WS_ORIGIN]).strip()
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    f"default-src 'self'; script-src 'self' {DJANGO_RQ_ADMIN_SCRIPT_HASH}; style-src 'self' 'unsafe-inline'; "
     f"img-src 'self' data:; connect-src {_CONNECT_SRC}; font-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
 )

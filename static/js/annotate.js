@@ -61,7 +61,7 @@
         const strong = document.createElement("strong");
         strong.textContent = s.label;
         sugEl.append(strong);
-        sugEl.append(s.confidence !== null && s.confidence !== undefined ? " (" + Number(s.confidence).toFixed(2) + ")" : " (" + s.source + ")");
+        sugEl.append(s.confidence !== null && s.confidence !== undefined ? " (" + Math.round(100 * Number(s.confidence)) + "% sure)" : " (" + s.source + ")");
       }
       document.querySelectorAll(".a-label-btn").forEach((b) => b.classList.remove("picked"));
       shownAt = performance.now();
@@ -115,8 +115,8 @@
       b.className = "badge";
       b.textContent = label;
       li.append(b, " " + (text.length > 40 ? text.slice(0, 39) + "…" : text));
-      const placeholder = recent.querySelector(".muted");
-      if (placeholder) placeholder.remove();
+      const placeholder = document.getElementById("a-recent-empty");
+      if (placeholder) placeholder.hidden = true;
       recent.prepend(li);
       while (recent.children.length > 5) recent.lastElementChild.remove();
     }
@@ -161,6 +161,8 @@
           current = res.body.item;
           render();
           if (recent && recent.firstElementChild) recent.firstElementChild.remove();
+          const placeholder = document.getElementById("a-recent-empty");
+          if (placeholder && recent) placeholder.hidden = recent.children.length > 0;
           say("Undone: label item #" + current.id + " again.");
         })
         .catch((err) => say("Network error while undoing (" + err + ").", true));
@@ -198,6 +200,10 @@
   // ------------------------------------------------------------------ dashboard charts
   const palette = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
 
+  function labelColor(label, i) {
+    return window.slmLabelColor ? window.slmLabelColor(label, i) : palette[i % palette.length];
+  }
+
   function chart(id, config) {
     const el = document.getElementById(id);
     if (!el || !window.Chart) return;
@@ -225,24 +231,16 @@
       });
     } else emptyNote("chart-learning", "No trained versions yet.");
 
-    const sim = d.simulation;
-    if (sim && sim.curves) {
-      const names = Object.keys(sim.curves);
-      chart("chart-sim", {
-        type: "line",
-        data: { datasets: names.map((n, i) => ({ label: n, data: sim.curves[n].labels.map((x, j) => ({ x: x, y: sim.curves[n].f1[j] })), borderColor: n === "random" ? "#9ca3af" : palette[i % palette.length], backgroundColor: n === "random" ? "#9ca3af" : palette[i % palette.length], borderDash: n === "random" ? [6, 4] : [] })) },
-        options: { scales: { x: { type: "linear", title: { display: true, text: "labels" } }, y: { title: { display: true, text: "gold macro-F1" } } } },
-      });
-    } else emptyNote("chart-sim", "No simulation yet.");
+    drawSimulation();
 
     const f1 = d.per_class_f1 || {};
     if (Object.values(f1).some((v) => v !== null)) {
-      chart("chart-f1", { type: "bar", data: { labels: Object.keys(f1), datasets: [{ label: "F1", data: Object.values(f1), backgroundColor: palette[0] }] }, options: { scales: { y: { min: 0, max: 1 } }, plugins: { legend: { display: false } } } });
+      chart("chart-f1", { type: "bar", data: { labels: Object.keys(f1), datasets: [{ label: "F1", data: Object.values(f1), backgroundColor: Object.keys(f1).map(labelColor) }] }, options: { scales: { y: { min: 0, max: 1 } }, plugins: { legend: { display: false } } } });
     } else emptyNote("chart-f1", "No evaluated version yet.");
 
     const dist = d.distribution || {};
     if (Object.values(dist).some((v) => v > 0)) {
-      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map((_, i) => palette[i % palette.length]) }] }, options: { plugins: { legend: { display: false } } } });
+      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map(labelColor) }] }, options: { plugins: { legend: { display: false } } } });
     } else emptyNote("chart-dist", "No labels yet.");
 
     const tp = d.throughput || [];
@@ -255,6 +253,26 @@
       chart("chart-stability", { type: "line", data: { labels: st.map((p) => p.version), datasets: [{ label: "unchanged predictions", data: st.map((p) => p.agreement), borderColor: palette[4], backgroundColor: palette[4] }, { label: "κ between versions", data: st.map((p) => p.kappa), borderColor: palette[5], backgroundColor: palette[5] }] }, options: { scales: { y: { min: 0, max: 1 } } } });
     } else emptyNote("chart-stability", "Needs two versions with pool predictions.");
   }
+
+  // The simulation card draws its own chart from its JSON; it is swapped in by htmx while it polls.
+  function drawSimulation() {
+    const sim = readJSON("sim-data");
+    const old = window.Chart && window.Chart.getChart(document.getElementById("chart-sim") || "");
+    if (old) old.destroy();
+    if (sim && sim.curves) {
+      const names = Object.keys(sim.curves);
+      chart("chart-sim", {
+        type: "line",
+        data: { datasets: names.map((n, i) => ({ label: n, data: sim.curves[n].labels.map((x, j) => ({ x: x, y: sim.curves[n].f1[j] })), borderColor: n === "random" ? "#9ca3af" : palette[i % palette.length], backgroundColor: n === "random" ? "#9ca3af" : palette[i % palette.length], borderDash: n === "random" ? [6, 4] : [] })) },
+        options: { scales: { x: { type: "linear", title: { display: true, text: "labels" } }, y: { title: { display: true, text: "gold macro-F1" } } } },
+      });
+    } else emptyNote("chart-sim", document.querySelector("#simulation [data-job-active], #simulation[data-job-active]") ? "Running…" : "No simulation yet.");
+  }
+
+  document.addEventListener("htmx:afterSettle", () => {
+    const canvas = document.getElementById("chart-sim");
+    if (canvas && !(window.Chart && window.Chart.getChart(canvas))) drawSimulation();
+  });
 
   function init() {
     const root = document.getElementById("labeler");

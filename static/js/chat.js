@@ -14,7 +14,7 @@ const presets = JSON.parse(document.getElementById("chat-presets")?.textContent 
 
 let socket = null;
 let streaming = null; // {message: id, el: text element}
-let pending = false; // a generate frame sent, no start yet
+let pending = null; // a generate frame sent, no start yet: {text, bubble}
 let retry = 0;
 
 function urlFor(template, id) {
@@ -36,8 +36,10 @@ function scrollDown() {
   log.scrollTop = log.scrollHeight;
 }
 
+const hello = document.getElementById("chat-hello");
+
 function bubble(role, text, id) {
-  document.getElementById("chat-hello")?.remove();
+  hello?.remove();
   const article = document.createElement("article");
   article.className = `cm-msg cm-${role}`;
   if (id) article.id = `msg-${id}`;
@@ -95,7 +97,11 @@ function connect() {
   socket.addEventListener("close", (event) => {
     root.dataset.socket = "closed";
     if (streaming) finishLocal("connection lost");
-    pending = false;
+    if (pending) { // never lose what was typed
+      pending.bubble.remove();
+      if (!input.value.trim()) input.value = pending.text;
+    }
+    pending = null;
     setBusy(false);
     if (event.code === 4401) {
       setStatus("Your session ended: log in again.", "error");
@@ -131,7 +137,9 @@ function finishLocal(note) {
 function onFrame(frame) {
   switch (frame.type) {
     case "start": {
-      pending = false;
+      // the server took the message: only now does the box empty (unless the user typed on meanwhile)
+      if (pending && input.value.trim() === pending.text) input.value = "";
+      pending = null;
       const conv = String(frame.conversation);
       if (root.dataset.conversation !== conv) {
         root.dataset.conversation = conv;
@@ -169,14 +177,37 @@ function onFrame(frame) {
       break;
     }
     case "error":
-      pending = false;
-      setStatus(`${frame.message} [${frame.code}]`, "error");
+      // A refused message (too long, rate limited, busy…) keeps its text in the box to fix and resend;
+      // the status says what happened in words (the code is for programs, kept in a data attribute).
+      if (pending) {
+        pending.bubble.remove();
+        if (!log.querySelector(".cm-msg") && hello) log.append(hello);
+        if (!input.value.trim()) input.value = pending.text;
+        input.focus();
+      }
+      pending = null;
+      setStatus(frame.message || "Something went wrong; try again.", "error");
+      statusEl.dataset.code = frame.code || "";
       if (streaming) finishLocal();
       setBusy(false);
       break;
     default:
       break;
   }
+}
+
+// A parameter out of the range the model allows: say which and how, open the panel, send nothing.
+function invalidParam() {
+  const bad = Array.from(document.querySelectorAll("#chat-params input[type=number]")).find((el) => {
+    const v = el.validity;
+    return v.rangeOverflow || v.rangeUnderflow || v.badInput;
+  });
+  if (!bad) return null;
+  const name = bad.closest("label")?.dataset.name || bad.id;
+  const range = bad.max !== "" ? `between ${bad.min} and ${bad.max}` : `at least ${bad.min}`;
+  document.getElementById("chat-params").open = true;
+  bad.focus();
+  return `${name} must be ${range}${bad.dataset.why ? ` (${bad.dataset.why})` : ""}.`;
 }
 
 function send() {
@@ -186,8 +217,12 @@ function send() {
     setStatus("Not connected yet; try again in a moment.", "warn");
     return;
   }
+  const problem = invalidParam();
+  if (problem) {
+    setStatus(problem, "error");
+    return;
+  }
   const conv = root.dataset.conversation;
-  bubble("user", text);
   input.dataset.lastPrompt = text;
   socket.send(JSON.stringify({
     type: "generate",
@@ -195,10 +230,9 @@ function send() {
     prompt: text,
     params: paramsFromPanel(),
   }));
-  pending = true;
+  pending = { text, bubble: bubble("user", text) };
   setBusy(true);
   setStatus("Sending…");
-  input.value = "";
 }
 
 function stop() {

@@ -24,6 +24,10 @@
 
   var PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
 
+  function labelColor(label, i) {
+    return window.slmLabelColor ? window.slmLabelColor(label, i) : PALETTE[i % PALETTE.length];
+  }
+
   function drawCharts() {
     var node = document.getElementById("s-chart-data");
     if (!node || typeof window.Chart === "undefined") return;
@@ -38,7 +42,7 @@
         return {
           label: "predicted " + pred,
           data: matrix.map(function (row) { return row[j]; }),
-          backgroundColor: PALETTE[j % PALETTE.length],
+          backgroundColor: labelColor(pred, j),
         };
       });
       new window.Chart(cmCanvas, {
@@ -46,6 +50,17 @@
         data: { labels: labels.map(function (l) { return "true " + l; }), datasets: datasets },
         options: { responsive: true, maintainAspectRatio: false, animation: false,
                    scales: { y: { beginAtZero: true, title: { display: true, text: "count" } } } },
+      });
+    }
+
+    var histCanvas = document.getElementById("s-hist-chart");
+    if (histCanvas && data.histogram) {
+      new window.Chart(histCanvas, {
+        type: "bar",
+        data: { labels: data.histogram.labels, datasets: [{ label: "texts", data: data.histogram.counts, backgroundColor: "#94a3b8" }] },
+        options: { responsive: true, maintainAspectRatio: false, animation: false, plugins: { legend: { display: false } },
+                   scales: { x: { title: { display: true, text: "length (" + data.histogram.unit + ")" } },
+                             y: { beginAtZero: true, title: { display: true, text: "texts" } } } },
       });
     }
 

@@ -154,8 +154,8 @@ def test_demo_project_and_simulation(settings, tmp_path, admin_user):
     curves = sim.result["curves"]
     assert set(curves) == {"random", "entropy"} and len(curves["random"]["labels"]) >= 3
     assert all(0 <= f <= 1 for f in curves["entropy"]["f1"])
-    data = selectors.dashboard_data(project)
-    assert data["simulation"]["curves"]["random"] == curves["random"]
+    panel = selectors.simulation_panel(project)
+    assert panel["result"]["curves"]["random"] == curves["random"] and not panel["active"]
 
 
 def test_management_commands(project, tmp_path, settings, annotator_user):

@@ -122,7 +122,7 @@ def test_pages_render_for_annotator_and_admin(client, admin_user, annotator_user
     for name in ("annotate:review", "annotate:models"):
         assert client.get(reverse(name, kwargs={"pk": project.pk})).status_code == 200
     resp = client.get(reverse("annotate:models", kwargs={"pk": project.pk}), {"a": "v0001", "b": "v0001"})
-    assert resp.status_code == 200 and b"macro_f1" in resp.content
+    assert resp.status_code == 200 and b"held-out macro-F1" in resp.content  # compared on the same split, named
 
 
 def test_guidelines_markdown_is_sanitised(client, annotator_user, password, db):
@@ -319,3 +319,30 @@ def test_import_with_an_over_long_server_path_is_a_message_not_a_500(client, adm
     client.login(username=admin_user.username, password=password)
     resp = client.post(reverse("annotate:import", kwargs={"pk": project.pk}), {"path": "/tmp/" + "a" * 5000})
     assert resp.status_code == 302 and not project.imports.exists()
+
+
+def test_simulation_card_shows_progress_polls_and_then_the_chart_data(client, admin_user, password, project):
+    """After "Run simulation" the card says queued/running with progress and polls itself; when the
+    simulation succeeded it stops polling and carries the curves for the chart (no reload needed)."""
+    client.login(username=admin_user.username, password=password)
+    url = reverse("annotate:simulate", kwargs={"pk": project.pk})
+    card_url = reverse("annotate:simulation", kwargs={"pk": project.pk})
+    r = client.post(url, {"strategies": ["entropy"]}, HTTP_HX_REQUEST="true")
+    html = r.content.decode()
+    assert r.status_code == 200 and html.lstrip().startswith('<div class="card" id="simulation"')
+    assert f'hx-get="{card_url}"' in html and "data-job-active" in html and "waiting for the worker" in html
+    sim = Simulation.objects.get(project=project)
+    Simulation.objects.filter(pk=sim.pk).update(status="running", progress=0.4)
+    html = client.get(card_url).content.decode()
+    assert "40% done" in html and "data-job-active" in html and "disabled" in html
+    curves = {"random": {"labels": [10, 20], "f1": [0.5, 0.6]}, "entropy": {"labels": [10, 20], "f1": [0.5, 0.7]}}
+    Simulation.objects.filter(pk=sim.pk).update(status="succeeded", progress=1.0, result={"curves": curves})
+    html = client.get(card_url).content.decode()
+    assert "hx-get" not in html and "data-job-active" not in html
+    data = json.loads(html.split('<script id="sim-data" type="application/json">')[1].split("</script>")[0])
+    assert data["curves"] == curves  # json_script for the chart
+    # a failed simulation says why, and the previous chart stays
+    client.post(url, {"strategies": ["margin"]}, HTTP_HX_REQUEST="true")
+    Simulation.objects.filter(status="queued").update(status="failed", error="worker died")
+    html = client.get(card_url).content.decode()
+    assert "The last simulation failed: worker died" in html and '"entropy"' in html

@@ -68,7 +68,8 @@ GREEDY = {"do_sample": False, "max_new_tokens": 12, "repetition_penalty": 1.2, "
 async def test_not_authenticated_gets_error_and_close(chat_model) -> None:  # type: ignore[no-untyped-def]
     from slmsite.asgi import application
 
-    comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")])
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]  # a page of the site itself
+    comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await comm.connect(timeout=TIMEOUT)
     assert connected
     frame = await recv(comm)

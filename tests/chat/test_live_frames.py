@@ -49,4 +49,8 @@ def test_a_message_over_the_server_limit_is_closed_with_1009_and_logged(plain_us
             wait_until(lambda: "closing with 1009" in log_path.read_text(errors="replace"), 10, "the log line")
         finally:
             server.terminate()
-            server.wait(15)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)

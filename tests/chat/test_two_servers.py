@@ -76,7 +76,11 @@ def servers(registry, plain_user, tmp_path):  # type: ignore[no-untyped-def]
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(15)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
 
 
 def _ws(port: int, cookie: str):  # type: ignore[no-untyped-def]

@@ -92,9 +92,18 @@ def test_rename_delete_and_list(client, plain_user, password, exchange) -> None:
     assert Conversation.objects.get(pk=conv.pk).title == "My chat"
     r = client.get(reverse("chat:list") + f"?active={conv.pk}")
     assert b"My chat" in r.content and b'aria-current="page"' in r.content
-    r = client.post(reverse("chat:delete", args=[conv.pk]), HTTP_HX_REQUEST="true")
+    # deleting is permanent: without confirm=1 (the page's dialog adds it) the answer is a question
+    r = client.post(reverse("chat:delete", args=[conv.pk]))
+    assert r.status_code == 200 and "cannot be undone" in r.content.decode()
+    assert b'name="confirm" value="1"' in r.content
+    assert Conversation.objects.filter(pk=conv.pk).exists()
+    r = client.post(reverse("chat:delete", args=[conv.pk]), {"confirm": "1"}, HTTP_HX_REQUEST="true")
     assert r.status_code == 204 and r["HX-Redirect"] == reverse("chat:index")
     assert not Conversation.objects.filter(pk=conv.pk).exists()
+    # its old URL: the app's own "not found" page, also with DEBUG on
+    r = client.get(reverse("chat:conversation", args=[conv.pk]))
+    assert r.status_code == 404 and "Not found" in r.content.decode()
+    assert "technical" not in r.content.decode() and "URLconf" not in r.content.decode()
 
 
 def test_metrics_exposes_chat_series(client) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,10 @@ def tiny_tokenizer() -> Any:
     return train_bpe_tokenizer(TRAIN_TEXTS, vocab_size=300, min_frequency=2)
 
 
-def tiny_model(seed: int = 0, n_positions: int = 128) -> Any:
+def tiny_model(seed: int = 0, n_positions: int = 128, never_eos: bool = False) -> Any:
+    """A random 2-layer GPT-2. `never_eos`: the end-of-text token can never be sampled, so every reply
+    runs to its length limit (browser tests that need a reply of a known length, e.g. to reload in the
+    middle of it, would otherwise fail whenever the random weights pick EOS early)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -43,11 +46,29 @@ def tiny_model(seed: int = 0, n_positions: int = 128) -> Any:
     )
     model = GPT2LMHeadModel(cfg).eval()
     model.generation_config.pad_token_id = tok.eos_token_id
+    if never_eos:
+        _forbid_token(model, tok.eos_token_id)
     return model
 
 
-def save_tiny(directory: Path, seed: int = 0, n_positions: int = 128) -> None:
-    tiny_model(seed, n_positions).save_pretrained(directory)
+def _forbid_token(model: Any, token_id: int) -> None:
+    """Makes `token_id`'s logit about -20 whatever the input (the others stay near 0): the final layer
+    norm pins hidden unit 0 to 100 (weight 0, bias 100); unit 0 of the tied embedding is 0 for every token
+    but this one, whose row is -0.2 there and 0 elsewhere. The token is only ever fed as padding, which
+    the attention mask hides. Small weights keep int8 quantisation of the tied head accurate."""
+    import torch
+
+    with torch.no_grad():
+        model.transformer.ln_f.weight[0] = 0.0
+        model.transformer.ln_f.bias[0] = 100.0
+        wte = model.transformer.wte.weight
+        wte[:, 0] = 0.0
+        wte[token_id].zero_()
+        wte[token_id, 0] = -0.2
+
+
+def save_tiny(directory: Path, seed: int = 0, n_positions: int = 128, never_eos: bool = False) -> None:
+    tiny_model(seed, n_positions, never_eos).save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
 
 
@@ -58,11 +79,12 @@ def add_tiny_chat_version(
     promote: bool = True,
     n_positions: int = 128,
     serving: dict[str, Any] | None = None,
+    never_eos: bool = False,
 ) -> ModelVersion:
     meta: dict[str, Any] = {"family": "gpt2", "metrics": {}, "tiny": True}
     if serving:
         meta["serving"] = serving
-    mv = registry.create_version(name, lambda d: save_tiny(d, seed, n_positions), meta)
+    mv = registry.create_version(name, lambda d: save_tiny(d, seed, n_positions, never_eos), meta)
     if promote:
         registry.promote(name, mv.version)
     return mv

@@ -129,6 +129,17 @@ def live_stack(django_db_setup, django_db_blocker, artifacts_dir_session) -> Ite
         worker_log.close()
 
 
+@pytest.fixture(scope="module")
+def sync_orm_module() -> Iterator[None]:
+    """DJANGO_ALLOW_ASYNC_UNSAFE for a whole test module (module scope: set before the function-scoped
+    database fixtures, so the transactional flush at each test's teardown is covered too): Playwright's
+    sync API keeps an event loop running in this thread while the ORM calls of the tests are sync."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir_session() -> Path:
     path = Path(os.environ.get("SLM_TEST_ARTIFACTS", ROOT / "test-artifacts"))

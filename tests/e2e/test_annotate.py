@@ -147,8 +147,6 @@ def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
 def test_admin_launches_simulation_and_sees_label_efficiency_curves(
     sync_orm_env, live_stack, page, admin_user, password, artifacts_dir_session
 ):
-    import time
-
     from annotate.demo import create_demo_project
     from annotate.models import Simulation
 
@@ -156,17 +154,18 @@ def test_admin_launches_simulation_and_sees_label_efficiency_curves(
     login(page, admin_user.username, password)
     page.goto(f"/annotate/p/{project.pk}/")
     page.locator("#simulation").get_by_role("button", name="Run simulation").click()
-    page.wait_for_load_state()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not Simulation.objects.filter(project=project, status="succeeded").exists():
-        assert not Simulation.objects.filter(project=project, status="failed").exists(), (
-            Simulation.objects.first().error
-        )
-        time.sleep(0.5)
-    page.reload()
-    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-sim'))")
+    # no reload: the card says queued/running with progress at once, then draws the chart by itself
+    page.locator("#simulation .a-sim-progress .badge").wait_for()
+    assert page.locator("#simulation .a-sim-progress").inner_text().split()[0] in ("queued", "running")
+    page.screenshot(path=str(artifacts_dir_session / "screenshots" / "annotate-dashboard-sim-running.png"))
+    page.wait_for_function(
+        "() => window.Chart && Chart.getChart(document.getElementById('chart-sim'))", timeout=120_000
+    )
+    sim = Simulation.objects.get(project=project)
+    assert sim.status == "succeeded", sim.error
     n = page.evaluate("Chart.getChart(document.getElementById('chart-sim')).data.datasets.length")
     assert n == 3  # random + entropy + margin
+    assert page.locator("#simulation .a-sim-progress").count() == 0
     assert "random's final F1" in page.locator("#simulation").inner_text()
     page.screenshot(
         path=str(artifacts_dir_session / "screenshots" / "annotate-dashboard-sim-desktop.png"), full_page=True

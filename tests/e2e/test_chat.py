@@ -32,8 +32,10 @@ def live_chat_model(live_stack):  # type: ignore[no-untyped-def]
 
     from slm.registry import Registry
 
-    # The live stack's registry is the test process's: a tiny, paced (50 ms a token) model goes live.
-    return add_tiny_chat_version(Registry(settings.SLM_REGISTRY_DIR), serving={"min_step_s": 0.05})
+    # The live stack's registry is the test process's: a tiny, paced (50 ms a token) model goes live. It
+    # never samples end-of-text, so each reply runs to max_new_tokens (finish reason "length") and is long
+    # enough to stop or reload in the middle of it.
+    return add_tiny_chat_version(Registry(settings.SLM_REGISTRY_DIR), serving={"min_step_s": 0.05}, never_eos=True)
 
 
 def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, password, page, artifacts_dir_session):  # type: ignore[no-untyped-def]

@@ -101,7 +101,8 @@ def test_playground_classifies_chinese_and_english_and_uploads_csv(
     assert rows.nth(1).locator(".badge").inner_text() == "positive"
     with page.expect_download() as info:
         page.click("#batch-result a:has-text('Download CSV')")
-    content = open(info.value.path(), encoding="utf-8").read().splitlines()
+    content = open(info.value.path(), encoding="utf-8-sig").read().splitlines()
+    assert open(info.value.path(), "rb").read(3) == b"\xef\xbb\xbf"  # BOM: Excel reads it as UTF-8
     assert content[0] == "id,text,label,score,p_negative,p_positive"
     assert len(content) == 4
 

@@ -72,7 +72,9 @@ def test_small_upload_runs_inline(plain_user):
     assert batch.model_ref == "sentiment@v0001"
     assert batch.label_counts == {"positive": 2, "negative": 1}
     assert [r["label"] for r in batch.preview] == ["positive", "negative", "", "positive"]
-    rows = list(csv.DictReader(io.StringIO(batch.result_file.open("rb").read().decode())))
+    raw = batch.result_file.open("rb").read()
+    assert raw.startswith(b"\xef\xbb\xbf")  # a UTF-8 BOM, so Excel shows Chinese text
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
     assert list(rows[0]) == ["id", "text", "label", "score", "p_negative", "p_positive"]
     assert rows[1]["label"] == "negative" and float(rows[1]["p_negative"]) == pytest.approx(0.8)
     assert rows[2]["label"] == "" and rows[2]["id"] == "2"
@@ -169,7 +171,9 @@ def test_upload_views_inline_htmx_and_download(client_user):
     batch = BatchPrediction.objects.get()
     d = client_user.get(reverse("sentiment:batch_download", kwargs={"batch_id": batch.pk}))
     assert d.status_code == 200 and d["Content-Disposition"].startswith("attachment")
-    body = b"".join(d.streaming_content).decode()
+    raw = b"".join(d.streaming_content)
+    assert raw.startswith(b"\xef\xbb\xbf")
+    body = raw.decode("utf-8-sig")
     assert body.splitlines()[0] == "id,text,label,score,p_negative,p_positive"
 
 

@@ -171,7 +171,10 @@ def test_model_card_of_a_real_tiny_version(client_user, registry):
     make_tiny_version(registry)
     html = client_user.get(reverse("sentiment:version", kwargs={"version": "v0001"})).content.decode()
     assert "train_fraction" in html and "duplicates_dropped" in html and "nb_alpha" in html
-    assert "weighted_f1" in html
+    assert "Weighted F1" in html and "Held-out split" not in html  # the tiny model's own split is named
+    assert "Own split: train (tiny test model)" in html
+    # the text-length histogram is a chart, not two raw arrays
+    assert "s-hist-chart" in html and "length_histogram" not in html
 
 
 def test_versions_page_says_when_a_new_live_version_failed_to_load(client_user, registry):

@@ -158,6 +158,28 @@ def test_format_chat_prompt_drops_oldest_turns() -> None:
         format_chat_prompt(history, "a much longer new message", encode, 3)
 
 
+def test_prompt_too_long_says_how_much_and_what_to_do() -> None:
+    def encode(text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    words = " ".join(["word"] * 30)  # "User: <30 words>\nAgent:" = 32 "tokens"
+    with pytest.raises(PromptTooLong) as info:
+        format_chat_prompt([], words, encode, 20, window=40, reserved=20)
+    exc = info.value
+    assert (exc.tokens, exc.limit) == (32, 20)
+    assert str(exc) == (
+        "Your message is too long for this model: it is 32 tokens and at most 20 tokens fit (the model reads "
+        "40 tokens at a time and keeps 20 of them for the reply). Shorten it by about 12 tokens (roughly 56 "
+        "characters), or set “Max new tokens” to 8 or less."
+    )
+    assert exc.excess_chars == 56  # 12/32 of the 149 characters, rounded up
+    # when a shorter reply cannot help, it does not suggest it; character budgets say characters
+    with pytest.raises(PromptTooLong, match=r"Shorten it by about 27 tokens \(roughly 126 characters\)\.$"):
+        format_chat_prompt([], words, encode, 5, window=10, reserved=5)
+    with pytest.raises(PromptTooLong, match=r"it is 5 characters and at most 3 characters fit\. Shorten it by about 2"):
+        format_chat_prompt([], "abcde", lambda t: [0] * 5, 3, unit="characters")
+
+
 # ------------------------------------------------------------------ WordPiece (BertTokenizer) models
 @pytest.fixture(scope="module")
 def bert_tok(tmp_path_factory):  # type: ignore[no-untyped-def]

@@ -1,0 +1,28 @@
+"""The app's own "not found" page, also with DEBUG on: a deleted conversation, run or version that a
+view reports with Http404 shows a page in the app's layout, not Django's technical 404 page (an unknown
+URL still gets Django's URL list in development)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404 (DEBUG off) and the middleware below (DEBUG on)."""
+    return render(request, "404.html", {"path": request.path}, status=404)
+
+
+class NotFoundPageMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, Http404) and not request.path.startswith("/api/"):
+            return not_found(request, exception)
+        return None

@@ -1,0 +1,160 @@
+"""Every page of the app at desktop (1280x800) and phone (390x844) width: nothing sticks out sideways
+(the page never scrolls horizontally at 390 px), no script errors, and a screenshot of each is kept in
+test-artifacts/screenshots/pages/ for people to look at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("sync_orm_module")]
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+# What sticks out past the right edge of the viewport and is not inside something that scrolls itself.
+OVERFLOW_JS = """() => {
+  const vw = document.documentElement.clientWidth;
+  const out = [];
+  const scrolls = (el) => {
+    for (let p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+      const s = getComputedStyle(p);
+      if (/(auto|scroll|hidden|clip)/.test(s.overflowX) && p.getBoundingClientRect().right <= vw + 1) return true;
+    }
+    return false;
+  };
+  for (const el of document.body.querySelectorAll("*")) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= vw + 1 || scrolls(el)) continue;
+    const name = el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+      (el.classList.length ? "." + Array.from(el.classList).join(".") : "");
+    out.push(`${name} right=${Math.round(r.right)}`);
+    if (out.length > 8) break;
+  }
+  return {scrollWidth: document.documentElement.scrollWidth, viewport: vw, culprits: out};
+}"""
+
+
+@pytest.fixture
+def world(live_stack, admin_user) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Enough data that every page has something in it: long conversation titles, a long unbroken reply,
+    two sentiment versions, a project with items, labels, a finished run and a batch prediction."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from annotate.models import TrainingRun
+    from chat import services as chat_services
+    from sentiment.models import BatchPrediction
+    from slm.classify.testing import make_tiny_version
+    from slm.registry import Registry
+    from tests.annotate.conftest import make_project
+    from tests.chat.tiny import add_tiny_chat_version
+
+    registry = Registry(settings.SLM_REGISTRY_DIR)
+    add_tiny_chat_version(registry)
+    old = make_tiny_version(registry, name=settings.SENTIMENT_MODEL)
+    live = make_tiny_version(registry, name=settings.SENTIMENT_MODEL)
+    conv = None
+    for i in range(9):
+        conv, _, agent = chat_services.exchange_start(
+            owner=admin_user,
+            conversation=None,
+            prompt=f"conversation number {i} with a rather long first message that becomes its title",
+            params={"max_new_tokens": 64, "temperature": 0.6, "do_sample": True, "stop": ["User:"]},
+            seed=7,
+            model_ref="chat@v0001",
+            queued=False,
+        )
+        chat_services.message_finish(
+            message_id=agent.pk,
+            text="averyveryverylongwordwithoutanyspaces" * 4 + " 很长的中文回复没有空格" * 6,
+            reason="length",
+            prompt_tokens=20,
+            completion_tokens=64,
+            ttft_ms=12.0,
+            tokens_per_s=40.0,
+        )
+    project = make_project(gold_fraction=0.3, guidelines="Label the **sentiment** of each review.")
+    run = TrainingRun.objects.create(
+        project=project,
+        status=TrainingRun.Status.SUCCEEDED,
+        progress=1.0,
+        n_train=14,
+        n_gold=6,
+        parent_version=old.version,
+        version=live.version,
+        promoted=True,
+        metrics={
+            "gold": {"accuracy": 0.8333, "macro_f1": 0.8285714},
+            "live_gold": {"accuracy": 0.5, "macro_f1": 0.4761904},
+        },
+        log="loading labels\ntraining ngram on 14 labels\nscored on 6 gold items\npromoted",
+        finished_at=timezone.now(),
+    )
+    batch = BatchPrediction.objects.create(
+        owner=admin_user,
+        filename="reviews-with-a-long-file-name-2026.csv",
+        status=BatchPrediction.Status.SUCCEEDED,
+        total=2,
+        done=2,
+        model_ref=live.ref,
+        labels=["negative", "positive"],
+        label_counts={"negative": 1, "positive": 1},
+        preview=[
+            {"text": "质量太差了" * 20, "label": "negative", "score": 0.91},
+            {"text": "great" * 40, "label": "positive", "score": 0.88},
+        ],
+    )
+    return {"conv": conv, "project": project, "run": run, "live": live, "old": old, "batch": batch}
+
+
+def _pages(w: dict[str, Any]) -> list[tuple[str, str]]:
+    p = w["project"].pk
+    return [
+        ("home", "/"),
+        ("chat-new", "/chat/"),
+        ("chat-conversation", f"/chat/c/{w['conv'].pk}/"),
+        ("sentiment-playground", "/sentiment/"),
+        ("sentiment-versions", "/sentiment/models/"),
+        ("sentiment-card", f"/sentiment/models/{w['live'].version}/"),
+        ("sentiment-batch", f"/sentiment/batch/{w['batch'].pk}/"),
+        ("annotate-index", "/annotate/"),
+        ("annotate-new", "/annotate/new/"),
+        ("annotate-project", f"/annotate/p/{p}/"),
+        ("annotate-label", f"/annotate/p/{p}/label/"),
+        ("annotate-review", f"/annotate/p/{p}/review/"),
+        ("annotate-versions", f"/annotate/p/{p}/models/?a={w['old'].version}&b={w['live'].version}"),
+        ("runs", "/annotate/runs/"),
+        ("run", f"/annotate/runs/{w['run'].pk}/"),
+        ("not-found", "/chat/c/999999/"),
+    ]
+
+
+def test_no_page_scrolls_sideways_at_phone_width(page, world, admin_user, password, artifacts_dir_session):  # type: ignore[no-untyped-def]
+    shots = artifacts_dir_session / "screenshots" / "pages"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size(DESKTOP)
+    page.goto("/accounts/login/")
+    page.screenshot(path=str(shots / "login-1280.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.reload()
+    page.screenshot(path=str(shots / "login-390.png"), full_page=True)
+    problems = {}
+    m = page.evaluate(OVERFLOW_JS)
+    if m["scrollWidth"] > m["viewport"] or m["culprits"]:
+        problems["login"] = m
+    login(page, admin_user.username, password)
+    for name, url in _pages(world):
+        for size in (DESKTOP, PHONE):
+            page.set_viewport_size(size)
+            page.goto(url)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(shots / f"{name}-{size['width']}.png"), full_page=True)
+            m = page.evaluate(OVERFLOW_JS)
+            if m["scrollWidth"] > m["viewport"] or m["culprits"]:
+                problems[f"{name}@{size['width']}"] = m
+    assert not problems, problems
+    assert page.js_errors == []
