@@ -164,8 +164,8 @@ def load_tokenizer(cfg: EngineConfig) -> tuple[str, Any, int]:
     ref, src = resolve_ref(cfg)
     target = str(src.path) if src.path is not None else cfg.model
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        conf = AutoConfig.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        conf = AutoConfig.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     return ref, tok, _n_positions(conf)
@@ -184,8 +184,8 @@ def load_model(cfg: EngineConfig) -> LoadedModel:
     target = str(src.path) if src.path is not None else cfg.model
     device = pick_device(cfg.device)
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     model.eval()

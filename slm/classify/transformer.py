@@ -225,8 +225,8 @@ class TransformerClassifier(nn.Module):
         if not (directory / "config.json").exists() or not (directory / "encoder").is_dir():
             raise FileNotFoundError(f"{directory} is not a saved transformer classifier (config.json + encoder/)")
         cfg = json.loads((directory / "config.json").read_text())
-        encoder = AutoModel.from_pretrained(str(directory / "encoder"), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory / "encoder"), local_files_only=True)
+        encoder = AutoModel.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        tokenizer = AutoTokenizer.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
         model = cls(
             encoder,
             tokenizer,

@@ -14,7 +14,7 @@ from django.utils import timezone
 from annotate import jobs
 from annotate.models import TrainingRun
 from tests.annotate.conftest import make_project
-from tests.stack import ROOT, stack_env, wait_until
+from tests.stack import ROOT, stack_env, stop, wait_until
 
 
 def _dead_run(project) -> TrainingRun:  # type: ignore[no-untyped-def]
@@ -67,11 +67,5 @@ def test_a_dead_run_is_failed_by_the_scheduled_job_with_nobody_looking(tmp_path)
                 )
             wait_until(lambda: TrainingRun.objects.get(pk=run.pk).status == "failed", 60, "the scheduled reaper to run")
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(*procs)
     assert "live model is unchanged" in TrainingRun.objects.get(pk=run.pk).error

@@ -11,9 +11,7 @@ from django.conf import settings as dj_settings
 
 from annotate import services
 from annotate.models import TrainingRun
-from slm.classify.testing import make_tiny_version
-from tests.annotate.conftest import make_project
-from tests.annotate.test_retrain import _label_all
+from tests.annotate.test_retrain import paused_run
 from tests.slmsite.test_worker import start_worker
 from tests.stack import pid_alive, stack_env, wait_until
 
@@ -24,12 +22,7 @@ def test_a_retrain_whose_worker_is_killed_stops_before_registering(
 ):
     """The training process of a killed worker stops: nothing registered, nothing promoted, and the run does
     not end 'succeeded' (before: the orphaned horse finished and promoted)."""
-    live0 = make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35)
-    _label_all(project, annotator_user)
-    pause = tmp_path / "pause"
-    pause.write_text("hold")
-    run, _ = services.run_trigger(project=project, user=admin_user)
+    live0, project, pause, run = paused_run(registry, admin_user, annotator_user, tmp_path)
     env = stack_env(
         ANNOTATE_GPU_QUEUE=queues["gpu"],
         ANNOTATE_DEFAULT_QUEUE=queues["default"],

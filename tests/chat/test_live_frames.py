@@ -12,14 +12,7 @@ from django.test import Client
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.stack import ROOT, free_port, stack_env, wait_until
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+from tests.stack import ROOT, free_port, listening, stack_env, stop, wait_until
 
 
 @pytest.mark.django_db(transaction=True)
@@ -38,7 +31,7 @@ def test_a_message_over_the_server_limit_is_closed_with_1009_and_logged(plain_us
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_until(lambda: _listening(port), 60, "the server to listen")
+            wait_until(lambda: listening(port), 60, "the server to listen")
             headers = {"Cookie": cookie, "Origin": f"http://127.0.0.1:{port}"}
             with connect(f"ws://127.0.0.1:{port}/ws/chat/", additional_headers=headers, max_size=None) as ws:
                 ws.send('{"type": "stop"}')  # a small frame is fine
@@ -48,9 +41,4 @@ def test_a_message_over_the_server_limit_is_closed_with_1009_and_logged(plain_us
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
             wait_until(lambda: "closing with 1009" in log_path.read_text(errors="replace"), 10, "the log line")
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
+            stop(server)

@@ -16,17 +16,10 @@ from django.test import Client, override_settings
 from websockets.sync.client import connect
 
 from tests.chat.tiny import add_tiny_chat_version
-from tests.stack import ROOT, free_port, stack_env, wait_until
+from tests.stack import ROOT, free_port, listening, stack_env, stop, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 LONG = {"do_sample": False, "max_new_tokens": 120, "stop": []}
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
@@ -68,19 +61,12 @@ def servers(registry, plain_user, tmp_path):  # type: ignore[no-untyped-def]
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     try:
         for port in ports:
-            wait_until(lambda port=port: _listening(port), 60, "the servers to listen")
+            wait_until(lambda port=port: listening(port), 60, "the servers to listen")
             with urlopen(Request(f"http://127.0.0.1:{port}/chat/", headers={"Cookie": cookie}), timeout=60) as r:
                 assert r.status == 200  # warm: the first request of a process is slow on a loaded machine
         yield ports, cookie, prefix
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop(*procs)
 
 
 def _ws(port: int, cookie: str):  # type: ignore[no-untyped-def]

@@ -79,9 +79,5 @@ def test_concurrent_asgi_requests_stay_within_the_pool_bound(tmp_path):
             pool_use = json.loads(r.read())["database"]["pool"]
         assert pool_use["max"] == BOUND and pool_use["open"] <= BOUND and pool_use["waiting"] == 0
     finally:
-        daphne.terminate()
-        try:
-            daphne.wait(15)
-        except subprocess.TimeoutExpired:
-            daphne.kill()
+        stop(daphne)
         log.close()
