@@ -202,6 +202,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             except redis.RedisError:
                 log.exception("chat: Redis unreachable")
                 await self.send_error("server_error", "the server cannot reach its Redis; try again shortly")
+            except Exception:  # a bug below must cost one error frame, not the socket (close 1011)
+                log.exception("chat: generate failed")
+                await self.send_error("server_error", "the reply could not be started; try again")
         elif kind == "detach":
             self.detach_requested = self.stream is not None and self.stream.running
         elif kind == "stop":

@@ -588,6 +588,7 @@ class Engine:
         self._tickets: dict[str, _Ticket] = {}
         self._users: dict[str, str] = {}
         self._tokenizers: dict[str, tuple[Any, int]] = {}
+        self._tokenizer_lock = threading.Lock()
         self._started = False
         self._thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
@@ -706,9 +707,14 @@ class Engine:
         ref, _ = resolve_ref(self.cfg)
         cached = self._tokenizers.get(ref)
         if cached is None:
-            _, tok, n_pos = load_tokenizer(self.cfg)
-            self._tokenizers = {ref: (tok, n_pos)}
-            cached = (tok, n_pos)
+            # One loader at a time: sockets arriving together used to import transformers concurrently
+            # (its lazy module raised ImportError in some threads) and to load the tokenizer once each.
+            with self._tokenizer_lock:
+                cached = self._tokenizers.get(ref)
+                if cached is None:
+                    _, tok, n_pos = load_tokenizer(self.cfg)
+                    self._tokenizers = {ref: (tok, n_pos)}
+                    cached = (tok, n_pos)
         return ref, cached[0], cached[1]
 
     def prepare(

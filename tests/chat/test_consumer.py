@@ -523,3 +523,18 @@ async def test_oversized_frames_get_an_error_frame_and_a_log_line(chat_model, pl
     await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
     await collect(comm)
     await comm.disconnect()
+
+
+async def test_an_unexpected_failure_while_starting_is_an_error_frame(chat_model, plain_user, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Any exception below generate (here: the backend's prepare) costs one error frame, not the socket."""
+    from chat import engine_client
+
+    backend = engine_client.get_backend()
+    real = backend.prepare
+    monkeypatch.setattr(backend, "prepare", lambda *a, **k: (_ for _ in ()).throw(ImportError("racy import")))
+    comm = await connect(plain_user)
+    await expect_error(comm, {"type": "generate", "prompt": "hi"}, "server_error")
+    monkeypatch.setattr(backend, "prepare", real)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
+    await collect(comm)
+    await comm.disconnect()
