@@ -33,10 +33,12 @@ class DocumentedAPI(NinjaAPI):
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
+                have = {str(code) for code in responses}  # ninja's keys are ints: never add "422" beside 422
                 for code, text in COMMON_ERRORS.items():
                     if (code == "401" and not operation.get("security")) or (
                         code in ("400", "413") and "requestBody" not in operation
                     ):
                         continue
-                    responses.setdefault(code, {"description": text, **ref})
+                    if code not in have:
+                        responses[int(code)] = {"description": text, **ref}
         return schema

@@ -36,3 +36,18 @@ def auth(db, registry, admin_user):  # type: ignore[no-untyped-def]
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, auth):
     case.call_and_validate(headers=auth)
+
+
+def test_the_schema_has_no_duplicate_status_keys(client):
+    """JSON with both 422 and "422" as keys is a 'duplicated mapping key' for Swagger UI (/api/docs)."""
+    import json
+
+    def no_duplicates(pairs):  # type: ignore[no-untyped-def]
+        keys = [k for k, _ in pairs]
+        assert len(keys) == len(set(keys)), keys
+        return dict(pairs)
+
+    body = client.get("/api/openapi.json").content
+    schema = json.loads(body, object_pairs_hook=no_duplicates)
+    responses = schema["paths"]["/api/sentiment/predict"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "422"} <= set(responses)
