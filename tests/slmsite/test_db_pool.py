@@ -16,7 +16,7 @@ from urllib.request import urlopen
 import pytest
 from django.db import connection
 
-from tests.stack import ROOT, free_port, stack_env, wait_until
+from tests.stack import ROOT, free_port, stack_env, stop, wait_until
 
 BOUND = 3
 
@@ -55,11 +55,11 @@ def test_concurrent_asgi_requests_stay_within_the_pool_bound(tmp_path):
         stderr=subprocess.STDOUT,
     )
     peak = 0
-    stop = threading.Event()
+    done = threading.Event()
 
     def watch() -> None:
         nonlocal peak
-        while not stop.wait(0.02):
+        while not done.wait(0.02):
             peak = max(peak, _count(app))
 
     try:
@@ -70,7 +70,7 @@ def test_concurrent_asgi_requests_stay_within_the_pool_bound(tmp_path):
             with ThreadPoolExecutor(16) as pool:
                 codes = list(pool.map(_get, [url + "/healthz"] * 160))
         finally:
-            stop.set()
+            done.set()
             watcher.join()
         assert codes.count(200) == len(codes), sorted(set(codes))
         assert 1 <= peak <= BOUND, peak
