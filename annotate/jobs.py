@@ -204,18 +204,14 @@ def _wait_for_pause_file(rlog: _RunLog) -> None:
 
 
 def evaluate(model: Any, texts: list[str], labels: list[str], label_names: list[str]) -> dict[str, Any]:
-    from slm.classify.metrics import compute_metrics
+    """Gold metrics in the project's label order; {} without gold items, {"error"} for another label set."""
+    from slm.classify.versions import evaluate as evaluate_classifier
 
     if not texts:
         return {}
-    probs = np.asarray(model.predict_proba(texts))
-    model_labels = list(model.labels)
-    if sorted(model_labels) != sorted(label_names):
-        return {"error": f"model labels {model_labels} differ from the project's {label_names}"}
-    order = [model_labels.index(lab) for lab in label_names]
-    probs = probs[:, order]
-    y = [label_names.index(lab) for lab in labels]
-    return compute_metrics(y, probs, labels=label_names)
+    if sorted(model.labels) != sorted(label_names):
+        return {"error": f"model labels {list(model.labels)} differ from the project's {label_names}"}
+    return evaluate_classifier(model, texts, labels, label_order=label_names)
 
 
 def retrain_job(run_id: int) -> dict[str, Any]:

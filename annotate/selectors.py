@@ -179,6 +179,11 @@ def agreement_summary(project: Project) -> dict[str, Any]:
     }
 
 
+def _count(x: Any) -> int | None:
+    value = _num(x)
+    return None if value is None else int(value)
+
+
 def _num(x: Any) -> float | None:
     try:
         v = float(x)
@@ -267,7 +272,8 @@ def compare_versions(project: Project, a: str, b: str) -> dict[str, Any]:
             continue
         for key, name in names.items():
             if ga.get(key) is not None or gb.get(key) is not None:
-                out["rows"].append({"metric": f"{split} {name}", "a": _num(ga.get(key)), "b": _num(gb.get(key))})
+                num = _count if key == "n" else _num
+                out["rows"].append({"metric": f"{split} {name}", "a": num(ga.get(key)), "b": num(gb.get(key))})
         for lab in project.labels:
             fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
             fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")

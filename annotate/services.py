@@ -29,6 +29,7 @@ from annotate.models import (
     TrainingRun,
 )
 from slm.text import PreprocessConfig, clean_text
+from slmsite.limits import TextLimitError, texts_check
 from slmsite.registry import get_registry
 from slmsite.roles import is_admin
 
@@ -241,8 +242,10 @@ def fix_submit(*, text: str, label: str, model_ref: str, user: Any) -> Item:
     text = clean_text(text or "")
     if not text:
         raise ValidationError("the text is empty")
-    if len(text) > settings.SENTIMENT_MAX_TEXT_CHARS:
-        raise ValidationError("the text is too long")
+    try:
+        texts_check([text], name=lambda _i: "the text")
+    except TextLimitError as exc:
+        raise ValidationError(str(exc)) from exc
     name = (model_ref or "").partition("@")[0] or settings.SENTIMENT_MODEL
     project = (
         Project.objects.filter(model_name=name).order_by("created_at").first()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from annotate.models import Item, Project
 
@@ -96,7 +97,12 @@ def _train_transformer(
     if not source:
         raise TrainingError("the transformer family needs a base encoder (hub id, local path or registry:<name>)")
     config = TrainConfig(
-        mode="frozen", encoder=source, epochs=30, val_fraction=0.1 if len(texts) >= 30 else 0.0, num_threads=2
+        mode="frozen",
+        encoder=source,
+        epochs=30,
+        val_fraction=0.1 if len(texts) >= 30 else 0.0,
+        num_threads=2,
+        processes=settings.SLM_TRAIN_PROCESSES,
     )
     log(f"loading encoder {source} (frozen mode: features once, then {config.epochs} head epochs)")
     try:

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 from annotate import selectors, services
 from annotate.models import Export, ImportJob, Item, Project, TrainingRun
 from slm.registry import RegistryError
-from slmsite import confirm
+from slmsite import bootstrap, confirm
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 from slmsite.roles import admin_required, annotator_required, is_admin
@@ -48,7 +48,8 @@ def _wants_json(request: HttpRequest) -> bool:
 @annotator_required
 def index(request: HttpRequest) -> HttpResponse:
     projects = [(p, selectors.project_stats(p, request.user)) for p in selectors.projects_for(request.user)]
-    return render(request, "annotate/index.html", {"projects": projects})
+    building = bootstrap.building(get_registry(), settings.SENTIMENT_MODEL)
+    return render(request, "annotate/index.html", {"projects": projects, "building": building})
 
 
 def _project_form_values(post: Any) -> dict[str, Any]:

@@ -74,11 +74,11 @@ TINY_CONFIG = ChatBuildConfig(
 
 
 def default_config() -> ChatBuildConfig:
-    size = getattr(settings, "CHAT_BOOTSTRAP_SIZE", "default")
+    size = settings.CHAT_BOOTSTRAP_SIZE
     if size == "tiny":
         return TINY_CONFIG
     cfg = ChatBuildConfig()
-    budget = getattr(settings, "CHAT_BOOTSTRAP_MAX_TIME_S", None)
+    budget = settings.CHAT_BOOTSTRAP_MAX_TIME_S
     if budget:
         cfg = replace(cfg, train=replace(cfg.train, max_time_s=float(budget)))
     return cfg

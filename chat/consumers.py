@@ -144,7 +144,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await asyncio.wait_for(asyncio.shield(stream.task), DISCONNECT_WAIT_S)
                     return
                 try:
-                    await asyncio.wait_for(asyncio.shield(stream.task), remaining)
+                    await asyncio.wait_for(asyncio.shield(stream.task), min(remaining, 0.25))
                 except TimeoutError:
                     continue
         except (TimeoutError, asyncio.CancelledError):

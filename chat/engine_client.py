@@ -29,8 +29,8 @@ def _settings_key() -> tuple[Any, ...]:
         settings.CHAT_PRECISION,
         settings.CHAT_MAX_BATCH,
         settings.CHAT_QUEUE_SIZE,
-        getattr(settings, "CHAT_ENGINE_MODE", "process"),
-        getattr(settings, "CHAT_ENGINE_THREADS", 0),
+        settings.CHAT_ENGINE_MODE,
+        settings.CHAT_ENGINE_THREADS,
         settings.CHAT_REMOTE_URL,
         settings.CHAT_REMOTE_TOKEN,
         settings.CHAT_REMOTE_API,
@@ -66,9 +66,9 @@ def _build() -> Any:
         max_batch=settings.CHAT_MAX_BATCH,
         queue_size=settings.CHAT_QUEUE_SIZE,
         device=settings.SLM_DEVICE,
-        num_threads=getattr(settings, "CHAT_ENGINE_THREADS", 0) or None,
+        num_threads=settings.CHAT_ENGINE_THREADS or None,
     )
-    return Engine(cfg, mode=getattr(settings, "CHAT_ENGINE_MODE", "process"))
+    return Engine(cfg, mode=settings.CHAT_ENGINE_MODE)
 
 
 def get_backend() -> Any:
@@ -88,7 +88,7 @@ def get_backend() -> Any:
 def warm() -> None:
     """Starts the local engine (its process loads the model) ahead of the first message; used when the
     chat page is rendered. Never raises: problems are reported to the first request."""
-    if not getattr(settings, "CHAT_ENGINE_WARM", True) or settings.CHAT_BACKEND != "local":
+    if not settings.CHAT_ENGINE_WARM or settings.CHAT_BACKEND != "local":
         return
     try:
         backend = get_backend()

@@ -46,7 +46,7 @@ def _check_admin(user: Any) -> None:
 
 
 def default_model_name() -> str:
-    source = str(getattr(settings, "CHAT_MODEL", "registry:chat"))
+    source = settings.CHAT_MODEL
     if source.startswith("registry:"):
         return parse_ref(source.removeprefix("registry:"))[0]
     return "chat"
@@ -76,7 +76,7 @@ def finetune_config_clean(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
         raise ValidationError("eval_fraction must be in [0, 0.9)")
     if cfg["promote"] not in PROMOTE_CHOICES:
         raise ValidationError(f"promote must be one of {PROMOTE_CHOICES}")
-    train = {**DEFAULT_TRAIN, **(config.get("train") or {})}
+    train = {**DEFAULT_TRAIN, "processes": settings.SLM_TRAIN_PROCESSES, **(config.get("train") or {})}
     try:
         cfg["train"] = LMTrainConfig.from_dict(train).to_dict()
     except (TypeError, ValueError) as exc:

@@ -117,7 +117,7 @@ def run_finetune(run_id: int, *, echo: Callable[[str], None] | None = None) -> d
         cfg = dict(run.config)
         name = cfg.get("name", "chat")
         registry = get_registry()
-        train_cfg = LMTrainConfig.from_dict(cfg.get("train", {}))
+        train_cfg = LMTrainConfig.from_dict(cfg.get("train", {}))  # processes: SLM_TRAIN_PROCESSES unless set
         rec.log(f"base {run.base_ref}; config {cfg}")
         dialogues: list[Dialogue] = []
         sources: dict[str, Any] = {}

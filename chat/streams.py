@@ -91,6 +91,12 @@ def keep_detached_alive(message_id: int) -> bool:
     return bool(_redis().pexpire(_key("detached", message_id), _ms(settings.CHAT_DETACH_GRACE_S)))
 
 
+def stop_detached(message_id: int) -> bool:
+    """Ends a detached stream's grace at once, so its owner (on any process) cancels it (the Stop button of a
+    reloaded page that follows the reply by polling). True if it was detached."""
+    return bool(_redis().delete(_key("detached", message_id)))
+
+
 def detached_remaining(message_id: int) -> float:
     """Seconds of grace left for a detached stream (0 when it was never detached or ran out)."""
     ms = int(_redis().pttl(_key("detached", message_id)))

@@ -11,4 +11,5 @@ urlpatterns = [
     path("list/", views.conversation_list, name="list"),
     path("m/<id:pk>/", views.message, name="message"),
     path("m/<id:pk>/rate", views.message_rate, name="rate"),
+    path("m/<id:pk>/stop", views.message_stop, name="stop"),
 ]

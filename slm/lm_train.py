@@ -1,4 +1,5 @@
-"""Causal-LM training for GPT-2-family chat models (nanoGPT-sized loop, transformers models).
+"""Causal-LM training for GPT-2-family chat models (transformers models) on the one loop in
+`slm.training`.
 
 `train_causal_lm(model, tokenizer, train_texts, eval_texts, config)` tokenizes each text (+ EOS),
 truncates to `max_length`, pads per batch (labels -100 on padding), and trains with AdamW, gradient
@@ -6,22 +7,24 @@ accumulation, linear warmup then cosine/linear decay, gradient clipping and — 
 `slm.device.amp_dtype` — bf16/fp16 autocast. It evaluates token-weighted loss and perplexity on the
 held-out texts after every epoch, reports progress (epoch/step/loss/ETA) through a callback, keeps a
 text log, and can stop at a wall-clock budget (`max_time_s`: the LR schedule then runs on time, so the
-decay still completes).
+decay still completes) or when `should_stop()` says so.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from slm.device import amp_dtype, pick_device
+from slm import training
+from slm.training import Runtime, set_seed
+
+__all__ = ["LMTrainConfig", "TrainResult", "evaluate_lm", "new_gpt2_model", "set_seed", "train_causal_lm"]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -46,6 +49,7 @@ class LMTrainConfig:
     keep_best: bool = True  # restore the weights of the epoch with the lowest eval loss
     num_threads: int | None = None  # torch CPU threads (None = leave as is)
     log_every: int = 10  # optimizer steps between progress reports
+    processes: int = 1  # data-parallel processes (torchrun + accelerate: gloo on CPU, NCCL on GPUs)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -62,6 +66,8 @@ class LMTrainConfig:
             raise ValueError(f"unknown precision {self.precision!r} (auto, fp32)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
+        if int(self.processes) < 1:
+            raise ValueError("processes must be >= 1")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LMTrainConfig:
@@ -80,19 +86,6 @@ class TrainResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover
-        pass
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def new_gpt2_model(
@@ -157,27 +150,10 @@ def collate(examples: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _batches(examples: Sequence[list[int]], batch_size: int, rng: random.Random | None) -> list[list[list[int]]]:
-    """Batches of similar length (less padding): shuffle, sort within chunks of 50 batches, shuffle batches."""
-    order = list(range(len(examples)))
-    if rng is not None:
-        rng.shuffle(order)
-    chunk = batch_size * 50
-    batches: list[list[list[int]]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: len(examples[i]))
-        batches += [[examples[i] for i in part[j : j + batch_size]] for j in range(0, len(part), batch_size)]
-    if rng is not None:
-        rng.shuffle(batches)
-    return batches
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    if dtype is None:
-        from contextlib import nullcontext
-
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _batches(examples: Sequence[list[int]], batch_size: int) -> list[list[list[int]]]:
+    """Evaluation batches of similar length, in order."""
+    plan = training.length_grouped_batches([len(e) for e in examples], batch_size)
+    return [[examples[i] for i in idx.tolist()] for idx in plan]
 
 
 @torch.no_grad()
@@ -188,18 +164,22 @@ def evaluate_lm(
     batch_size: int = 32,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, float]:
-    """Token-weighted mean next-token loss and perplexity over `examples` (lists of ids)."""
+    """Token-weighted mean next-token loss and perplexity over `examples` (lists of ids); with a
+    multi-process `runtime` each process scores its share and the sums are combined."""
     if not examples:
         return {}
-    device = device or next(model.parameters()).device
+    device = runtime.device if runtime is not None else device or next(model.parameters()).device
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
-    for batch in _batches(examples, batch_size, None):
+    mine = list(runtime.shard(examples)) if runtime is not None else list(examples)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    for batch in _batches(mine, batch_size):
         b = {k: v.to(device) for k, v in collate(batch, pad).items()}
-        with _autocast(device, dtype):
+        with runtime.autocast() if runtime is not None else autocast:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         shift_logits = logits[:, :-1].float()
         shift_labels = b["labels"][:, 1:]
@@ -211,20 +191,26 @@ def evaluate_lm(
         )
         total_loss += float(loss)
         total_tokens += int((shift_labels != -100).sum())
+    if runtime is not None:
+        sums = runtime.sum({"loss": total_loss, "tokens": float(total_tokens)})
+        total_loss, total_tokens = sums["loss"], int(sums["tokens"])
     model.train(was_training)
     mean = total_loss / max(1, total_tokens)
     return {"eval_loss": mean, "perplexity": math.exp(min(mean, 50.0)), "eval_tokens": float(total_tokens)}
 
 
-def _lr_factor(progress: float, warmup: float, schedule: str, min_ratio: float) -> float:
-    if warmup > 0 and progress < warmup:
-        return max(progress / warmup, 1e-3)
-    if schedule == "constant":
-        return 1.0
-    p = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
-    if schedule == "linear":
-        return min_ratio + (1 - min_ratio) * (1 - p)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+@dataclass
+class _Run:
+    """The arguments of one train_causal_lm call."""
+
+    model: Any
+    tokenizer: Any
+    train_texts: Sequence[str]
+    eval_texts: Sequence[str]
+    config: LMTrainConfig
+    progress: Progress | None
+    log: Callable[[str], None] | None
+    should_stop: Callable[[], bool] | None
 
 
 def train_causal_lm(
@@ -239,26 +225,72 @@ def train_causal_lm(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Trains `model` in place on `train_texts` (already formatted, EOS is appended here) and returns
-    metrics: train_loss, eval_loss, perplexity (held-out), train_time_s, steps, tokens, device, dtype."""
+    metrics: train_loss, eval_loss, perplexity (held-out), train_time_s, steps, tokens, device, dtype.
+    With `config.processes` > 1 the run is split over that many processes (the weights come back here)."""
+    if config.processes > 1 and training.launched_processes() == 1:
+        return _train_in_processes(_Run(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop))
     prev_threads = torch.get_num_threads()
-    if config.num_threads:
+    if config.num_threads and training.launched_processes() == 1:  # launched processes share the threads out
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop)
+        return _train(_Run(model, tokenizer, train_texts, eval_texts, config, progress, log, should_stop))
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train(
-    model: Any,
-    tokenizer: Any,
-    train_texts: Sequence[str],
-    eval_texts: Sequence[str],
-    config: LMTrainConfig,
-    progress: Progress | None,
-    log: Callable[[str], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> TrainResult:
+def _train_in_processes(run: _Run) -> TrainResult:
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, train_texts, eval_texts = run.model, run.tokenizer, run.train_texts, run.eval_texts
+    config, progress, log, should_stop = run.config, run.progress, run.log, run.should_stop
+    lines: list[str] = []
+
+    def on_log(event: dict[str, Any]) -> None:
+        lines.append(event["line"])
+        if log is not None:
+            log(event["line"])
+
+    handlers = {"progress": lambda e: progress(e["info"]) if progress else None, "log": on_log}
+    spec = {"train_texts": list(train_texts), "eval_texts": list(eval_texts), "config": config.to_dict()}
+    with training.in_processes(
+        "slm.lm_train:_process_main",
+        config.processes,
+        spec,
+        lambda directory: save_model(model, tokenizer, directory),
+        device=config.device,
+        handlers=handlers,
+        should_stop=should_stop,
+    ) as (out, result):
+        trained = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+    model.load_state_dict(trained.state_dict())
+    model.eval()
+    return TrainResult(metrics=result["metrics"], history=result["history"], log=lines or result["log"])
+
+
+def _process_main(workdir: str) -> None:
+    """One of the processes `_train_in_processes` starts (via slm.training.launch)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    init, spec = training.process_inputs(workdir)
+    model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+    tokenizer = AutoTokenizer.from_pretrained(init, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+    result = train_causal_lm(
+        model,
+        tokenizer,
+        spec["train_texts"],
+        spec["eval_texts"],
+        LMTrainConfig.from_dict(spec["config"]),
+        progress=lambda info: training.emit({"kind": "progress", "info": info}),
+        log=lambda line: training.emit({"kind": "log", "line": line}),
+        should_stop=training.stop_requested(workdir),
+    )
+    out = {"metrics": result.metrics, "history": result.history, "log": result.log}
+    training.process_outputs(workdir, lambda directory: save_model(model, tokenizer, directory), out)
+
+
+def _train(run: _Run) -> TrainResult:
+    model, tokenizer, train_texts, eval_texts = run.model, run.tokenizer, run.train_texts, run.eval_texts
+    config, progress, log, should_stop = run.config, run.progress, run.log, run.should_stop
     result = TrainResult(metrics={})
 
     def say(line: str) -> None:
@@ -267,139 +299,110 @@ def _train(
             log(line)
 
     set_seed(config.seed)
-    device = pick_device(config.device)
-    dtype = amp_dtype(device) if config.precision == "auto" else None
+    runtime = Runtime(config.device, config.precision)
+    device, dtype = runtime.device, runtime.dtype
     model.to(device)
     train_ex = encode_texts(tokenizer, train_texts, config.max_length)
     eval_ex = encode_texts(tokenizer, eval_texts, config.max_length)
     if not train_ex:
         raise ValueError("no training examples (all texts were empty)")
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.eos_token_id
-    steps_per_epoch = math.ceil(math.ceil(len(train_ex) / config.batch_size) / config.grad_accum)
+    n_batches = math.ceil(len(train_ex) / config.batch_size)
+    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
-    warmup = config.warmup_ratio
     n_params = sum(p.numel() for p in model.parameters())
     say(
         f"train {len(train_ex)} texts / eval {len(eval_ex)}; {total_steps} steps "
         f"({steps_per_epoch}/epoch, batch {config.batch_size}x{config.grad_accum}); "
         f"{n_params / 1e6:.2f}M params; device {device} {dtype or 'fp32'}"
+        + (f"; {runtime.world} processes" if runtime.world > 1 else "")
     )
+    gen = torch.Generator().manual_seed(config.seed)
+    lengths = [len(e) for e in train_ex]
+    tokens = {"seen": 0.0}
+    running: list[float] = []
+    last = {"train_loss": float("nan")}
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.95),
+    def loss(m: Any, idx: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        b = {k: v.to(device) for k, v in collate([train_ex[i] for i in idx.tolist()], pad).items()}
+        tokens["seen"] += float(b["attention_mask"].sum())
+        return m(**b).loss, {}
+
+    def on_step(info: dict[str, Any]) -> None:
+        running.append(info["loss"])
+        if info["step"] % config.log_every and info["step"] != info["total_steps"]:
+            return
+        last["train_loss"] = sum(running) / len(running)
+        running.clear()
+        info = {**info, "loss": last["train_loss"]}
+        result.history.append(info)
+        say(
+            f"epoch {info['epoch']} step {info['step']}/{total_steps} loss {info['loss']:.4f} eta {info['eta_s'] or 0:.0f}s"
+        )
+        if progress is not None:
+            progress(info)
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        if running:
+            last["train_loss"] = sum(running) / len(running)
+        if "eval_loss" in row:
+            ev = {k: row[k] for k in ("eval_loss", "perplexity", "eval_tokens")}
+            say(f"epoch {row['epoch']} eval_loss {ev['eval_loss']:.4f} perplexity {ev['perplexity']:.2f}")
+            result.history.append({"epoch": row["epoch"], "step": row["step"], **ev})
+
+    def evaluate(m: Any) -> dict[str, float]:
+        return evaluate_lm(m, eval_ex, batch_size=config.eval_batch_size, runtime=runtime)
+
+    fr = training.fit(
+        model,
+        batches=lambda _epoch: training.length_grouped_batches(lengths, config.batch_size, gen),
+        batches_per_epoch=n_batches,
+        loss=loss,
+        config=training.FitConfig(
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            betas=(0.9, 0.95),
+            grad_accum=config.grad_accum,
+            max_grad_norm=config.max_grad_norm,
+            warmup_ratio=config.warmup_ratio,
+            schedule=config.schedule,
+            min_lr_ratio=config.min_lr_ratio,
+            seed=config.seed,
+            time_budget_s=config.max_time_s or 0.0,
+            schedule_on_time=True,
+            monitor="eval_loss" if eval_ex else "",
+            keep_best=config.keep_best,
+        ),
+        runtime=runtime,
+        evaluate=evaluate if eval_ex else None,
+        weight=lambda idx: sum(lengths[i] - 1 for i in idx),  # the loss is a mean over predicted tokens
+        on_step=on_step,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
     )
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    rng = random.Random(config.seed)
-    started = time.monotonic()
-    step, tokens_seen, running, running_n = 0, 0, 0.0, 0
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    last_train_loss = float("nan")
-    stopped_reason = "epochs"
-
-    def frac_done() -> float:
-        p = step / total_steps
-        if config.max_time_s:
-            p = max(p, (time.monotonic() - started) / config.max_time_s)
-        return min(1.0, p)
-
-    model.train()
-    epoch = 0
-    done = False
-    while not done:
-        epoch += 1
-        batches = _batches(train_ex, config.batch_size, rng)
-        micro = 0
-        for i, batch in enumerate(batches):
-            b = {k: v.to(device) for k, v in collate(batch, pad).items()}
-            with _autocast(device, dtype):
-                loss = model(**b).loss
-            tokens_seen += int(b["attention_mask"].sum())
-            running += float(loss.detach())
-            running_n += 1
-            loss = loss / config.grad_accum
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            micro += 1
-            if micro % config.grad_accum != 0 and i != len(batches) - 1:
-                continue
-            factor = _lr_factor(frac_done(), warmup, config.schedule, config.min_lr_ratio)
-            for g in opt.param_groups:
-                g["lr"] = config.lr * factor
-            if scaler is not None:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if step % config.log_every == 0 or step == total_steps:
-                last_train_loss = running / max(1, running_n)
-                running, running_n = 0.0, 0
-                elapsed = time.monotonic() - started
-                f = frac_done()
-                info = {
-                    "epoch": epoch,
-                    "step": step,
-                    "total_steps": total_steps,
-                    "loss": last_train_loss,
-                    "lr": config.lr * factor,
-                    "elapsed_s": elapsed,
-                    "eta_s": elapsed / f * (1 - f) if f > 0 else None,
-                    "fraction": f,
-                }
-                result.history.append(info)
-                say(f"epoch {epoch} step {step}/{total_steps} loss {last_train_loss:.4f} eta {info['eta_s'] or 0:.0f}s")
-                if progress is not None:
-                    progress(info)
-            if step >= total_steps:
-                done = True
-            elif config.max_time_s and time.monotonic() - started >= config.max_time_s:
-                done, stopped_reason = True, "time budget"
-            elif should_stop is not None and should_stop():
-                done, stopped_reason = True, "stopped"
-            if done:
-                break
-        if running_n:
-            last_train_loss = running / running_n
-        if eval_ex:
-            ev = evaluate_lm(model, eval_ex, batch_size=config.eval_batch_size, device=device, dtype=dtype)
-            say(f"epoch {epoch} eval_loss {ev['eval_loss']:.4f} perplexity {ev['perplexity']:.2f}")
-            result.history.append({"epoch": epoch, "step": step, **ev})
-            if config.keep_best and (best is None or ev["eval_loss"] < best[0]):
-                best = (ev["eval_loss"], {k: v.detach().clone() for k, v in model.state_dict().items()})
-    train_time = time.monotonic() - started
+    stopped = fr.stopped
     metrics: dict[str, Any] = {
-        "train_loss": last_train_loss,
-        "train_time_s": round(train_time, 2),
-        "steps": step,
-        "epochs_run": epoch,
-        "train_tokens": tokens_seen,
+        "train_loss": last["train_loss"],
+        "train_time_s": round(fr.train_time_s, 2),
+        "steps": fr.steps,
+        "epochs_run": fr.epochs_run,
+        "train_tokens": int(runtime.sum({"t": tokens["seen"]})["t"]),
         "train_texts": len(train_ex),
         "eval_texts": len(eval_ex),
         "params": n_params,
         "device": str(device),
         "dtype": str(dtype or torch.float32).removeprefix("torch."),
-        "stopped": stopped_reason,
+        "stopped": stopped,
     }
-    if best is not None:
-        model.load_state_dict(best[1])
-        metrics["eval_loss"] = best[0]
-        metrics["perplexity"] = math.exp(min(best[0], 50.0))
-    elif eval_ex:
-        ev = evaluate_lm(model, eval_ex, batch_size=config.eval_batch_size, device=device, dtype=dtype)
+    if runtime.world > 1:
+        metrics["processes"] = runtime.world
+    if eval_ex:
+        ev = fr.best if config.keep_best else {k: v[-1] for k, v in fr.curves.items()}
         metrics.update(eval_loss=ev["eval_loss"], perplexity=ev["perplexity"])
     model.eval()
     say(
-        f"done in {train_time:.1f}s ({stopped_reason}): train_loss {last_train_loss:.4f}"
+        f"done in {fr.train_time_s:.1f}s ({stopped}): train_loss {last['train_loss']:.4f}"
         + (f", eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['perplexity']:.2f}" if eval_ex else "")
     )
     result.metrics = metrics

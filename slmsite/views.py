@@ -13,6 +13,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from slm.registry import RegistryError
+from slmsite import bootstrap
 from slmsite.registry import get_registry
 
 
@@ -27,6 +29,7 @@ def home(request: HttpRequest) -> HttpResponse:
         {
             "chat_model": f"chat@{chat_live}" if chat_live else None,
             "sentiment_model": f"{settings.SENTIMENT_MODEL}@{sentiment_live}" if sentiment_live else None,
+            "builds": [bootstrap.building(reg, name) for name in ("chat", settings.SENTIMENT_MODEL)],
         },
     )
 
@@ -47,6 +50,18 @@ def _pool_use() -> dict[str, Any] | None:
         "waiting": stats.get("requests_waiting", 0),
         "timeouts": stats.get("requests_errors", 0),
     }
+
+
+@login_required
+@require_GET
+def building_status(request: HttpRequest, model: str) -> HttpResponse:
+    """The "model building (x%)" banner of one default model (polled while it builds); once the model is
+    live, a short "ready" note instead."""
+    try:
+        state = bootstrap.building(get_registry(), model)
+    except RegistryError:
+        state = None
+    return render(request, "building.html", {"building": state, "ready": model if state is None else ""})
 
 
 def _check_database() -> dict[str, Any]:

@@ -1,23 +1,23 @@
-"""Training for the transformer family: a config dataclass (TOML/YAML file or flags) and one loop.
+"""Training the transformer classifier family: a config dataclass (TOML/YAML file or flags) and its modes,
+all running on the one loop in `slm.training` (accelerate: device, mixed precision, DDP).
 
 Modes:
   * frozen (default, the seed's design): the encoder never changes, so its pooled features are
-    computed ONCE (one encoder pass over train + validation) and the head trains on the cached
-    tensors — 100 head epochs cost about one encoder pass. `train_frozen_uncached` is the seed's
-    loop (encoder run on every batch of every epoch), kept as the reference for tests and bench.
+    computed ONCE (one encoder pass over train + validation, split across processes when there are
+    several) and the head trains on the cached tensors — 100 head epochs cost about one encoder pass.
+    `train_frozen_uncached` is the seed's loop (encoder run on every batch of every epoch), kept as
+    the reference for tests and bench/sentiment.py; it runs on the same loop with the same batches.
   * full: encoder and head train end to end.
   * lora: low-rank adapters (peft) on the encoder's attention projections + the head; adapters are
     merged into the encoder when saved.
 
-Our own loop, not the Trainer: the frozen cache is a tensor loop the Trainer cannot express, and for
-full/lora the loop is ~100 lines with the same features (warmup schedule, clipping, accumulation,
-autocast only where supported, early stopping, per-epoch curves, progress callbacks).
+A model that was already trained (e.g. a parent version loaded to be warm-started) continues from its
+current encoder and head weights. With `teacher` probabilities the loss mixes the teacher's
+temperature-softened distribution with the hard labels (distillation).
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -31,11 +31,25 @@ from torch import nn
 
 from slm.classify.metrics import compute_metrics
 from slm.classify.transformer import TransformerClassifier
-from slm.device import amp_dtype, pick_device, supports_dtype
+from slm.training import (
+    FitConfig,
+    Runtime,
+    emit,
+    fit,
+    in_processes,
+    launched_processes,
+    length_grouped_batches,
+    process_inputs,
+    process_outputs,
+    set_seed,
+    stop_requested,
+)
 
 Progress = Callable[[str, float], None]
 EpochCallback = Callable[[dict[str, Any]], None]
+StopCheck = Callable[[], bool]
 MODES = ("frozen", "full", "lora")
+__all__ = ["TrainConfig", "TrainResult", "set_seed", "split_validation", "train_transformer"]
 
 
 @dataclass
@@ -67,7 +81,15 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     lora_target_modules: list[str] | None = None
+    # pruning before training (the training then recovers what was lost): fraction of attention heads
+    # removed (structured, by magnitude) and fraction of encoder linear weights held at zero
+    prune_heads: float = 0.0
+    prune_weights: float = 0.0
+    # distillation (when teacher probabilities are given): loss = alpha * T^2 * KL + (1 - alpha) * CE
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
     # runtime
+    processes: int = 1  # data-parallel processes (torchrun + accelerate: gloo on CPU, NCCL on GPUs)
     seed: int = 42
     device: str = "auto"
     num_threads: int = 0  # 0 = torch default
@@ -93,6 +115,15 @@ class TrainConfig:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
+        if int(self.processes) < 1:
+            raise ValueError("processes must be >= 1")
+        for name in ("prune_heads", "prune_weights"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError("distill_alpha must be in [0, 1]")
+        if self.distill_temperature <= 0:
+            raise ValueError("distill_temperature must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,14 +169,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"{path}: config files are .toml, .yaml or .yml")
 
 
-def set_seed(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 @dataclass
 class TrainResult:
     model: TransformerClassifier
@@ -158,12 +181,12 @@ class TrainResult:
     n_train: int
     n_val: int
     config: TrainConfig
+    stopped: str = "epochs"  # epochs | early stopping | time budget | stopped
+    pruning: dict[str, Any] = field(default_factory=dict)  # heads removed / weight sparsity, when pruned
 
 
-def split_validation(
-    texts: Sequence[str], labels: Sequence[str], fraction: float, seed: int
-) -> tuple[list[str], list[str], list[str], list[str]]:
-    """Stratified (train, val) split; classes with a single example stay in train."""
+def split_indices(labels: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified (train, val) row indices; classes with a single example stay in train."""
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[int]] = {}
     for i, lab in enumerate(labels):
@@ -177,64 +200,15 @@ def split_validation(
         n_val = min(max(n_val, 1 if fraction > 0 and len(idx) > 1 else 0), len(idx) - 1)
         va.extend(idx[:n_val].tolist())
         tr.extend(idx[n_val:].tolist())
-    tr.sort()
-    va.sort()
+    return sorted(tr), sorted(va)
+
+
+def split_validation(
+    texts: Sequence[str], labels: Sequence[str], fraction: float, seed: int
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Stratified (train texts, train labels, val texts, val labels)."""
+    tr, va = split_indices(labels, fraction, seed)
     return [texts[i] for i in tr], [labels[i] for i in tr], [texts[i] for i in va], [labels[i] for i in va]
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
-
-    warmup = int(round(config.warmup_ratio * total_steps))
-    if config.schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup)
-    if config.schedule == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-    return get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
-
-
-def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
-
-
-def _autocast_dtype(device: torch.device, config: TrainConfig) -> torch.dtype | None:
-    if config.precision == "fp32":
-        return None
-    if config.precision == "auto":
-        return amp_dtype(device)
-    dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
-    return dtype if supports_dtype(device, dtype) else None
-
-
-class _EarlyStopper:
-    def __init__(self, config: TrainConfig) -> None:
-        self.metric = config.early_stopping_metric
-        self.patience = config.early_stopping_patience
-        self.min_delta = config.min_delta
-        self.best: float | None = None
-        self.best_epoch = 0
-        self.bad = 0
-
-    def update(self, epoch: int, row: dict[str, float]) -> tuple[bool, bool]:
-        """Returns (improved, should_stop)."""
-        value = row[self.metric]
-        sign = 1.0 if self.metric == "val_loss" else -1.0
-        improved = self.best is None or sign * (value - self.best) < -self.min_delta
-        if improved:
-            self.best, self.best_epoch, self.bad = value, epoch, 0
-        else:
-            self.bad += 1
-        return improved, bool(self.patience and self.bad >= self.patience)
 
 
 def _eval_logits(logits: torch.Tensor, y: torch.Tensor, labels: Sequence[str]) -> dict[str, float]:
@@ -269,23 +243,33 @@ def train_transformer(
     val_labels: Sequence[str] | None = None,
     progress: Progress | None = None,
     on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
+    teacher_probs: np.ndarray | None = None,
 ) -> TrainResult:
     """Trains `model` in place (mode from config) and returns it with curves and validation metrics.
 
     Without val_texts, `config.val_fraction` of the data is held out (stratified). The best epoch's
-    weights (by the early-stopping metric) are restored at the end.
+    weights (by the early-stopping metric) are restored at the end. `teacher_probs` (n_texts, labels
+    in the model's order) turns on distillation: soft targets from a teacher mixed with the labels.
     """
     config = config or TrainConfig()
     report = progress or (lambda _m, _f: None)
     started = time.perf_counter()
-    if config.num_threads:
+    if config.num_threads and launched_processes() == 1:  # launched processes share the threads out
         torch.set_num_threads(config.num_threads)
-    set_seed(config.seed)
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if config.processes > 1 and launched_processes() == 1:
+        return _train_in_processes(
+            model, texts, labels, val_texts, val_labels, teacher_probs, config, report, on_epoch, should_stop, started
+        )
+    soft = _soft_targets(teacher_probs, len(texts), len(model.labels), config)
     if val_texts is None:
         if config.val_fraction > 0:
-            texts, labels, val_texts, val_labels = split_validation(texts, labels, config.val_fraction, config.seed)
+            tr, va = split_indices(labels, config.val_fraction, config.seed)
+            val_texts, val_labels = [texts[i] for i in va], [labels[i] for i in va]
+            texts, labels = [texts[i] for i in tr], [labels[i] for i in tr]
+            soft = soft[tr] if soft is not None else None
         else:
             val_texts, val_labels = [], []
     val_labels = list(val_labels or [])
@@ -293,120 +277,271 @@ def train_transformer(
         raise ValueError("no training texts")
     y_train = _label_ids(model, labels)
     y_val = _label_ids(model, val_labels)
-    device = pick_device(config.device)
-    model.to(device)
+    set_seed(config.seed)
+    runtime = Runtime(config.device, config.precision)
+    model.to(runtime.device)
     model.max_length = config.max_length
     model.mode = config.mode
-    if config.mode == "frozen":
-        return _train_frozen(
-            model, list(texts), y_train, list(val_texts), y_val, config, device, report, on_epoch, started
-        )
-    return _train_end_to_end(
-        model, list(texts), y_train, list(val_texts), y_val, config, device, report, on_epoch, started
-    )
+    job = _Job(model, list(texts), y_train, list(val_texts), y_val, config, runtime, report, on_epoch, should_stop)
+    job.started, job.soft = started, soft
+    return _with_pruning(job, _train_frozen if config.mode == "frozen" else _train_end_to_end)
 
 
-def _epoch_row(epoch: int, loss_sum: float, correct: int, n: int, lr: float) -> dict[str, float]:
-    return {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1), "lr": lr}
+@dataclass
+class _Job:
+    """One classifier training run: the model, the data (label ids), the settings and the callbacks."""
+
+    model: TransformerClassifier
+    texts: list[str]
+    y: torch.Tensor
+    val_texts: list[str]
+    y_val: torch.Tensor
+    config: TrainConfig
+    runtime: Runtime
+    report: Progress
+    on_epoch: EpochCallback | None = None
+    should_stop: StopCheck | None = None
+    started: float = field(default_factory=time.perf_counter)
+    soft: torch.Tensor | None = None
 
 
-def _finish_epoch(
-    *,
-    row: dict[str, Any],
-    stopper: _EarlyStopper,
-    curves: dict[str, list[float]],
-    state: dict[str, Any],
-    snapshot: Callable[[], Any],
+def _with_pruning(job: _Job, train: Callable[[_Job], TrainResult]) -> TrainResult:
+    """Prunes the encoder as the config asks (heads removed, weights masked), trains, bakes the masks."""
+    from slm.classify import prune
+
+    config, encoder = job.config, job.model.encoder
+    heads: prune.PrunedHeads = {}
+    before = prune.count_heads(encoder) if config.prune_heads else 0
+    if config.prune_heads:
+        heads = prune.choose_heads(encoder, config.prune_heads)
+        prune.remove_heads(encoder, heads)
+        job.model.pruned_heads.append(heads)
+        job.report(f"pruned {sum(map(len, heads.values()))} of {before} attention heads", 0.01)
+    masked = prune.mask_weights(encoder, config.prune_weights) if config.prune_weights else []
+    result = train(job)
+    sparsity = prune.bake_masks(masked) if masked else None
+    after = prune.count_heads(job.model.encoder) if config.prune_heads else 0
+    result.pruning = prune.summary(before, after, heads, sparsity)
+    return result
+
+
+RESULT_FIELDS = (
+    "curves",
+    "val_metrics",
+    "timings",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "n_train",
+    "n_val",
+    "stopped",
+    "pruning",
+)
+
+
+def _train_in_processes(
+    model: TransformerClassifier,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    val_texts: Sequence[str] | None,
+    val_labels: Sequence[str] | None,
+    teacher_probs: np.ndarray | None,
     config: TrainConfig,
-    started: float,
-    train_started: float,
     report: Progress,
     on_epoch: EpochCallback | None,
-    has_val: bool,
-) -> bool:
-    """Records the epoch, updates early stopping; returns True when training should stop."""
-    for k, v in row.items():
-        curves.setdefault(k, []).append(v)
-    epoch = int(row["epoch"])
-    stop = False
-    if has_val:
-        improved, stop = stopper.update(epoch, row)
-        if improved:
-            state["best"] = snapshot()
-    else:
-        stopper.best_epoch = epoch
-        state["best"] = snapshot()
-    elapsed = time.perf_counter() - train_started
-    per_epoch = elapsed / epoch
-    budget_hit = bool(config.time_budget_s and time.perf_counter() - started + per_epoch > config.time_budget_s)
-    row = {
-        **row,
-        "epochs": config.epochs,
-        "elapsed_s": round(elapsed, 2),
-        "eta_s": round(per_epoch * (config.epochs - epoch), 1),
-    }
-    if on_epoch:
-        on_epoch(row)
-    msg = f"epoch {epoch}/{config.epochs} loss {row['train_loss']:.4f}"
-    if has_val:
-        msg += f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f}"
-    report(msg, 0.1 + 0.85 * epoch / config.epochs)
-    state["budget_hit"] = budget_hit
-    return stop or budget_hit
-
-
-def _train_result(
-    *,
-    model: TransformerClassifier,
-    curves: dict[str, list[float]],
-    val_metrics: dict[str, Any],
-    stopper: _EarlyStopper,
-    epochs_run: int,
-    state: dict[str, Any],
-    config: TrainConfig,
-    n_train: int,
-    n_val: int,
+    should_stop: StopCheck | None,
     started: float,
-    train_started: float,
 ) -> TrainResult:
-    """The TrainResult of a finished loop (head-on-features and end-to-end share it)."""
-    now = time.perf_counter()
+    """train_transformer across `config.processes` processes; the trained weights come back into `model`."""
+    spec = {
+        "texts": list(texts),
+        "labels": [str(x) for x in labels],
+        "val_texts": list(val_texts) if val_texts is not None else None,
+        "val_labels": [str(x) for x in val_labels] if val_labels is not None else None,
+        "teacher_probs": np.asarray(teacher_probs).tolist() if teacher_probs is not None else None,
+        "config": config.to_dict(),
+    }
+    handlers = {
+        "progress": lambda e: report(e["message"], e["fraction"]),
+        "epoch": lambda e: on_epoch(e["row"]) if on_epoch else None,
+    }
+    with in_processes(
+        "slm.classify.train:_process_main",
+        config.processes,
+        spec,
+        model.save,
+        device=config.device,
+        handlers=handlers,
+        should_stop=should_stop,
+    ) as (out, result):
+        trained = TransformerClassifier.load(out, device=None)
+    model.replay_pruning(trained.pruned_heads[len(model.pruned_heads) :])
+    model.load_state_dict(trained.state_dict())
+    model.mode, model.max_length = trained.mode, trained.max_length
+    model.eval()
+    result["timings"] = {**result["timings"], "total_s": round(time.perf_counter() - started, 3)}
+    return TrainResult(model=model, config=config, **{k: result[k] for k in RESULT_FIELDS})
+
+
+def _process_main(workdir: str) -> None:
+    """One of the processes `_train_in_processes` starts (via slm.training.launch)."""
+    init, spec = process_inputs(workdir)
+    model = TransformerClassifier.load(init, device=None)
+    probs = spec["teacher_probs"]
+    result = train_transformer(
+        model,
+        spec["texts"],
+        spec["labels"],
+        TrainConfig.from_dict(spec["config"]),
+        val_texts=spec["val_texts"],
+        val_labels=spec["val_labels"],
+        progress=lambda m, f: emit({"kind": "progress", "message": m, "fraction": f}),
+        on_epoch=lambda row: emit({"kind": "epoch", "row": row}),
+        should_stop=stop_requested(workdir),
+        teacher_probs=np.asarray(probs, dtype=np.float32) if probs is not None else None,
+    )
+    result.timings["processes"] = launched_processes()
+    process_outputs(workdir, model.save, {k: getattr(result, k) for k in RESULT_FIELDS})
+
+
+def _soft_targets(teacher_probs: np.ndarray | None, n: int, n_labels: int, config: TrainConfig) -> torch.Tensor | None:
+    """The teacher's distribution softened by the temperature: softmax(log p / T)."""
+    if teacher_probs is None:
+        return None
+    probs = torch.as_tensor(np.asarray(teacher_probs, dtype=np.float32))
+    if probs.shape != (n, n_labels):
+        raise ValueError(f"teacher probabilities have shape {tuple(probs.shape)}, expected {(n, n_labels)}")
+    return torch.softmax(torch.log(probs.clamp_min(1e-8)) / config.distill_temperature, dim=-1)
+
+
+def classification_loss(
+    logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None, config: TrainConfig
+) -> torch.Tensor:
+    """Cross-entropy on the labels; with soft targets, mixed with T²·KL(teacher_T || student_T)."""
+    ce = nn.functional.cross_entropy(logits, target)
+    if soft is None:
+        return ce
+    t = config.distill_temperature
+    kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, -1), soft, reduction="batchmean") * t * t
+    return config.distill_alpha * kd + (1 - config.distill_alpha) * ce
+
+
+def _fit_classifier(
+    module: nn.Module,
+    job: _Job,
+    *,
+    batches: Callable[[int], list[Any]],
+    logits_of: Callable[[nn.Module, Any], torch.Tensor],
+    val_logits: Callable[[nn.Module], torch.Tensor] | None,
+) -> TrainResult:
+    """Runs the loop for every classifier mode: the epoch rows, early stopping on the validation
+    metric, progress messages; returns the result with the restored model's validation metrics."""
+    config, model, runtime, y_val = job.config, job.model, job.runtime, job.y_val
+    y_dev = job.y.to(runtime.device)
+    soft_dev = job.soft.to(runtime.device) if job.soft is not None else None
+
+    def loss(m: nn.Module, idx: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = logits_of(m, idx).float()
+        target = y_dev[idx]
+        out = classification_loss(logits, target, soft_dev[idx] if soft_dev is not None else None, config)
+        return out, {"accuracy": float((logits.argmax(-1) == target).sum())}
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        assert val_logits is not None
+        return _eval_logits(val_logits(m).float().cpu(), y_val, model.labels)
+
+    def epoch_done(row: dict[str, Any]) -> None:
+        if job.on_epoch:
+            job.on_epoch(row)
+        msg = f"epoch {row['epoch']}/{config.epochs} loss {row['train_loss']:.4f}"
+        if "val_loss" in row:
+            msg += f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.3f}"
+        job.report(msg, 0.1 + 0.85 * min(1.0, row["epoch"] / config.epochs))
+
+    has_val = val_logits is not None and len(y_val) > 0
+    fr = fit(
+        module,
+        batches=batches,
+        batches_per_epoch=-(-len(job.y) // config.batch_size),
+        loss=loss,
+        config=FitConfig(
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            grad_accum=config.grad_accum,
+            max_grad_norm=config.max_grad_norm,
+            warmup_ratio=config.warmup_ratio,
+            schedule=config.schedule,
+            seed=config.seed,
+            time_budget_s=config.time_budget_s,
+            monitor=config.early_stopping_metric if has_val else "",
+            monitor_mode="min" if config.early_stopping_metric == "val_loss" else "max",
+            patience=config.early_stopping_patience,
+            min_delta=config.min_delta,
+        ),
+        runtime=runtime,
+        evaluate=evaluate if has_val else None,
+        on_epoch=epoch_done,
+        should_stop=job.should_stop,
+        clock_start=job.started,
+    )
+    module.eval()
+    val_metrics: dict[str, Any] = {}
+    if has_val:
+        assert val_logits is not None
+        with torch.no_grad():
+            probs = torch.softmax(val_logits(module).float(), -1).cpu().numpy()
+        val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
     return TrainResult(
         model=model,
-        curves=curves,
+        curves=fr.curves,
         val_metrics=val_metrics,
-        timings={"train_loop_s": round(now - train_started, 3), "total_s": round(now - started, 3)},
-        best_epoch=stopper.best_epoch,
-        epochs_run=epochs_run,
-        stopped_early=epochs_run < config.epochs and not state.get("budget_hit", False),
-        n_train=n_train,
-        n_val=n_val,
+        timings={"train_loop_s": round(fr.train_time_s, 3), "total_s": round(time.perf_counter() - job.started, 3)},
+        best_epoch=fr.best_epoch,
+        epochs_run=fr.epochs_run,
+        stopped_early=fr.stopped == "early stopping",
+        n_train=len(job.y),
+        n_val=len(y_val),
         config=config,
+        stopped=fr.stopped,
     )
 
 
-def _train_frozen(
-    model: TransformerClassifier,
-    texts: list[str],
-    y: torch.Tensor,
-    val_texts: list[str],
-    y_val: torch.Tensor,
-    config: TrainConfig,
-    device: torch.device,
-    report: Progress,
-    on_epoch: EpochCallback | None,
-    started: float,
-) -> TrainResult:
+def _head_batches(n: int, config: TrainConfig) -> Callable[[int], list[torch.Tensor]]:
+    """The head loops' batches: a seeded permutation per epoch (cached and uncached loops share it)."""
+    gen = torch.Generator().manual_seed(config.seed)
+    return lambda _epoch: length_grouped_batches([0] * n, config.batch_size, gen, group=False)
+
+
+def _train_frozen(job: _Job) -> TrainResult:
+    model, config, runtime = job.model, job.config, job.runtime
     for p in model.encoder.parameters():
         p.requires_grad_(False)
-    report(f"encoding {len(texts) + len(val_texts)} texts once (frozen encoder)", 0.02)
+    job.report(f"encoding {len(job.texts) + len(job.val_texts)} texts once (frozen encoder)", 0.02)
     t0 = time.perf_counter()
-    feats = model.features(texts, batch_size=config.feature_batch_size)
-    val_feats = model.features(val_texts, batch_size=config.feature_batch_size) if val_texts else None
+
+    def features(texts: list[str]) -> torch.Tensor:  # each process encodes its share
+        part = model.features(runtime.shard(texts), batch_size=config.feature_batch_size)
+        return runtime.gather_rows(part, len(texts))
+
+    feats = features(job.texts)
+    val_feats = features(job.val_texts) if job.val_texts else None
     t_features = time.perf_counter() - t0
-    head_result = train_head_on_features(model, feats, y, val_feats, y_val, config, device, report, on_epoch, started)
-    head_result.timings["features_s"] = round(t_features, 3)
-    return head_result
+    result = _head_on_features(job, feats, val_feats)
+    result.timings["features_s"] = round(t_features, 3)
+    return result
+
+
+def _head_on_features(job: _Job, feats: torch.Tensor, val_feats: torch.Tensor | None) -> TrainResult:
+    feats = feats.to(job.runtime.device)
+    val_dev = val_feats.to(job.runtime.device) if val_feats is not None else None
+    return _fit_classifier(
+        job.model.head,
+        job,
+        batches=_head_batches(len(job.y), job.config),
+        logits_of=lambda head, idx: head(feats[idx]),
+        val_logits=(lambda head: head(val_dev)) if val_dev is not None else None,
+    )
 
 
 def train_head_on_features(
@@ -416,83 +551,16 @@ def train_head_on_features(
     val_feats: torch.Tensor | None,
     y_val: torch.Tensor,
     config: TrainConfig,
-    device: torch.device,
+    device: torch.device | None = None,
     report: Progress | None = None,
     on_epoch: EpochCallback | None = None,
     started: float | None = None,
 ) -> TrainResult:
     """The frozen-mode loop over cached features (public for the benchmark and the cache test)."""
-    report = report or (lambda _m, _f: None)
-    started = started if started is not None else time.perf_counter()
-    head = model.head
-    head.to(device)
-    feats, y = feats.to(device), y.to(device)
-    has_val = val_feats is not None and len(y_val) > 0
-    optimizer = _optimizer(head, config)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / config.batch_size) / config.grad_accum)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    gen = torch.Generator().manual_seed(config.seed)
-    stopper = _EarlyStopper(config)
-    curves: dict[str, list[float]] = {}
-    state: dict[str, Any] = {}
-    train_started = time.perf_counter()
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        perm = torch.randperm(len(y), generator=gen)
-        loss_sum, correct = 0.0, 0
-        batches = [perm[i : i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
-        for b, idx in enumerate(batches):
-            logits = head(feats[idx])
-            loss = nn.functional.cross_entropy(logits, y[idx])
-            (loss / config.grad_accum).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == y[idx]).sum())
-            if (b + 1) % config.grad_accum == 0 or b == len(batches) - 1:
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_(head.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, len(y), scheduler.get_last_lr()[0])
-        if has_val:
-            head.eval()
-            with torch.no_grad():
-                row.update(_eval_logits(head(val_feats.to(device)).float().cpu(), y_val, model.labels))
-        if _finish_epoch(
-            row=row,
-            stopper=stopper,
-            curves=curves,
-            state=state,
-            snapshot=lambda: copy.deepcopy(head.state_dict()),
-            config=config,
-            started=started,
-            train_started=train_started,
-            report=report,
-            on_epoch=on_epoch,
-            has_val=has_val,
-        ):
-            break
-    head.load_state_dict(state["best"])
-    head.eval()
-    val_metrics: dict[str, Any] = {}
-    if has_val:
-        with torch.no_grad():
-            probs = torch.softmax(head(val_feats.to(device)).float(), -1).cpu().numpy()
-        val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    return _train_result(
-        model=model,
-        curves=curves,
-        val_metrics=val_metrics,
-        stopper=stopper,
-        epochs_run=epoch,
-        state=state,
-        config=config,
-        n_train=len(y),
-        n_val=len(y_val),
-        started=started,
-        train_started=train_started,
-    )
+    runtime = Runtime(str(device) if device is not None else config.device, config.precision)
+    job = _Job(model, [], y, [], y_val, config, runtime, report or (lambda _m, _f: None), on_epoch)
+    job.started = started if started is not None else job.started
+    return _head_on_features(job, feats, val_feats)
 
 
 def train_frozen_uncached(
@@ -506,89 +574,34 @@ def train_frozen_uncached(
 ) -> TrainResult:
     """The seed's loop: the frozen encoder runs on every batch of every epoch (reference only).
 
-    Same batches, same schedule and same RNG stream as the cached loop, so the heads agree up to
-    float rounding — the test and bench/sentiment.py compare the two.
+    Same loop, batches, schedule and RNG stream as the cached path, so the heads agree up to float
+    rounding — the test and bench/sentiment.py compare the two.
     """
-    started = time.perf_counter()
     set_seed(config.seed)
-    device = pick_device(config.device)
-    model.to(device)
+    runtime = Runtime(config.device, config.precision)
+    model.to(runtime.device)
     model.max_length = config.max_length
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     model.encoder.eval()
-    docs = model.clean(texts)
-    val_docs = model.clean(val_texts)
-    y = _label_ids(model, labels)
-    y_val = _label_ids(model, val_labels)
-    head = model.head.to(device)
-    optimizer = _optimizer(head, config)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / config.batch_size) / config.grad_accum)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
-    gen = torch.Generator().manual_seed(config.seed)
-    stopper = _EarlyStopper(config)
-    curves: dict[str, list[float]] = {}
-    state: dict[str, Any] = {}
-    has_val = len(y_val) > 0
+    y, y_val = _label_ids(model, labels), _label_ids(model, val_labels)
+    job = _Job(model, model.clean(texts), y, model.clean(val_texts), y_val, config, runtime, lambda _m, _f: None)
 
     def encode(batch_docs: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            batch = {k: v.to(device) for k, v in model.tokenize(batch_docs, cleaned=True).items()}
+            batch = {k: v.to(runtime.device) for k, v in model.tokenize(batch_docs, cleaned=True).items()}
             return model.encode(**batch).float()
 
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        perm = torch.randperm(len(y), generator=gen)
-        loss_sum, correct = 0.0, 0
-        batches = [perm[i : i + config.batch_size] for i in range(0, len(perm), config.batch_size)]
-        for b, idx in enumerate(batches):
-            feats = encode([docs[i] for i in idx.tolist()])
-            logits = head(feats)
-            loss = nn.functional.cross_entropy(logits, y[idx].to(device))
-            (loss / config.grad_accum).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1).cpu() == y[idx]).sum())
-            if (b + 1) % config.grad_accum == 0 or b == len(batches) - 1:
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_(head.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, len(y), scheduler.get_last_lr()[0])
-        if has_val:
-            head.eval()
-            with torch.no_grad():
-                vf = torch.cat([encode(val_docs[i : i + 64]) for i in range(0, len(val_docs), 64)])
-                row.update(_eval_logits(head(vf).float().cpu(), y_val, model.labels))
-        if _finish_epoch(
-            row=row,
-            stopper=stopper,
-            curves=curves,
-            state=state,
-            snapshot=lambda: copy.deepcopy(head.state_dict()),
-            config=config,
-            started=started,
-            train_started=started,
-            report=lambda _m, _f: None,
-            on_epoch=None,
-            has_val=has_val,
-        ):
-            break
-    head.load_state_dict(state["best"])
-    head.eval()
-    now = time.perf_counter()
-    return TrainResult(
-        model=model,
-        curves=curves,
-        val_metrics={},
-        timings={"total_s": round(now - started, 3)},
-        best_epoch=stopper.best_epoch,
-        epochs_run=epoch,
-        stopped_early=epoch < config.epochs,
-        n_train=len(y),
-        n_val=len(y_val),
-        config=config,
+    def val_logits(head: nn.Module) -> torch.Tensor:
+        docs = job.val_texts
+        return head(torch.cat([encode(docs[i : i + 64]) for i in range(0, len(docs), 64)]))
+
+    return _fit_classifier(
+        model.head,
+        job,
+        batches=_head_batches(len(y), config),
+        logits_of=lambda head, idx: head(encode([job.texts[i] for i in idx.tolist()])),
+        val_logits=val_logits if job.val_texts else None,
     )
 
 
@@ -602,23 +615,6 @@ def _lora_targets(encoder: nn.Module, config: TrainConfig) -> list[str]:
     return sorted(names)
 
 
-def _length_bucketed_batches(
-    perm: torch.Tensor, enc: list[list[int]], config: TrainConfig, gen: torch.Generator
-) -> list[torch.Tensor]:
-    """Random batches; with length_bucketing, texts of similar length share a batch (less padding:
-    ~2x faster on CPU) — sorted inside random chunks of 50 batches, then the batches are shuffled."""
-    size = config.batch_size
-    if not config.length_bucketing:
-        return [perm[i : i + size] for i in range(0, len(perm), size)]
-    chunk = size * 50
-    batches: list[torch.Tensor] = []
-    for c in range(0, len(perm), chunk):
-        part = sorted(perm[c : c + chunk].tolist(), key=lambda i: len(enc[i]))
-        batches.extend(torch.tensor(part[i : i + size]) for i in range(0, len(part), size))
-    order = torch.randperm(len(batches), generator=gen).tolist()
-    return [batches[i] for i in order]
-
-
 def _collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -629,18 +625,8 @@ def _collate(ids: list[list[int]], pad_id: int, device: torch.device) -> dict[st
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
-def _train_end_to_end(
-    model: TransformerClassifier,
-    texts: list[str],
-    y: torch.Tensor,
-    val_texts: list[str],
-    y_val: torch.Tensor,
-    config: TrainConfig,
-    device: torch.device,
-    report: Progress,
-    on_epoch: EpochCallback | None,
-    started: float,
-) -> TrainResult:
+def _train_end_to_end(job: _Job) -> TrainResult:
+    model, config, runtime = job.model, job.config, job.runtime
     if config.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -656,108 +642,35 @@ def _train_end_to_end(
     else:
         for p in model.encoder.parameters():
             p.requires_grad_(True)
+    device = runtime.device
     model.to(device)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    report(f"tokenizing {len(texts)} texts", 0.02)
-    enc = model.tokenizer(model.clean(texts), truncation=True, max_length=model.usable_length)["input_ids"]
-    val_enc = (
-        model.tokenizer(model.clean(val_texts), truncation=True, max_length=model.usable_length)["input_ids"]
-        if val_texts
-        else []
-    )
-    autocast = _autocast_dtype(device, config)
-    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
-    optimizer = _optimizer(model, config)
-    steps_per_epoch = math.ceil(math.ceil(len(y) / config.batch_size) / config.grad_accum)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch * config.epochs)
+    job.report(f"tokenizing {len(job.texts)} texts", 0.02)
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        return model.tokenizer(model.clean(texts), truncation=True, max_length=model.usable_length)["input_ids"]
+
+    enc = tokenize(job.texts)
+    val_enc = tokenize(job.val_texts) if job.val_texts else []
+    lengths = [len(e) for e in enc]
     gen = torch.Generator().manual_seed(config.seed)
-    stopper = _EarlyStopper(config)
-    curves: dict[str, list[float]] = {}
-    state: dict[str, Any] = {}
-    has_val = len(y_val) > 0
-    train_started = time.perf_counter()
 
-    def run(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if autocast is not None:
-            with torch.autocast(device.type, dtype=autocast):
-                return model(**batch).float()
-        return model(**batch).float()
+    def val_logits(m: nn.Module) -> torch.Tensor:
+        order = sorted(range(len(val_enc)), key=lambda i: len(val_enc[i]))
+        mine = list(runtime.shard(order))
+        part = torch.zeros(len(mine), len(model.labels))
+        for s in range(0, len(mine), config.eval_batch_size):
+            rows = mine[s : s + config.eval_batch_size]
+            with runtime.autocast():
+                part[s : s + len(rows)] = m(**_collate([val_enc[i] for i in rows], pad_id, device)).float().cpu()
+        logits = torch.zeros(len(val_enc), len(model.labels))
+        logits[order] = runtime.gather_rows(part, len(order)).float()
+        return logits
 
-    def trainable_state() -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    epoch = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        perm = torch.randperm(len(y), generator=gen)
-        loss_sum, correct = 0.0, 0
-        batches = _length_bucketed_batches(perm, enc, config, gen)
-        seen = 0
-        for b, idx in enumerate(batches):
-            if config.time_budget_s and b and time.perf_counter() - started > config.time_budget_s:
-                batches = batches[:b]  # out of time: end this epoch early (then stop)
-                break
-            seen += len(idx)
-            batch = _collate([enc[i] for i in idx.tolist()], pad_id, device)
-            logits = run(batch)
-            target = y[idx].to(device)
-            loss = nn.functional.cross_entropy(logits, target)
-            scaled = loss / config.grad_accum
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == target).sum())
-            if (b + 1) % config.grad_accum == 0 or b == len(batches) - 1:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-        row = _epoch_row(epoch, loss_sum, correct, seen, scheduler.get_last_lr()[0])
-        if has_val:
-            model.eval()
-            with torch.no_grad():
-                order = sorted(range(len(val_enc)), key=lambda i: len(val_enc[i]))
-                logits_val = torch.zeros(len(val_enc), len(model.labels))
-                for s in range(0, len(order), config.eval_batch_size):
-                    idx_v = order[s : s + config.eval_batch_size]
-                    logits_val[idx_v] = run(_collate([val_enc[i] for i in idx_v], pad_id, device)).cpu()
-            row.update(_eval_logits(logits_val, y_val, model.labels))
-        if _finish_epoch(
-            row=row,
-            stopper=stopper,
-            curves=curves,
-            state=state,
-            snapshot=trainable_state,
-            config=config,
-            started=started,
-            train_started=train_started,
-            report=report,
-            on_epoch=on_epoch,
-            has_val=has_val,
-        ):
-            break
-    model.load_state_dict(state["best"])
-    model.eval()
-    val_metrics: dict[str, Any] = {}
-    if has_val:
-        probs = model.predict_proba(val_texts, batch_size=config.eval_batch_size)
-        val_metrics = compute_metrics(y_val.numpy(), probs, labels=model.labels)
-    return _train_result(
-        model=model,
-        curves=curves,
-        val_metrics=val_metrics,
-        stopper=stopper,
-        epochs_run=epoch,
-        state=state,
-        config=config,
-        n_train=len(y),
-        n_val=len(y_val),
-        started=started,
-        train_started=train_started,
+    return _fit_classifier(
+        model,
+        job,
+        batches=lambda _epoch: length_grouped_batches(lengths, config.batch_size, gen, group=config.length_bucketing),
+        logits_of=lambda m, idx: m(**_collate([enc[i] for i in idx.tolist()], pad_id, device)),
+        val_logits=val_logits if val_enc else None,
     )

@@ -91,6 +91,7 @@ class TransformerClassifier(nn.Module):
         self.max_length = int(max_length)
         self.encoder_source = encoder_source
         self.mode = "frozen"
+        self.pruned_heads: list[dict[int, list[int]]] = []  # head-pruning steps applied, in order
         hidden = int(getattr(encoder.config, "hidden_size", 0) or getattr(encoder.config, "dim", 0))
         if not hidden:
             raise ValueError("cannot tell the encoder's hidden size from its config")
@@ -117,6 +118,15 @@ class TransformerClassifier(nn.Module):
         encoder = load_pretrained(AutoModel, str(source), registry=registry)
         tokenizer = load_pretrained(AutoTokenizer, str(source), registry=registry)
         return cls(encoder, tokenizer, labels, encoder_source=str(source), **kwargs)
+
+    def replay_pruning(self, steps: Sequence[dict[Any, Sequence[int]]]) -> None:
+        """Removes attention heads as recorded (each step: {layer: [head, ...]}), e.g. after loading."""
+        from slm.classify.prune import remove_heads
+
+        for step in steps:
+            heads = {int(layer): [int(h) for h in drop] for layer, drop in step.items()}
+            remove_heads(self.encoder, heads)
+            self.pruned_heads.append(heads)
 
     def _set_label_config(self) -> None:
         cfg = self.encoder.config
@@ -201,6 +211,7 @@ class TransformerClassifier(nn.Module):
             "preprocess": self.preprocess_config.to_dict(),
             "encoder_source": self.encoder_source,
             "mode": self.mode,
+            "pruned_heads": [{str(k): v for k, v in step.items()} for step in self.pruned_heads],
         }
 
     def save(self, directory: str | Path) -> None:
@@ -225,7 +236,12 @@ class TransformerClassifier(nn.Module):
         if not (directory / "config.json").exists() or not (directory / "encoder").is_dir():
             raise FileNotFoundError(f"{directory} is not a saved transformer classifier (config.json + encoder/)")
         cfg = json.loads((directory / "config.json").read_text())
-        encoder = AutoModel.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        if cfg.get("pruned_heads"):  # smaller attention layers than the encoder's config says: rebuild them
+            from transformers import AutoConfig
+
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(directory / "encoder")))  # nosec B615 - a local directory (a saved version)
+        else:
+            encoder = AutoModel.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
         tokenizer = AutoTokenizer.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
         model = cls(
             encoder,
@@ -239,6 +255,9 @@ class TransformerClassifier(nn.Module):
             encoder_source=cfg.get("encoder_source", ""),
         )
         model.mode = cfg.get("mode", "frozen")
+        if cfg.get("pruned_heads"):
+            model.replay_pruning(cfg["pruned_heads"])
+            model.encoder.load_state_dict(load_file(str(directory / "encoder" / "model.safetensors")))
         model.head.load_state_dict(load_file(str(directory / "head.safetensors")))
         model.eval()
         if device is not None:

@@ -39,17 +39,31 @@ from slm.registry import ModelVersion, Registry
 
 
 def evaluate(
-    model: Classifier, texts: Sequence[str], labels: Sequence[str], *, batch_size: int = 256
+    model: Classifier,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    label_order: Sequence[str] | None = None,
+    batch_size: int = 256,
 ) -> dict[str, Any]:
-    """compute_metrics() of `model` on labelled texts; labels unknown to the model raise ValueError."""
-    index = {lab: i for i, lab in enumerate(model.labels)}
+    """compute_metrics() of `model` on labelled texts — the one evaluation of a trained classifier
+    (held-out splits, annotate's gold items, the live version it is compared with).
+
+    `label_order` reports the metrics in that label order (a project's labels) instead of the model's;
+    it must be the same set. Labels unknown to the model raise ValueError."""
+    model_labels = [str(x) for x in model.labels]
+    names = [str(x) for x in label_order] if label_order is not None else model_labels
+    if sorted(names) != sorted(model_labels):
+        raise ValueError(f"model labels {model_labels} differ from {names}")
+    index = {lab: i for i, lab in enumerate(names)}
     unknown = sorted({str(x) for x in labels} - set(index))
     if unknown:
-        raise ValueError(f"labels {unknown} are not known to the model (its labels: {model.labels})")
+        raise ValueError(f"labels {unknown} are not known to the model (its labels: {model_labels})")
     started = time.perf_counter()
     parts = [model.predict_proba(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    probs = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)))
-    metrics = compute_metrics([index[str(x)] for x in labels], probs, labels=model.labels)
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(names)))
+    probs = probs[:, [model_labels.index(lab) for lab in names]]
+    metrics = compute_metrics([index[str(x)] for x in labels], probs, labels=names)
     metrics["eval_s"] = round(time.perf_counter() - started, 3)
     metrics["ms_per_text"] = round(1000 * metrics["eval_s"] / max(1, len(texts)), 3)
     return metrics

@@ -189,7 +189,8 @@ STORAGES = {
 }
 
 # The one hash allows exactly django-rq's admin inline script (`$("tr input.action-select").actions();`,
-# the same text in all its job-list templates of django-rq 4.2.0); nothing else inline runs.
+# the same text in all its job-list templates of django-rq 4.2.0; static/js/admin_compat.js makes that
+# call a no-op, Django's actions.js starts itself); nothing else inline runs.
 DJANGO_RQ_ADMIN_SCRIPT_HASH = "'sha256-1kZe1KRxelr3ptMPsod17Z6BDvbtm4WcufgsZGvsErM='"
 # Pages may connect (fetch, WebSocket) to their own origin only ('self' covers ws:/wss: of the same host and
 # port), plus CHAT_WS_ORIGIN when the chat socket is served from another origin (e.g. wss://ws.example.com).
@@ -213,6 +214,9 @@ LOGGING = {
 SLM_REGISTRY_DIR = Path(os.environ.get("SLM_REGISTRY_DIR", VAR_DIR / "registry"))
 SLM_DATA_CACHE_DIR = Path(os.environ.get("SLM_DATA_CACHE_DIR", VAR_DIR / "datasets"))
 SLM_DEVICE = os.environ.get("SLM_DEVICE", "auto")  # auto | cpu | cuda | mps
+# Training jobs (annotate retrains, chat fine-tunes, train_sentiment) split each batch over this many
+# processes (torchrun + accelerate: gloo on CPU, NCCL with one GPU per process); 1 = in the job's process.
+SLM_TRAIN_PROCESSES = env_int("SLM_TRAIN_PROCESSES", 1)
 
 # Chat: a registry name ("registry:chat" = live version of model "chat"), a hub id or a path.
 CHAT_MODEL = os.environ.get("CHAT_MODEL", "registry:chat")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,17 @@ def make_project(n_extra: int = 0, **kwargs) -> Project:  # type: ignore[no-unty
     rows += [(f"item number {i} 第{i}条", None) for i in range(n_extra)]
     services.items_add(project=project, rows=rows)
     return project
+
+
+def tiny_encoder_dir(directory: Path, **kwargs: Any) -> Path:
+    """A tiny char-BERT encoder + tokenizer saved as a local directory (a transformer project's base)."""
+    from slm.classify.charbert import char_bert_classifier
+
+    options = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "max_length": 24, "min_freq": 1, **kwargs}
+    tiny = char_bert_classifier(POS + NEG, ["negative", "positive"], **options)
+    tiny.encoder.save_pretrained(directory)
+    tiny.tokenizer.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture

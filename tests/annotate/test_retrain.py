@@ -262,16 +262,11 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
     import torch
 
     from annotate import jobs
-    from slm.classify.charbert import char_bert_classifier
-    from tests.annotate.conftest import NEG, POS
+    from tests.annotate.conftest import tiny_encoder_dir
 
     torch.set_num_threads(1)
     settings.MEDIA_ROOT = tmp_path
-    tiny = char_bert_classifier(POS + NEG, ["negative", "positive"], hidden_size=32, num_layers=2, num_heads=2,
-                                max_length=24, min_freq=1)  # fmt: skip
-    enc_dir = tmp_path / "encoder"
-    tiny.encoder.save_pretrained(enc_dir)
-    tiny.tokenizer.save_pretrained(enc_dir)
+    enc_dir = tiny_encoder_dir(tmp_path / "encoder")
     make_tiny_version(registry)
     project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir))
     _label_all(project, annotator_user)

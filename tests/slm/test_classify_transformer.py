@@ -96,6 +96,21 @@ def test_frozen_cache_gives_the_same_head_as_the_uncached_loop() -> None:
         torch.testing.assert_close(v, before[k])
 
 
+@pytest.mark.parametrize("mode", ["frozen", "full"])
+def test_training_continues_from_the_models_current_weights(mode: str, tmp_path: Path) -> None:
+    """A parent version loaded to be warm-started keeps what it learned (head and encoder)."""
+    parent = tiny()
+    train_transformer(parent, TEXTS, LABELS, TrainConfig(mode="full", epochs=6, lr=2e-3, batch_size=8))
+    parent.save(tmp_path)
+    model = TransformerClassifier.load(tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(mode=mode, epochs=1, lr=1e-7, warmup_ratio=0.0, batch_size=8, val_fraction=0.0)
+    train_transformer(model, TEXTS, LABELS, cfg)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=1e-4, rtol=0, msg=k)
+    assert model.predict(["很好 满意", "很差 失望"]) == ["pos", "neg"]
+
+
 def test_save_load_round_trip_identical(tmp_path: Path) -> None:
     model = tiny(pooling="cls")
     train_transformer(model, TEXTS, LABELS, TrainConfig(epochs=3, lr=5e-3))

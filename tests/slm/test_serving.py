@@ -1,4 +1,5 @@
-"""Inference service: live + pinned versions, hot swap, failed loads, micro-batching."""
+"""Classifier serving core (slm.classify.serving): live + pinned versions, hot swap, failed loads,
+micro-batching."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from sentiment.inference import (
+from slm.classify.serving import (
     InferenceService,
     MicroBatcher,
     ModelUnavailable,
