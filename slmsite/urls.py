@@ -17,7 +17,7 @@ urlpatterns = [
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
-    re_path(r"^api/(?P<rest>.*)$", not_found),
+    re_path(r"^api/(?P<rest>(?s:.*))\Z", not_found),  # every other /api/ path, newlines included
     path("chat/", include("chat.urls")),
     path("sentiment/", include("sentiment.urls")),
     path("annotate/", include("annotate.urls")),

@@ -64,3 +64,13 @@ def test_reverse_refuses_what_the_converter_would_not_match():
     for bad in ("01", "+1", " 1", "1.0", "x"):
         with pytest.raises(ValueError):
             c.to_url(bad)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/runs/1%0A", "/api/runs/%0A", "/api/nothing/here", "/api/runs/x%0Ay"])
+def test_any_other_api_path_is_a_json_404(client, admin_user, password, path):
+    """Found by schemathesis in make soak: a path ending in a newline got Django's HTML 404."""
+    client.login(username=admin_user.username, password=password)
+    r = client.get(path)
+    assert r.status_code == 404 and r["Content-Type"].startswith("application/json")
+    assert r.json()["message"]
