@@ -405,8 +405,8 @@ async def test_detached_stream_without_polls_is_cancelled(paced_chat_model, plai
 
 async def test_a_followed_detached_stream_stops_on_request(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
     """The Stop button of a reloaded page that polls the reply (no socket of its own): stop_detached."""
-    from chat.streams import keep_detached_alive, stop_detached
     from chat.engine_client import peek_backend
+    from chat.streams import keep_detached_alive, stop_detached
 
     chat_settings.CHAT_DETACH_GRACE_S = 5.0
     mid = await generate_then_detach(plain_user, 100)
