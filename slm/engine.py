@@ -158,8 +158,21 @@ def resolve_ref(cfg: EngineConfig) -> tuple[str, Any]:
     return src.ref, src
 
 
+# transformers' lazy top-level module is not safe to import from two threads at once: the engine thread
+# loading the model while a socket's thread loads the tokenizer got "cannot import name 'AutoConfig'".
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
+def transformers_names(*names: str) -> list[Any]:
+    """The named transformers classes, imported under one process-wide lock."""
+    with _TRANSFORMERS_IMPORT:
+        import transformers
+
+        return [getattr(transformers, name) for name in names]
+
+
 def load_tokenizer(cfg: EngineConfig) -> tuple[str, Any, int]:
-    from transformers import AutoConfig, AutoTokenizer
+    AutoConfig, AutoTokenizer = transformers_names("AutoConfig", "AutoTokenizer")  # noqa: N806
 
     ref, src = resolve_ref(cfg)
     target = str(src.path) if src.path is not None else cfg.model
@@ -176,7 +189,7 @@ def _n_positions(conf: Any) -> int:
 
 
 def load_model(cfg: EngineConfig) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = transformers_names("AutoModelForCausalLM", "AutoTokenizer")  # noqa: N806
 
     from slm.device import pick_device
 

@@ -27,3 +27,35 @@ def test_concurrent_first_requests_load_the_tokenizer_once(monkeypatch):
         results = list(pool.map(lambda _: eng.tokenizer(), range(8)))
     assert len(calls) == 1
     assert len({id(tok) for _, tok, _ in results}) == 1
+
+
+RACE = """
+import threading
+from slm.engine import transformers_names
+barrier = threading.Barrier(3)
+errors = []
+def load(*names):
+    barrier.wait()
+    try:
+        transformers_names(*names)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=load, args=names) for names in
+           (("AutoModelForCausalLM", "AutoTokenizer"), ("AutoConfig", "AutoTokenizer"), ("AutoConfig",))]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors)
+"""
+
+
+def test_the_engine_imports_transformers_safely_from_several_threads():
+    """transformers' lazy module raised "cannot import name 'AutoConfig'" when the engine thread (model) and a
+    socket's thread (tokenizer) imported it at once in a fresh process; the engine serialises those imports."""
+    import subprocess
+    import sys
+
+    from tests.stack import ROOT
+
+    out = subprocess.run([sys.executable, "-c", RACE], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
