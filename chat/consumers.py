@@ -292,6 +292,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await _blocking(streams.release_stream, self.user.pk, claim)
             await self.send_error(exc.code, str(exc))
             return
+        except Exception:  # whatever else went wrong, the claim must not block the user's next message
+            await _blocking(streams.release_stream, self.user.pk, claim)
+            raise
         try:
             conversation, _, agent = await database_sync_to_async(services.exchange_start)(
                 owner=self.user,
