@@ -164,6 +164,9 @@ RQ_SHOW_ADMIN_LINK = True
 # `serve` restarts a child that died after this many seconds, doubling up to the maximum while it keeps dying.
 SLM_RESTART_BACKOFF_S = env_float("SLM_RESTART_BACKOFF_S", 1.0)
 SLM_RESTART_BACKOFF_MAX_S = env_float("SLM_RESTART_BACKOFF_MAX_S", 30.0)
+# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes.
+SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
+SLM_DEFAULT_QUEUE = os.environ.get("SLM_DEFAULT_QUEUE", "default")
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -242,6 +245,9 @@ CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
 # (0 = torch default). 1 by default: on the shared 2-core box int8 decode with 2 threads collapsed under load.
 CHAT_ENGINE_MODE = os.environ.get("CHAT_ENGINE_MODE", "process")
 CHAT_ENGINE_THREADS = env_int("CHAT_ENGINE_THREADS", 1)
+# Tokens per engine step (one forward pass): one per decoding stream + prompt chunks being prefilled. Smaller
+# keeps running streams smoother while a long prompt is prefilled; larger prefills faster (bench/chat.py).
+CHAT_STEP_TOKENS = env_int("CHAT_STEP_TOKENS", 32)
 CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 # A page reload mid-reply detaches its stream: generation goes on while the reloaded page polls it.
 CHAT_DETACH_GRACE_S = env_float("CHAT_DETACH_GRACE_S", 5.0)
@@ -310,8 +316,6 @@ ANNOTATE_RUN_HEARTBEAT_S = env_float("ANNOTATE_RUN_HEARTBEAT_S", 5.0)
 ANNOTATE_RUN_STALE_S = env_int("ANNOTATE_RUN_STALE_S", 60)
 # How often the scheduled reaper (annotate/cron.py) looks for runs whose worker died.
 ANNOTATE_REAP_INTERVAL_S = env_int("ANNOTATE_REAP_INTERVAL_S", 10)
-ANNOTATE_GPU_QUEUE = os.environ.get("ANNOTATE_GPU_QUEUE", "gpu")  # RQ queue of retrain/simulation jobs
-ANNOTATE_DEFAULT_QUEUE = os.environ.get("ANNOTATE_DEFAULT_QUEUE", "default")  # imports, exports, pool refresh
 ANNOTATE_DEMO_PROJECT = os.environ.get("ANNOTATE_DEMO_PROJECT", "Demo: Chinese review sentiment")
 # Test hook only: while this file exists a retrain job waits (heartbeating) before training.
 ANNOTATE_TRAIN_PAUSE_FILE = os.environ.get("ANNOTATE_TRAIN_PAUSE_FILE", "")

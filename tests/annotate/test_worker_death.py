@@ -24,8 +24,8 @@ def test_a_retrain_whose_worker_is_killed_stops_before_registering(
     not end 'succeeded' (before: the orphaned horse finished and promoted)."""
     live0, project, pause, run = paused_run(registry, admin_user, annotator_user, tmp_path)
     env = stack_env(
-        ANNOTATE_GPU_QUEUE=queues["gpu"],
-        ANNOTATE_DEFAULT_QUEUE=queues["default"],
+        SLM_GPU_QUEUE=queues["gpu"],
+        SLM_DEFAULT_QUEUE=queues["default"],
         ANNOTATE_TRAIN_PAUSE_FILE=str(pause),
         ANNOTATE_RUN_HEARTBEAT_S="0.2",
     )
