@@ -32,10 +32,19 @@ def auth(db, registry, admin_user):  # type: ignore[no-untyped-def]
     reset_services()
 
 
+# Writes of the labeling API validate business rules a schema cannot state (the base model exists, the
+# project name is free, a batch size fits the project): a schema-valid request may be refused there with a
+# documented 4xx. Everything else, 5xx and contradictions included, is checked on every operation.
+BUSINESS_RULES = ("/api/annotate/projects",)
+
+
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, auth):
-    case.call_and_validate(headers=auth)
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    writes_with_rules = case.method == "POST" and case.path.startswith(BUSINESS_RULES) and "retrain" not in case.path
+    case.call_and_validate(headers=auth, excluded_checks=[positive_data_acceptance] if writes_with_rules else [])
 
 
 def test_the_schema_has_no_duplicate_status_keys(client):
