@@ -209,6 +209,13 @@ LODO_CANDIDATES: dict[str, dict[str, Any]] = {
     "svm char1-4+word1-2 C16 balanced": {
         "char_ngram": (1, 4), "word_ngram": (1, 2), "C": 16.0, "classifier": "svm", "class_weight": "balanced",
     },
+    "svm char1-4+word1-2 C4": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 4.0, "classifier": "svm"},
+    "svm char1-4+word1-2 C64": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 64.0, "classifier": "svm"},
+    "svm char1-3+word1-2 C16": {"char_ngram": (1, 3), "word_ngram": (1, 2), "C": 16.0, "classifier": "svm"},
+    "svm char1-3 C16": {"char_ngram": (1, 3), "word_ngram": None, "C": 16.0, "classifier": "svm"},
+    "svm char1-3 C16 balanced (the default)": {
+        "char_ngram": (1, 3), "word_ngram": None, "C": 16.0, "classifier": "svm", "class_weight": "balanced",
+    },
 }  # fmt: skip
 
 

@@ -5,7 +5,8 @@ removed BEFORE the split) WITHOUT the book reviews (slm.sentiment_data.HELD_OUT_
 demo annotate project, so the live model never saw its items or gold), one stratified held-out split,
 then three candidates trained on the same training part and scored on the same held-out part:
 
-  * ngram        NB-LR over TF-IDF char 1-4 + word 1-2 grams (seconds),
+  * ngram        linear SVM (Platt-calibrated, balanced label weights) over TF-IDF char 1-3 grams
+                 (seconds; slm.sentiment_data.default_ngram_config),
   * transformer  a character-vocabulary BERT trained from scratch within a wall-clock budget
                  (SENTIMENT_BOOTSTRAP_MAX_TIME_S), or a real encoder in frozen mode when
                  SENTIMENT_BOOTSTRAP_ENCODER names one that is available offline,
