@@ -152,14 +152,27 @@ def resolve_ref(cfg: EngineConfig, source: str | None = None) -> tuple[str, Any]
     return src.ref, src
 
 
+# transformers' lazy top-level module is not safe to import from two threads at once: the engine thread
+# loading the model while a socket's thread loads the tokenizer got "cannot import name 'AutoConfig'".
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
+def transformers_names(*names: str) -> list[Any]:
+    """The named transformers classes, imported under one process-wide lock."""
+    with _TRANSFORMERS_IMPORT:
+        import transformers
+
+        return [getattr(transformers, name) for name in names]
+
+
 def load_tokenizer(cfg: EngineConfig, source: str | None = None) -> tuple[str, Any, int]:
-    from transformers import AutoConfig, AutoTokenizer
+    AutoConfig, AutoTokenizer = transformers_names("AutoConfig", "AutoTokenizer")  # noqa: N806
 
     ref, src = resolve_ref(cfg, source)
     target = str(src.path) if src.path is not None else (source or cfg.model)
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        conf = AutoConfig.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        conf = AutoConfig.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     return ref, tok, _n_positions(conf)
@@ -200,7 +213,7 @@ def model_bytes(model: Any) -> int:
 def load_model(cfg: EngineConfig, source: str | None = None) -> LoadedModel:
     """Loads `source` (default: the configured model; a registry ref, directory or hub id from the local
     cache) for serving: eval mode, on the picked device, at the configured precision, with packed attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = transformers_names("AutoModelForCausalLM", "AutoTokenizer")  # noqa: N806
 
     from slm.device import pick_device
 
@@ -209,8 +222,8 @@ def load_model(cfg: EngineConfig, source: str | None = None) -> LoadedModel:
     target = str(src.path) if src.path is not None else source
     device = pick_device(cfg.device)
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     model.eval()
@@ -729,6 +742,8 @@ class Engine:
         self._tickets: dict[str, _Ticket] = {}
         self._users: dict[str, str] = {}
         self._tokenizers: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # by ref, a few recent ones
+        self._tokenizer_lock = threading.Lock()
+        self._views: dict[str, EngineView] = {}
         self._started = False
         self._thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
@@ -854,15 +869,18 @@ class Engine:
         """(ref, tokenizer, context window) of the version new requests for `model` (a source; default
         the configured one) will run on."""
         ref, _ = resolve_ref(self.cfg, model)
-        cached = self._tokenizers.get(ref)
-        if cached is None:
-            _, tok, n_pos = load_tokenizer(self.cfg, model)
-            cached = (tok, n_pos)
-            self._tokenizers[ref] = cached
-            while len(self._tokenizers) > TOKENIZERS_KEPT:
-                self._tokenizers.popitem(last=False)
-        else:
-            self._tokenizers.move_to_end(ref)
+        # One loader at a time: sockets arriving together used to import transformers concurrently (its lazy
+        # module raised ImportError in some threads) and to load the tokenizer once each.
+        with self._tokenizer_lock:
+            cached = self._tokenizers.get(ref)
+            if cached is None:
+                _, tok, n_pos = load_tokenizer(self.cfg, model)
+                cached = (tok, n_pos)
+                self._tokenizers[ref] = cached
+                while len(self._tokenizers) > TOKENIZERS_KEPT:
+                    self._tokenizers.popitem(last=False)
+            else:
+                self._tokenizers.move_to_end(ref)
         return ref, cached[0], cached[1]
 
     def prepare(
@@ -884,8 +902,14 @@ class Engine:
         return ref, prompt
 
     def bind(self, model: str | None) -> EngineView:
-        """This engine as a backend for one model source (what the chat consumer holds per conversation)."""
-        return EngineView(self, model or self.cfg.model)
+        """This engine as a backend for one model source (what the chat consumer holds per conversation);
+        one view per source."""
+        model = model or self.cfg.model
+        with self._lock:
+            view = self._views.get(model)
+            if view is None:
+                view = self._views[model] = EngineView(self, model)
+        return view
 
     def stats(self) -> dict[str, int]:
         with self._lock:
