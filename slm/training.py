@@ -512,7 +512,7 @@ def launch(
         raise ValueError(f"multi-process training runs on CPUs or CUDA GPUs, not {target.type}")
     env = dict(os.environ)
     env["SLM_DEVICE"] = target.type
-    env.setdefault("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // processes)))
+    env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // processes))  # this process's threads, shared
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
     cmd = [
         sys.executable,
