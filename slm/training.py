@@ -311,6 +311,7 @@ def fit(
     on_epoch the epoch row plus {epochs, elapsed_s, eta_s}; both only on the main process.
     should_stop() is polled after every optimizer step (main process) and ends the run cleanly.
     """
+    set_seed(config.seed)  # the same dropout masks and batch order for the same seed, run after run
     started = time.perf_counter()
     clock = clock_start if clock_start is not None else started
     acc = runtime.accelerator
