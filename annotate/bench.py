@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from django.db import connection
 
-from annotate import services, training
+from annotate import pool, services
 from annotate.models import Annotation, Item, Project
+from slm.active import PoolContext
 
 
 def _project(n_items: int, **kwargs: Any) -> Project:
@@ -67,7 +68,8 @@ def query_time(n_items: int = 100_000, repeats: int = 20, user: Any = None) -> d
     for strategy in ("entropy", "margin", "hybrid"):
         emb = rng.normal(size=(n_items, 64)).astype(np.float32) if strategy == "hybrid" else None
         t0 = time.perf_counter()
-        training.query_scores(strategy, p, emb, batch_size=20)
+        ctx = PoolContext(probs=p, embeddings=emb, seed=0)
+        pool.query_scores(strategy, ctx, batch_size=20)
         score_s[strategy] = round(time.perf_counter() - t0, 3)
     return {
         "pool": n_items,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
 
 
 def _default_sentiment_model() -> str:
@@ -20,6 +20,10 @@ class Project(models.Model):
         AUTO = "auto", "auto if better on gold"
         MANUAL = "manual", "manual"
 
+    class RetrainFrom(models.TextChoices):
+        PARENT = "parent", "the parent model (adapt it with the new labels)"
+        SCRATCH = "scratch", "scratch (the project's labels only)"
+
     class Family(models.TextChoices):
         NGRAM = "ngram", "n-gram (fast, CPU)"
         TRANSFORMER = "transformer", "transformer encoder + head"
@@ -29,7 +33,17 @@ class Project(models.Model):
     guidelines = models.TextField(blank=True, default="")
     family = models.CharField(max_length=20, choices=Family.choices, default=Family.NGRAM)
     base_model = models.CharField(
-        max_length=300, blank=True, default="", help_text="encoder for the transformer family"
+        max_length=300, blank=True, default="", help_text="encoder for a transformer retrained from scratch"
+    )
+    base = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="registry ref the first retrain adapts (name or name@version; empty = the name's live version)",
+    )
+    retrain_from = models.CharField(max_length=10, choices=RetrainFrom.choices, default=RetrainFrom.PARENT)
+    new_label_weight = models.FloatField(
+        null=True, blank=True, help_text="weight of the project's labels against the parent's data (empty = default)"
     )
     strategy = models.CharField(max_length=40, default="entropy")
     batch_size = models.PositiveIntegerField(default=20)
@@ -47,6 +61,7 @@ class Project(models.Model):
     show_suggestions = models.BooleanField(default=True)
     labels_at_last_trigger = models.PositiveIntegerField(default=0)
     pool_version = models.CharField(max_length=40, blank=True, default="", help_text="model version of cached scores")
+    pool_error = models.TextField(blank=True, default="", help_text="why the last pool refresh could not score")
     stability = models.JSONField(default=list, blank=True, help_text="prediction stability between versions")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -58,13 +73,25 @@ class Project(models.Model):
         return self.name
 
 
+# Lanes: where an item waits to be labelled. Item.lane is computed by the database from the item's fields
+# (a stored generated column), so it is derived in this one place and indexed for the queue queries.
+CLOSED = 0  # has all its labels (or was adjudicated)
+POOL = 1  # ordinary pool item, ordered by the query strategy
+GOLD = 2  # gold item with a gold label: mixed into annotators' queues to measure accuracy
+FIX = 3  # sent from the playground's "Wrong? Fix it": reviewed first
+GOLD_TODO = 4  # gold item without a gold label yet: admins only
+
+LANE = Case(
+    When(Q(adjudicated=True) | Q(n_labels__gte=F("needed")), then=Value(CLOSED)),
+    When(Q(is_gold=True) & ~Q(gold_label=""), then=Value(GOLD)),
+    When(is_gold=True, then=Value(GOLD_TODO)),
+    When(source="fix", then=Value(FIX)),
+    default=Value(POOL),
+)
+
+
 class Item(models.Model):
-    # lanes: where an item waits to be labelled
-    CLOSED = 0  # has all its labels (or was adjudicated)
-    POOL = 1  # ordinary pool item, ordered by the query strategy
-    GOLD = 2  # gold item with a gold label: mixed into annotators' queues to measure accuracy
-    FIX = 3  # sent from the playground's "Wrong? Fix it": reviewed first
-    GOLD_TODO = 4  # gold item without a gold label yet: admins only
+    CLOSED, POOL, GOLD, FIX, GOLD_TODO = CLOSED, POOL, GOLD, FIX, GOLD_TODO
 
     class Source(models.TextChoices):
         IMPORT = "import", "import"
@@ -88,7 +115,7 @@ class Item(models.Model):
     pred_conf = models.FloatField(null=True, blank=True)
     score = models.FloatField(default=0.0, help_text="query priority (higher = ask sooner)")
     # Which queue the item waits in (an integer so SQLite and PostgreSQL both use the queue indexes).
-    lane = models.PositiveSmallIntegerField(default=1)
+    lane = models.GeneratedField(expression=LANE, output_field=models.PositiveSmallIntegerField(), db_persist=True)
     rand = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -103,13 +130,6 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return self.text[:60]
-
-    def compute_lane(self) -> int:
-        if self.adjudicated or self.n_labels >= self.needed:
-            return Item.CLOSED
-        if self.is_gold:
-            return Item.GOLD if self.gold_label else Item.GOLD_TODO
-        return Item.FIX if self.source == Item.Source.FIX else Item.POOL
 
 
 class Assignment(models.Model):
@@ -181,7 +201,8 @@ class TrainingRun(models.Model):
     n_gold = models.PositiveIntegerField(default=0)
     parent_version = models.CharField(max_length=40, blank=True, default="")
     version = models.CharField(max_length=40, blank=True, default="")
-    promoted = models.BooleanField(default=False)
+    promoted = models.BooleanField(default=False, help_text="this run's version was promoted (it may not be live now)")
+    decision = models.TextField(blank=True, default="", help_text="why the version was promoted or kept, in words")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

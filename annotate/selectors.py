@@ -12,7 +12,10 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet
 from django.utils.safestring import SafeString, mark_safe
 
+from annotate import promotion
 from annotate.models import Annotation, Assignment, Export, Item, Project, Simulation, TrainingRun
+from slm.active import in_cold_start
+from slm.registry import ModelVersion, RegistryError
 from slmsite.registry import get_registry
 
 _ALLOWED_TAGS = {
@@ -34,6 +37,18 @@ def projects_for(user: Any) -> QuerySet[Project]:
     ).order_by("-created_at")
 
 
+def label_distribution(project: Project) -> dict[str, int]:
+    """Final (trained-on) labels per label: non-gold items with a final label."""
+    counts = dict(
+        Item.objects.filter(project=project, is_gold=False)
+        .exclude(final_label="")
+        .values_list("final_label")
+        .annotate(n=Count("id"))
+        .values_list("final_label", "n")
+    )
+    return {lab: int(counts.get(lab, 0)) for lab in project.labels}
+
+
 def project_stats(project: Project, user: Any = None) -> dict[str, Any]:
     items = Item.objects.filter(project=project)
     agg = items.aggregate(
@@ -47,12 +62,11 @@ def project_stats(project: Project, user: Any = None) -> dict[str, Any]:
     stats: dict[str, Any] = {k: int(v or 0) for k, v in agg.items()}
     stats["annotations"] = Annotation.objects.filter(project=project).count()
     stats["percent"] = round(100 * stats["done"] / stats["total"], 1) if stats["total"] else 0.0
-    dist = dict(items.filter(is_gold=False).exclude(final_label="").values_list("final_label").annotate(n=Count("id")))
-    stats["distribution"] = {lab: int(dist.get(lab, 0)) for lab in project.labels}
+    stats["distribution"] = label_distribution(project)
     if user is not None and user.is_authenticated:
         stats["mine"] = Annotation.objects.filter(project=project, annotator=user).count()
     stats["live"] = get_registry().live_version(project.model_name)
-    stats["cold_start"] = min(stats["distribution"].values() or [0]) < project.min_per_label
+    stats["cold_start"] = in_cold_start(stats["distribution"], project.min_per_label)
     return stats
 
 
@@ -71,13 +85,14 @@ def label_progress(project: Project, user: Any) -> dict[str, Any]:
 
 
 def item_payload(item: Item, project: Project) -> dict[str, Any]:
+    """What the label page shows of an item: never whether it is gold."""
     suggestion = None
     if project.show_suggestions:
         if item.suggested_label:
             suggestion = {"label": item.suggested_label, "confidence": None, "source": "playground fix"}
         elif item.pred_label and item.pred_conf is not None:
             suggestion = {"label": item.pred_label, "confidence": round(item.pred_conf, 3), "source": "model"}
-    return {"id": item.id, "text": item.text, "gold": item.is_gold, "suggestion": suggestion}
+    return {"id": item.id, "text": item.text, "suggestion": suggestion}
 
 
 def my_recent(project: Project, user: Any, n: int = 5) -> list[Annotation]:
@@ -179,6 +194,11 @@ def agreement_summary(project: Project) -> dict[str, Any]:
     }
 
 
+def _count(x: Any) -> int | None:
+    value = _num(x)
+    return None if value is None else int(value)
+
+
 def _num(x: Any) -> float | None:
     try:
         v = float(x)
@@ -203,15 +223,58 @@ def gold_todo(project: Project, limit: int = 50) -> list[Item]:
 
 
 # ------------------------------------------------------------------ runs / versions
+def serving_version(project: Project) -> ModelVersion | None:
+    """The version that serves this project now (scores its pool, is the reference for promotion): the
+    live version of its registry name, else its base."""
+    registry = get_registry()
+    live = registry.live(project.model_name)
+    if live is not None or not project.base:
+        return live
+    try:
+        return registry.resolve(project.base)
+    except RegistryError:
+        return None
+
+
+def retrain_parent(project: Project) -> ModelVersion | None:
+    """The version a retrain adapts: the base for the project's first retrain, its live version after that.
+    RegistryError when the base is gone."""
+    retrained = TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).exclude(version="")
+    if project.base and not retrained.exists():
+        return get_registry().resolve(project.base)
+    return serving_version(project)
+
+
+def version_label(project: Project, mv: ModelVersion) -> str:
+    """ "v0003" for a version of the project's own registry name, "name@v0003" for another name's."""
+    return mv.version if mv.name == project.model_name else mv.ref
+
+
 def runs(project: Project | None = None, limit: int = 50) -> list[TrainingRun]:
     qs = TrainingRun.objects.select_related("project", "triggered_by")
     if project is not None:
         qs = qs.filter(project=project)
-    return list(qs[:limit])
+    items = list(qs[:limit])
+    live = {}
+    for run in items:  # what the registry pointer says, never a stored flag
+        name = run.project.model_name
+        if name not in live:
+            live[name] = get_registry().live_version(name)
+        run.is_live = bool(run.version) and run.version == live[name]  # type: ignore[attr-defined]
+        run.decision_text = run_decision(run, live[name])  # type: ignore[attr-defined]
+    return items
 
 
 def any_active(runs_: list[TrainingRun]) -> bool:
     return any(r.is_active for r in runs_)
+
+
+def run_decision(run: TrainingRun, live: str | None) -> str:
+    """Why the run's version was or was not promoted, and whether it is live now (`live`: the registry's
+    live version of the project's model)."""
+    return promotion.run_decision(
+        status=run.status, version=run.version, decision=run.decision, promoted=run.promoted, live=live
+    )
 
 
 def versions(project: Project) -> list[dict[str, Any]]:
@@ -267,7 +330,8 @@ def compare_versions(project: Project, a: str, b: str) -> dict[str, Any]:
             continue
         for key, name in names.items():
             if ga.get(key) is not None or gb.get(key) is not None:
-                out["rows"].append({"metric": f"{split} {name}", "a": _num(ga.get(key)), "b": _num(gb.get(key))})
+                num = _count if key == "n" else _num
+                out["rows"].append({"metric": f"{split} {name}", "a": num(ga.get(key)), "b": num(gb.get(key))})
         for lab in project.labels:
             fa = ((ga.get("per_class") or {}).get(lab) or {}).get("f1")
             fb = ((gb.get("per_class") or {}).get(lab) or {}).get("f1")
@@ -309,9 +373,13 @@ def dashboard_data(project: Project, stats: dict[str, Any] | None = None) -> dic
         .annotate(n=Count("id"))
         .order_by("created_at__date")
     )
+    last = TrainingRun.objects.filter(project=project).exclude(status__in=TrainingRun.ACTIVE).first()
     return {
         "labels": list(project.labels),
         "metrics_source": source,
+        "live_version": live.version if live else None,
+        "decision": run_decision(last, live.version if live else None) if last else "",
+        "decision_run": last.pk if last else None,
         "learning_curve": learning_curve(project),
         "per_class_f1": {
             lab: _num(((latest_gold.get("per_class") or {}).get(lab) or {}).get("f1")) for lab in project.labels
@@ -350,3 +418,82 @@ def active_leases(project: Project) -> int:
     return Assignment.objects.filter(
         project=project, status=Assignment.Status.LEASED, expires_at__gt=timezone.now()
     ).count()
+
+
+# ------------------------------------------------------------------ exports / API payloads
+def export_rows(project: Project) -> list[dict[str, Any]]:
+    """One row per annotation with its item's final/gold label and the item's agreement."""
+    agreement = item_agreement(project)
+    rows: list[dict[str, Any]] = []
+    anns = Annotation.objects.filter(project=project).select_related("item", "annotator").order_by("item_id", "id")
+    for a in anns.iterator(chunk_size=2000):
+        rows.append(
+            {
+                "item_id": a.item_id,
+                "text": a.item.text,
+                "label": a.label,
+                "annotator": a.annotator.get_username(),
+                "created_at": a.created_at.isoformat(),
+                "seconds": a.seconds,
+                "final_label": a.item.final_label,
+                "gold": a.item.is_gold,
+                "gold_label": a.item.gold_label,
+                "adjudicated": a.item.adjudicated,
+                "n_labels": a.item.n_labels,
+                "item_agreement": agreement.get(a.item_id),
+            }
+        )
+    return rows
+
+
+def project_summary(project: Project) -> dict[str, Any]:
+    """A project as the labeling API lists it (DESIGN §4)."""
+    agg = Item.objects.filter(project=project).aggregate(
+        items=Count("id"),
+        labelled=Count("id", filter=Q(is_gold=False) & ~Q(final_label="")),
+        gold=Count("id", filter=Q(is_gold=True) & ~Q(gold_label="")),
+    )
+    return {
+        "id": project.pk,
+        "name": project.name,
+        "labels": list(project.labels),
+        "items": int(agg["items"] or 0),
+        "labelled": int(agg["labelled"] or 0),
+        "gold": int(agg["gold"] or 0),
+        "model": project.model_name,
+        "live_version": get_registry().live_version(project.model_name),
+        "base": project.base,
+        "retrain_from": project.retrain_from,
+        "family": project.family,
+        "strategy": project.strategy,
+        "retrain_every": project.retrain_every,
+        "promote": project.promote_policy,
+    }
+
+
+def run_payload(run: TrainingRun) -> dict[str, Any]:
+    """A training run as GET /api/runs/<id> returns it (DESIGN §4), with `live` and `decision` read from
+    the registry pointer now."""
+    live = get_registry().live_version(run.project.model_name)
+    return {
+        "id": run.pk,
+        "project": run.project_id,
+        "status": run.status,
+        "progress": run.progress,
+        "epoch": run.epoch,
+        "epochs": run.epochs,
+        "loss": run.loss,
+        "eta_s": run.eta_s,
+        "metrics": run.metrics or {},
+        "error": run.error,
+        "version": run.version or None,
+        "parent_version": run.parent_version,
+        "promoted": run.promoted,
+        "live": bool(run.version) and run.version == live,
+        "decision": run_decision(run, live),
+        "attempts": run.attempts,
+        "log_tail": run.log_tail,
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }

@@ -1,26 +1,31 @@
 """Annotate writes: projects, pool import, leases, labels, undo/skip, adjudication, retrain triggers,
-promotion/rollback, exports and simulations. Views and jobs call these; nothing else writes."""
+promotion/rollback, exports and simulations. Views, the API and jobs call these; nothing else writes.
+Jobs are enqueued by dotted path through slmsite.jobs, so this module never imports annotate.jobs."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import random
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.utils import timezone
 
+from annotate import io, promotion, selectors
 from annotate.models import (
     Annotation,
     Assignment,
+    BackgroundTask,
     Export,
     ImportJob,
     Item,
@@ -28,14 +33,17 @@ from annotate.models import (
     Simulation,
     TrainingRun,
 )
+from slm.active import STRATEGIES, in_cold_start
+from slm.registry import ModelVersion, RegistryError, parse_ref
 from slm.text import PreprocessConfig, clean_text
+from slmsite.jobs import enqueue_or_fail, job_state
 from slmsite.limits import TextLimitError, texts_check
 from slmsite.registry import get_registry
 from slmsite.roles import is_admin
 
 log = logging.getLogger(__name__)
 
-STRATEGY_CHOICES = ["random", "least_confidence", "margin", "entropy", "bald", "kcenter", "hybrid"]
+MAX_API_ITEMS = 10_000  # items per call of the labeling API's import
 
 
 class LeaseLost(Exception):
@@ -58,6 +66,50 @@ def _clean_labels(labels: Sequence[str]) -> list[str]:
     return out
 
 
+def resolve_base(ref: str) -> ModelVersion:
+    """The registry version a base ref names ("name" = its live version, "name@v0003"); ValidationError
+    with the registry's message when there is none."""
+    ref = ref.strip().removeprefix("registry:")
+    try:
+        return get_registry().resolve(ref)
+    except (RegistryError, ValueError) as exc:
+        raise ValidationError(f"unknown base {ref!r}: {exc}") from exc
+
+
+def _base_and_family(base: str, retrain_from: str, family: str) -> tuple[str, str]:
+    """(base ref to store, the family retrains produce). A given base must resolve; the default (empty)
+    base is the live sentiment model, pinned to its current version when there is one. Retraining from
+    the parent keeps the parent's family."""
+    given = base.strip().removeprefix("registry:")
+    if not given:
+        name = str(settings.SENTIMENT_MODEL)
+        live = get_registry().live_version(name)
+        if live is None:  # nothing to pin yet (a fresh install before bootstrap): the name's live version
+            return name, family
+        given = f"{name}@{live}"
+    mv = resolve_base(given)
+    if retrain_from == Project.RetrainFrom.PARENT:
+        parent_family = str(mv.metadata.get("family", ""))
+        if parent_family not in (Project.Family.NGRAM, Project.Family.TRANSFORMER):
+            raise ValidationError(
+                f"base {mv.ref} is a {parent_family or 'unknown'} model, which cannot be adapted; choose an "
+                "n-gram or transformer version as the base, or retrain from scratch"
+            )
+        family = parent_family
+    return mv.ref, family
+
+
+def check_strategy(strategy: str, family: str) -> None:
+    """ValidationError unless `strategy` is known and runs on `family` models (slm.classify.pool says)."""
+    from slm.classify.pool import strategy_refusal
+
+    if strategy not in STRATEGIES:
+        raise ValidationError(f"unknown query strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    refusal = strategy_refusal(strategy, family)
+    if refusal:
+        raise ValidationError(refusal)
+
+
 @transaction.atomic
 def project_create(
     *,
@@ -67,6 +119,9 @@ def project_create(
     guidelines: str = "",
     family: str = Project.Family.NGRAM,
     base_model: str = "",
+    base: str = "",
+    retrain_from: str = Project.RetrainFrom.PARENT,
+    new_label_weight: float | None = None,
     strategy: str = "entropy",
     batch_size: int = 20,
     overlap_k: int = 2,
@@ -83,10 +138,10 @@ def project_create(
         raise ValidationError("a project needs a name")
     if Project.objects.filter(name=name).exists():
         raise ValidationError(f"a project named {name!r} already exists")
-    if strategy not in STRATEGY_CHOICES:
-        raise ValidationError(f"unknown query strategy {strategy!r}; choose one of {STRATEGY_CHOICES}")
     if family not in Project.Family.values:
         raise ValidationError(f"unknown model family {family!r}")
+    if retrain_from not in Project.RetrainFrom.values:
+        raise ValidationError(f"retrain_from must be one of {', '.join(Project.RetrainFrom.values)}")
     if promote_policy not in Project.PromotePolicy.values:
         raise ValidationError(f"unknown promote policy {promote_policy!r}")
     if not (0.0 <= gold_fraction < 1.0) or not (0.0 <= overlap_fraction <= 1.0):
@@ -95,19 +150,34 @@ def project_create(
         raise ValidationError("overlap k must be 1..10 and batch size 1..1000")
     if retrain_every < 0 or min_per_label < 0:
         raise ValidationError("retrain every and the cold-start minimum cannot be negative")
-    if len(name) > 200 or len(base_model) > 300:
-        raise ValidationError("the name is at most 200 characters and the base model at most 300")
-    model_name = (model_name or settings.SENTIMENT_MODEL).strip()
+    if new_label_weight is not None and not (0.0 < new_label_weight <= 1000.0):
+        raise ValidationError("the new-label weight must be above 0 and at most 1000")
+    if len(name) > 200 or len(base_model) > 300 or len(base) > 300:
+        raise ValidationError("the name is at most 200 characters, the base and encoder at most 300")
+    clean_labels = _clean_labels(labels)
+    base_ref, family = _base_and_family(base, retrain_from, family)
+    check_strategy(strategy, family)
+    if retrain_from == Project.RetrainFrom.PARENT and "@" in base_ref:
+        base_labels = [str(x) for x in resolve_base(base_ref).metadata.get("labels") or []]
+        if base_labels and sorted(base_labels) != sorted(clean_labels):
+            raise ValidationError(
+                f"the label set {clean_labels} differs from the base {base_ref}'s {base_labels}; use the base's "
+                "labels, or retrain from scratch"
+            )
+    model_name = (model_name or parse_ref(base_ref)[0]).strip()
     from slm.registry import _NAME_RE  # the registry's own name rule
 
     if not _NAME_RE.match(model_name):
         raise ValidationError(f"invalid registry model name {model_name!r}")
     return Project.objects.create(
         name=name,
-        labels=_clean_labels(labels),
+        labels=clean_labels,
         guidelines=guidelines,
         family=family,
         base_model=base_model.strip(),
+        base=base_ref,
+        retrain_from=retrain_from,
+        new_label_weight=new_label_weight,
         strategy=strategy,
         batch_size=batch_size,
         overlap_k=overlap_k,
@@ -147,19 +217,31 @@ class ImportReport:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class NewItem:
+    """An item given with an explicit gold flag (the labeling API): a gold item's label is its gold label;
+    a non-gold item's label is its final label (a pre-labelled item, trained on like an annotator's)."""
+
+    text: str
+    label: str | None = None
+    gold: bool = False
+
+
 def items_add(
     *,
     project: Project,
-    rows: Iterable[tuple[str, str | None]],
+    rows: Iterable[tuple[str, str | None] | NewItem],
     source: str = Item.Source.IMPORT,
     report: ImportReport | None = None,
     chunk: int = 1000,
 ) -> ImportReport:
-    """Adds (text, label-or-None) rows to the pool: cleans with the preprocessing pipeline, drops empty
-    texts and duplicates (within the batch and against the pool), marks gold and overlap items.
+    """Adds rows to the pool: cleans with the preprocessing pipeline, drops empty texts and duplicates
+    (within the batch and against the pool), marks gold and overlap items.
 
-    A label that is given and valid becomes the gold label of gold items and a hidden reference label
-    (meta.source_label) otherwise - used only by simulations, never shown or trained on.
+    (text, label-or-None) rows come from files: ~gold_fraction of them become gold (chosen by text hash, so
+    a re-import chooses the same), and a valid label is the gold label of a gold item and a hidden reference
+    label (meta.source_label) otherwise - used only by simulations, never shown or trained on.
+    NewItem rows carry their own gold flag and label (see NewItem).
     """
     report = report or ImportReport()
     config = PreprocessConfig()
@@ -182,7 +264,8 @@ def items_add(
         pending.clear()
 
     rng = random.Random()
-    for text, label in rows:
+    for row in rows:
+        text, label = (row.text, row.label) if isinstance(row, NewItem) else row
         report.n_input += 1
         cleaned = clean_text(text, config)
         if not cleaned:
@@ -199,20 +282,19 @@ def items_add(
             label = ""
         if label:
             report.label_counts[label] = report.label_counts.get(label, 0) + 1
-        is_gold = source == Item.Source.IMPORT and _fraction(h, 0) < project.gold_fraction
-        overlap = project.overlap_k > 1 and _fraction(h, 1) < project.overlap_fraction
-        item = Item(
-            project=project,
-            text=cleaned,
-            text_hash=h,
-            source=source,
-            is_gold=is_gold,
-            gold_label=label if is_gold else "",
-            needed=project.overlap_k if overlap else 1,
-            meta={"source_label": label} if label else {},
-            rand=rng.random(),
-        )
-        item.lane = item.compute_lane()
+        item = Item(project=project, text=cleaned, text_hash=h, source=source, rand=rng.random())
+        if isinstance(row, NewItem):
+            item.is_gold = row.gold
+            item.gold_label = label if row.gold else ""
+            if label and not row.gold:  # pre-labelled: closed with its final label
+                item.final_label, item.adjudicated = label, True
+                item.meta = {"imported_label": True}
+        else:
+            item.is_gold = source == Item.Source.IMPORT and _fraction(h, 0) < project.gold_fraction
+            item.gold_label = label if item.is_gold else ""
+            item.meta = {"source_label": label} if label else {}
+        overlap = not item.adjudicated and project.overlap_k > 1 and _fraction(h, 1) < project.overlap_fraction
+        item.needed = project.overlap_k if overlap else 1
         pending.append(item)
         if len(pending) >= chunk:
             flush()
@@ -220,19 +302,56 @@ def items_add(
     return report
 
 
+def items_import(*, project: Project, items: Sequence[NewItem]) -> ImportReport:
+    """The labeling API's import: every item is checked first (a gold item needs a label, labels come from
+    the project's set, at most MAX_API_ITEMS), so a bad call adds nothing. Then the pool is re-scored."""
+    if len(items) > MAX_API_ITEMS:
+        raise ValidationError(f"at most {MAX_API_ITEMS:,} items per call (got {len(items):,})")
+    for n, it in enumerate(items):
+        label = (it.label or "").strip()
+        if it.gold and not label:
+            raise ValidationError(f"items[{n}]: a gold item needs a label")
+        if label and label not in project.labels:
+            raise ValidationError(f"items[{n}]: unknown label {label!r}; the labels are {', '.join(project.labels)}")
+    try:
+        texts_check([it.text for it in items], allow_empty=True, name=lambda i: f"items[{i}]")
+    except TextLimitError as exc:
+        raise ValidationError(str(exc)) from exc
+    report = items_add(project=project, rows=items)
+    if report.added:
+        transaction.on_commit(lambda: enqueue_refresh(project.pk))
+    return report
+
+
 @transaction.atomic
 def import_create(
     *, project: Project, path: str, text_field: str = "text", label_field: str = "label", user: Any = None
 ) -> ImportJob:
-    from annotate import jobs
-
     if len(path) > 500 or len(text_field) > 100 or len(label_field) > 100:
         raise ValidationError("the path is at most 500 characters and column names at most 100")
     imp = ImportJob.objects.create(
         project=project, path=path, text_field=text_field, label_field=label_field, created_by=user
     )
-    transaction.on_commit(lambda: jobs.enqueue_import(imp.pk))
+    transaction.on_commit(lambda: enqueue_import(imp.pk))
     return imp
+
+
+def import_run(*, import_id: int, progress: Callable[[float], None]) -> dict[str, Any]:
+    """Reads an import's file into the project's pool (the import job's work); returns the report."""
+    imp = ImportJob.objects.select_related("project").get(pk=import_id)
+    rows, total = io.read_rows(Path(imp.path), imp.text_field, imp.label_field)
+    report = ImportReport()
+
+    def tracked() -> Iterable[tuple[str, str | None]]:
+        for n, row in enumerate(rows, 1):
+            if n % 1000 == 0:
+                progress(min(0.99, n / max(total, 1)))
+            yield row
+
+    items_add(project=imp.project, rows=tracked(), report=report)
+    ImportJob.objects.filter(pk=import_id).update(report=report.to_dict())
+    enqueue_refresh(imp.project_id)
+    return report.to_dict()
 
 
 @transaction.atomic
@@ -266,7 +385,6 @@ def fix_submit(*, text: str, label: str, model_ref: str, user: Any) -> Item:
             "meta": {"fixed_by": user.get_username(), "model": model_ref},
             "score": 2.0,  # reviewed first: above any uncertainty score
             "rand": random.random(),
-            "lane": Item.FIX,
         },
     )
     if not created and not item.final_label:
@@ -280,19 +398,9 @@ def _lease_expiry() -> Any:
     return timezone.now() + timedelta(seconds=settings.ANNOTATE_LEASE_SECONDS)
 
 
-def label_counts(project: Project) -> dict[str, int]:
-    counts = dict(
-        Item.objects.filter(project=project, lane=Item.CLOSED, is_gold=False)  # final labels live in closed items
-        .exclude(final_label="")
-        .values_list("final_label")
-        .annotate(n=Count("id"))
-        .values_list("final_label", "n")
-    )
-    return {lab: int(counts.get(lab, 0)) for lab in project.labels}
-
-
-def in_cold_start(project: Project) -> bool:
-    return min(label_counts(project).values() or [0]) < project.min_per_label
+def cold_start(project: Project) -> bool:
+    """The project is in cold start (slm.active.in_cold_start over its label counts): random order."""
+    return in_cold_start(selectors.label_distribution(project), project.min_per_label)
 
 
 def _open_ids(
@@ -328,7 +436,7 @@ def _candidates(project: Project, user: Any, exclude: Sequence[int], limit: int)
     skip = set(exclude)
     gold_lanes = [Item.GOLD] + ([Item.GOLD_TODO] if is_admin(user) else [])
     gold_turn = project.gold_fraction > 0 and random.random() < project.gold_fraction
-    order = ["rand"] if project.strategy == "random" or in_cold_start(project) else ["-score", "rand"]
+    order = ["rand"] if project.strategy == "random" or cold_start(project) else ["-score", "rand"]
     plan: list[tuple[int, list[str]]] = []
     if gold_turn:
         plan += [(lane, ["rand"]) for lane in gold_lanes]
@@ -415,8 +523,7 @@ def _item_refresh(item_id: int) -> Item:
         else:
             item.disputed = False
             item.final_label = ""
-    item.lane = item.compute_lane()
-    item.save(update_fields=["n_labels", "final_label", "disputed", "lane"])
+    item.save(update_fields=["n_labels", "final_label", "disputed"])
     return item
 
 
@@ -436,8 +543,7 @@ def label_submit(*, project: Project, user: Any, item_id: int, label: str, secon
     if item.is_gold and not item.gold_label and is_admin(user):
         item.gold_label = label
         item.meta = {**item.meta, "gold_from_annotation": ann.pk}  # so an undo takes the gold label back too
-        item.lane = item.compute_lane()
-        item.save(update_fields=["gold_label", "meta", "lane"])
+        item.save(update_fields=["gold_label", "meta"])
     transaction.on_commit(lambda: _maybe_auto_retrain(project.pk))
     return ann
 
@@ -472,8 +578,7 @@ def label_undo(*, project: Project, user: Any) -> Item | None:
     if item.meta.get("gold_from_annotation") == ann_pk:  # the undone label had set the gold label
         item.gold_label = ""
         item.meta = {k: v for k, v in item.meta.items() if k != "gold_from_annotation"}
-        item.lane = item.compute_lane()
-        item.save(update_fields=["gold_label", "meta", "lane"])
+        item.save(update_fields=["gold_label", "meta"])
     return item
 
 
@@ -485,12 +590,11 @@ def item_adjudicate(*, item: Item, label: str, user: Any, make_gold: bool = Fals
     item.final_label = label
     item.adjudicated = True
     item.disputed = False
-    fields = ["final_label", "adjudicated", "disputed", "lane"]
+    fields = ["final_label", "adjudicated", "disputed"]
     if make_gold or item.is_gold:
         item.is_gold = True
         item.gold_label = label
         fields += ["is_gold", "gold_label"]
-    item.lane = item.compute_lane()
     item.save(update_fields=fields)
     return item
 
@@ -503,9 +607,59 @@ def item_set_gold(*, item: Item, label: str, user: Any) -> Item:
     item = Item.objects.select_for_update().get(pk=item.pk)
     item.is_gold = True
     item.gold_label = label
-    item.lane = item.compute_lane()
-    item.save(update_fields=["is_gold", "gold_label", "lane"])
+    item.save(update_fields=["is_gold", "gold_label"])
     return item
+
+
+# ------------------------------------------------------------------ job queue
+def enqueue_retrain(run_id: int) -> None:
+    def failed(message: str) -> None:  # never run in-process, never hang queued
+        TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+            status=TrainingRun.Status.FAILED, error=message, decision=promotion.failed_text(message)
+        )
+
+    job_id = f"annotate-retrain-{run_id}"
+    job = enqueue_or_fail(
+        "gpu",
+        "annotate.jobs.retrain_job",
+        run_id,
+        job_id=job_id,
+        timeout=settings.ANNOTATE_RETRAIN_TIMEOUT_S,
+        retries=settings.ANNOTATE_RETRAIN_RETRIES,
+        on_fail=failed,
+    )
+    if job is not None:
+        TrainingRun.objects.filter(pk=run_id).update(job_id=job_id)
+
+
+def enqueue_refresh(project_id: int) -> None:
+    def failed(message: str) -> None:
+        Project.objects.filter(pk=project_id).update(pool_error=f"the pool was not re-scored: {message}")
+
+    job_id = f"annotate-refresh-{project_id}-{time.time_ns()}"
+    enqueue_or_fail(
+        "default", "annotate.jobs.refresh_pool_job", project_id, job_id=job_id, timeout=3600, on_fail=failed
+    )
+
+
+def _enqueue_task(model: type[BackgroundTask], pk: int, job: str, queue: str = "default") -> None:
+    def failed(message: str) -> None:
+        model.objects.filter(pk=pk).update(status=BackgroundTask.Status.FAILED, error=message)
+
+    job_id = f"annotate-{job}-{pk}"
+    enqueue_or_fail(queue, f"annotate.jobs.{job}_job", pk, job_id=job_id, timeout=3600, on_fail=failed)
+
+
+def enqueue_import(import_id: int) -> None:
+    _enqueue_task(ImportJob, import_id, "import")
+
+
+def enqueue_export(export_id: int) -> None:
+    _enqueue_task(Export, export_id, "export")
+
+
+def enqueue_simulation(sim_id: int) -> None:
+    _enqueue_task(Simulation, sim_id, "simulation", queue="gpu")
 
 
 # ------------------------------------------------------------------ training runs
@@ -516,9 +670,15 @@ def _labels_total(project: Project) -> int:
 def run_trigger(*, project: Project, user: Any = None, trigger: str = "manual") -> tuple[TrainingRun, bool]:
     """Queues a retrain of the project's model. At most one run per project is queued or running: a second
     trigger returns the existing run (select_for_update on the project + a partial unique constraint)."""
-    from annotate import jobs
-
     run_reap_stale(project=project)
+    try:
+        parent = (
+            selectors.retrain_parent(project)
+            if project.retrain_from == Project.RetrainFrom.PARENT
+            else selectors.serving_version(project)
+        )
+    except RegistryError:
+        parent = None  # the job says why it cannot start
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
         existing = TrainingRun.objects.filter(project=project, status__in=TrainingRun.ACTIVE).first()
@@ -530,12 +690,12 @@ def run_trigger(*, project: Project, user: Any = None, trigger: str = "manual") 
                     project=project,
                     trigger=trigger,
                     triggered_by=user if user is not None and getattr(user, "is_authenticated", False) else None,
-                    parent_version=get_registry().live_version(project.model_name) or "",
+                    parent_version=selectors.version_label(project, parent) if parent else "",
                 )
         except IntegrityError:
             return TrainingRun.objects.get(project=project, status__in=TrainingRun.ACTIVE), False
         Project.objects.filter(pk=project.pk).update(labels_at_last_trigger=_labels_total(project))
-        transaction.on_commit(lambda: jobs.enqueue_retrain(run.pk))
+        transaction.on_commit(lambda: enqueue_retrain(run.pk))
     return run, True
 
 
@@ -559,7 +719,7 @@ def run_fail(*, run_id: int, error: str, from_status: Sequence[str] = TrainingRu
     never touched here."""
     now = timezone.now()
     n = TrainingRun.objects.filter(pk=run_id, status__in=list(from_status)).update(
-        status=TrainingRun.Status.FAILED, error=error[:5000], finished_at=now
+        status=TrainingRun.Status.FAILED, error=error[:5000], finished_at=now, decision=promotion.failed_text(error)
     )
     return bool(n)
 
@@ -567,8 +727,6 @@ def run_fail(*, run_id: int, error: str, from_status: Sequence[str] = TrainingRu
 def run_reap_stale(*, project: Project | None = None) -> int:
     """Fails runs whose worker died: running without a heartbeat for ANNOTATE_RUN_STALE_S, or whose RQ job
     ended failed / vanished. Called by the runs page, the API and every trigger."""
-    from annotate import jobs
-
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.ANNOTATE_RUN_STALE_S)
     qs = TrainingRun.objects.filter(status__in=TrainingRun.ACTIVE)
@@ -585,51 +743,82 @@ def run_reap_stale(*, project: Project | None = None) -> int:
                 )
                 reaped += run_fail(run_id=run.pk, error=msg, from_status=[TrainingRun.Status.RUNNING])
                 continue
-        state = jobs.job_state(run.job_id) if run.job_id else None
+        state = job_state(run.job_id) if run.job_id else None
         if state in ("failed", "stopped", "canceled", "missing") and run.created_at < now - timedelta(seconds=5):
             reaped += run_fail(run_id=run.pk, error=f"the job ended {state} in the queue; the live model is unchanged")
     return reaped
 
 
-def version_promote(*, project: Project, version: str, user: Any = None) -> str:
-    from annotate import jobs
+def version_promote(*, project: Project, version: str, user: Any = None, confirm: bool = False) -> str:
+    """Makes `version` of the project's model live. A version known to score worse than the live one
+    (slmsite.promotion: on the same gold items or held-out data) is promoted only with confirm=True
+    (promotion.WorseThanLive with the question otherwise)."""
+    from slmsite.promotion import promote_warning
 
-    mv = get_registry().promote(project.model_name, version)
-    TrainingRun.objects.filter(project=project, version=version).update(promoted=True)
-    transaction.on_commit(lambda: jobs.enqueue_refresh(project.pk))
+    registry = get_registry()
+    registry.get(project.model_name, version)  # VersionNotFound before anything else
+    warning = promote_warning(registry, project.model_name, version)
+    if warning and not confirm:
+        raise promotion.WorseThanLive(warning)
+    mv = registry.promote(project.model_name, version)
+    who = getattr(user, "username", "") or "an admin"
+    for run in TrainingRun.objects.filter(project=project, version=version, promoted=False):
+        note = f"promoted by hand by {who}" + (" after confirming it scored worse on gold" if confirm else "")
+        TrainingRun.objects.filter(pk=run.pk).update(
+            promoted=True, decision=f"{run.decision}; later {note}" if run.decision else note
+        )
+    transaction.on_commit(lambda: enqueue_refresh(project.pk))
     return mv.ref
 
 
 def version_rollback(*, project: Project, version: str | None = None, user: Any = None) -> str:
-    from annotate import jobs
-
     mv = get_registry().rollback(project.model_name, version)
-    transaction.on_commit(lambda: jobs.enqueue_refresh(project.pk))
+    transaction.on_commit(lambda: enqueue_refresh(project.pk))
     return mv.ref
 
 
 # ------------------------------------------------------------------ exports / simulations
 @transaction.atomic
 def export_create(*, project: Project, fmt: str, user: Any = None) -> Export:
-    from annotate import jobs
-
     if fmt not in Export.Format.values:
         raise ValidationError(f"unknown export format {fmt!r}")
     exp = Export.objects.create(project=project, fmt=fmt, created_by=user)
-    transaction.on_commit(lambda: jobs.enqueue_export(exp.pk))
+    transaction.on_commit(lambda: enqueue_export(exp.pk))
     return exp
+
+
+def export_dir() -> Path:
+    return Path(settings.MEDIA_ROOT) / "annotate" / "exports"
+
+
+def export_run(*, export_id: int, progress: Callable[[float], None]) -> dict[str, Any]:
+    """Writes an export's file (the export job's work); returns {"rows", "path"}."""
+    exp = Export.objects.get(pk=export_id)
+    rows = selectors.export_rows(exp.project)
+    progress(0.5)
+    path = io.write_export(rows, exp.fmt, export_dir(), f"project-{exp.project_id}-export-{export_id}")
+    Export.objects.filter(pk=export_id).update(path=str(path), rows=len(rows))
+    return {"rows": len(rows), "path": str(path)}
 
 
 @transaction.atomic
 def simulation_create(
     *, project: Project, user: Any = None, strategies: Sequence[str] = ("entropy", "margin")
 ) -> Simulation:
-    from annotate import jobs
-
-    bad = [s for s in strategies if s not in STRATEGY_CHOICES]
+    bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         raise ValidationError(f"unknown strategies {bad}")
     unique = list(dict.fromkeys(strategies))  # each strategy replayed once
     sim = Simulation.objects.create(project=project, created_by=user, config={"strategies": unique})
-    transaction.on_commit(lambda: jobs.enqueue_simulation(sim.pk))
+    transaction.on_commit(lambda: enqueue_simulation(sim.pk))
     return sim
+
+
+def simulation_run(*, sim_id: int, progress: Callable[[float], None]) -> dict[str, Any]:
+    """Replays the simulation's strategies (the simulation job's work) and stores the curves."""
+    from annotate import training
+
+    sim = Simulation.objects.select_related("project").get(pk=sim_id)
+    result = training.simulate(sim.project, sim.config, progress)
+    Simulation.objects.filter(pk=sim_id).update(result=result)
+    return {"ok": True}

@@ -1,18 +1,19 @@
-"""The glue between annotate and the ML core (slm.classify, slm.active, slm.al_sim): train a project's
-classifier, score the pool with its query strategy, track prediction stability, run simulations.
-Django-side only because it reads Project settings; all ML lives in slm/."""
+"""The glue between annotate and the ML core (slm.classify, slm.al_sim): train a project's classifier
+(adapting the parent, or from scratch) and run simulations. Django-side only because it reads Project
+settings; all ML lives in slm/."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from django.conf import settings
 
 from annotate.models import Item, Project
+from slm.registry import ModelVersion
 
 
 class TrainingError(Exception):
@@ -20,6 +21,55 @@ class TrainingError(Exception):
 
 
 Progress = Callable[..., None]
+Trained = tuple[Any, Callable[[Path], None], dict[str, Any]]
+
+# Transformer warm start: the new labels are mixed with a replayed sample of the parent's training data
+# of REPLAY_PER_LABEL times their number (at least REPLAY_MIN), so the parent's knowledge is rehearsed.
+REPLAY_PER_LABEL = 2
+REPLAY_MIN = 500
+
+
+@dataclass
+class _Job:
+    """One training request: the project, its new labels, the progress/log callbacks of the run."""
+
+    project: Project
+    texts: list[str]
+    labels: list[str]
+    progress: Progress
+    log: Callable[[str], None]
+    exclude: list[str] = field(default_factory=list)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.project.labels)
+
+    def fraction_report(self) -> Callable[[str, float], None]:
+        """A (message, fraction) callback for a one-pass fit: progress up to 0.9 with an ETA."""
+        started = time.monotonic()
+
+        def report(message: str, fraction: float) -> None:
+            elapsed = time.monotonic() - started
+            eta = elapsed * (1 - fraction) / fraction if fraction > 0.05 else None
+            self.progress(0.9 * fraction, epoch=1, epochs=1, eta_s=eta)
+
+        return report
+
+    def epoch_report(self, default_epochs: int) -> Callable[[dict[str, Any]], None]:
+        """An on_epoch callback for train_transformer: progress 0.1..0.9 with epoch, loss and ETA."""
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            epochs = int(row.get("epochs") or default_epochs)
+            epoch = int(row["epoch"])
+            self.progress(
+                0.1 + 0.8 * epoch / epochs,
+                epoch=epoch,
+                epochs=epochs,
+                loss=row.get("train_loss"),
+                eta_s=row.get("eta_s"),
+            )
+
+        return on_epoch
 
 
 def train(
@@ -29,174 +79,233 @@ def train(
     labels: list[str],
     progress: Progress,
     log: Callable[[str], None],
-) -> tuple[Any, Callable[[Path], None], dict[str, Any]]:
-    """Trains the project's model family on (texts, labels).
+    parent: ModelVersion | None = None,
+    exclude: list[str] | None = None,
+) -> Trained:
+    """Trains the project's model on (texts, labels): adapts `parent` (its family decides how) or, without
+    a parent, fits the project's family from scratch. `exclude`: texts never to train on (the gold items),
+    also kept out of a replayed sample of the parent's data.
 
     Returns (model with .labels/.predict_proba, write(dir) that saves it as a registry version,
     metadata for the registry)."""
-    label_names = list(project.labels)
+    job = _Job(project, texts, labels, progress, log, list(exclude or []))
     t0 = time.monotonic()
-    if project.family == Project.Family.TRANSFORMER:
-        model, write, meta = _train_transformer(project, texts, labels, label_names, progress, log)
+    if parent is not None:
+        family = str(parent.metadata.get("family", ""))
+        parent_labels = [str(x) for x in parent.metadata.get("labels") or []]
+        if parent_labels and sorted(parent_labels) != sorted(job.label_names):
+            raise TrainingError(
+                f"{parent.ref} predicts {parent_labels}, not the project's labels {job.label_names}; "
+                "retrain from scratch or choose a base with these labels"
+            )
+        if family == Project.Family.NGRAM:
+            model, write, meta = _adapt_ngram(job, parent)
+        elif family == Project.Family.TRANSFORMER:
+            model, write, meta = _adapt_transformer(job, parent)
+        else:
+            raise TrainingError(f"{parent.ref} is a {family or 'unknown'} model, which cannot be adapted")
+    elif project.family == Project.Family.TRANSFORMER:
+        model, write, meta = _train_transformer(job)
     else:
-        model, write, meta = _train_ngram(texts, labels, label_names, progress, log)
+        model, write, meta = _train_ngram(job)
     meta.setdefault("timings", {})["train_s"] = round(time.monotonic() - t0, 3)
     return model, write, meta
 
 
-def _train_ngram(
-    texts: list[str], labels: list[str], label_names: list[str], progress: Progress, log: Callable[[str], None]
-) -> tuple[Any, Callable[[Path], None], dict[str, Any]]:
-    from slm.classify.ngram import NgramClassifier, NgramConfig
+def _parent_rows(parent: ModelVersion) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(all rows the parent was trained on, the part of them stored with it rather than rebuilt from a
+    bundled dataset), each {"text", "label", "weight"}; TrainingError when they cannot be reproduced."""
+    from slm.classify.adapt import ParentDataUnavailable, training_rows
 
-    started = time.monotonic()
-    log("training the n-gram model (TF-IDF char + word n-grams, linear)")
+    try:
+        rows = training_rows(parent.metadata, parent.path)
+    except ParentDataUnavailable as exc:
+        raise TrainingError(f"cannot adapt {parent.ref}: its training data is not available ({exc})") from exc
+    n_file = int((parent.metadata.get("training_data") or {}).get("n_file") or 0)
+    return rows, rows[len(rows) - n_file :] if n_file else []  # training_rows lists the stored rows last
 
-    def report(message: str, fraction: float) -> None:
-        elapsed = time.monotonic() - started
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0.05 else None
-        progress(0.9 * fraction, epoch=1, epochs=1, eta_s=eta)
 
-    config = NgramConfig()
-    model = NgramClassifier.train(texts, labels, config, label_order=label_names, progress=report)
-    progress(0.9, epoch=1, epochs=1, eta_s=0.0)
-
+def _saver(model: Any) -> Callable[[Path], None]:
     def write(directory: Path) -> None:
         model.save(directory)
 
+    return write
+
+
+def _adapt_ngram(job: _Job, parent: ModelVersion) -> Trained:
+    """Refit on the parent's (reproduced) training data plus the new labels, weighted (slm.classify.adapt)."""
+    from slm.classify.adapt import ParentDataUnavailable, adapt_ngram
+
+    weight = job.project.new_label_weight
+    job.log(f"adapting {parent.ref}: its training data + {len(job.texts)} new labels (weight {weight or 'default'})")
+    try:
+        model, meta = adapt_ngram(
+            parent.path,
+            parent.metadata,
+            job.texts,
+            job.labels,
+            weight=weight,
+            label_order=job.label_names,
+            progress=job.fraction_report(),
+        )
+    except ParentDataUnavailable as exc:
+        raise TrainingError(f"cannot adapt {parent.ref}: its training data is not available ({exc})") from exc
+    job.progress(0.9, epoch=1, epochs=1, eta_s=0.0)
+    return model, _saver(model), dict(meta)
+
+
+def _adapt_transformer(job: _Job, parent: ModelVersion) -> Trained:
+    """Warm start: the parent's encoder and head as trained, fine-tuned (in the parent's mode) on the new
+    labels mixed with a replayed sample of the parent's training data (gold texts left out)."""
+    import numpy as np
+
+    from slm.classify.adapt import stored_record, write_training_rows
+    from slm.classify.train import TrainConfig, train_transformer
+    from slm.classify.transformer import TransformerClassifier
+    from slm.classify.versions import build_metadata
+    from slm.data import data_hash
+    from slm.text import clean_text
+
+    rows, stored = _parent_rows(parent)
+    model = TransformerClassifier.load(parent.path)
+    new = dict(zip(job.texts, job.labels, strict=True))  # a new label replaces the parent's row of that text
+    banned = {clean_text(t) for t in job.exclude} | {clean_text(t) for t in new}
+    keep = [r for r in rows if clean_text(r["text"]) not in banned]
+    n_replay = min(len(keep), max(REPLAY_PER_LABEL * len(new), REPLAY_MIN))
+    pick = np.random.default_rng(0).choice(len(keep), size=n_replay, replace=False) if n_replay else []
+    replay = [keep[int(i)] for i in pick]
+    train_texts = list(new) + [r["text"] for r in replay]
+    train_labels = list(new.values()) + [r["label"] for r in replay]
+    # what the child records to be adapted in turn: the parent's bundled part as it was, stored rows here
+    child_stored = [r for r in stored if r["text"] not in new] + [
+        {"text": t, "label": y, "weight": 1.0} for t, y in new.items()
+    ]
+    known = set(TrainConfig.__dataclass_fields__)
+    recorded = {k: v for k, v in (parent.metadata.get("config") or {}).items() if k in known}
+    mode = model.mode if model.mode in ("frozen", "full", "lora") else "frozen"
+    config = TrainConfig.from_dict(
+        {
+            **recorded,
+            "mode": mode,
+            "encoder": "",
+            "epochs": 30 if mode == "frozen" else 3,
+            "lr": float(recorded.get("lr", 5e-4)) * (1.0 if mode == "frozen" else 0.5),
+            # early stopping on a handful of held-out texts is noise: small sets train the fixed epochs
+            "val_fraction": 0.1 if len(train_texts) >= 200 else 0.0,
+            "time_budget_s": 0.0,
+            "device": "auto",
+            "processes": settings.SLM_TRAIN_PROCESSES,
+        }
+    )
+    job.log(
+        f"warm start from {parent.ref} ({mode}): {len(new)} new labels + {len(replay)} replayed of its "
+        f"{len(rows)} training texts, {config.epochs} epochs"
+    )
+    result = train_transformer(model, train_texts, train_labels, config, on_epoch=job.epoch_report(config.epochs))
+    job.log(f"best epoch {result.best_epoch} of {result.epochs_run}")
+    parent_record = parent.metadata.get("training_data") or {}
+    meta = build_metadata(
+        family="transformer",
+        labels=list(model.labels),
+        config={"family": "transformer", **config.to_dict()},
+        data_hash=data_hash(zip(train_texts, train_labels, strict=True)),
+        metrics={},
+        data={
+            "source": f"adapted from {parent.ref}: {len(new)} new labels + {len(replay)} replayed of its data",
+            "n_train": result.n_train,
+            "n_val": result.n_val,
+            "n_test": 0,
+        },
+        curves={"x": "epoch", **result.curves},
+        timings=dict(result.timings),
+        description=f"warm start from {parent.ref} on annotate labels + replay",
+        training_data=stored_record(child_stored, bundled=parent_record.get("bundled")),
+    )
+    meta["adaptation"] = {
+        "method": "warm_start_replay",
+        "parent": parent.ref,
+        "mode": mode,
+        "n_parent": len(rows),
+        "n_new": len(new),
+        "n_replay": len(replay),
+    }
+    meta["languages"] = list(parent.metadata.get("languages") or [])
+
+    def write(directory: Path) -> None:
+        result.model.save(directory)
+        write_training_rows(directory, child_stored)
+
+    return result.model, write, meta
+
+
+def _train_ngram(job: _Job) -> Trained:
+    from slm.classify.ngram import NgramClassifier, NgramConfig
     from slm.classify.versions import build_metadata
     from slm.data import data_hash
 
+    job.log("training the n-gram model (TF-IDF char + word n-grams, linear)")
+    config = NgramConfig()
+    model = NgramClassifier.train(
+        job.texts, job.labels, config, label_order=job.label_names, progress=job.fraction_report()
+    )
+    job.progress(0.9, epoch=1, epochs=1, eta_s=0.0)
     meta = build_metadata(
         family="ngram",
-        labels=label_names,
+        labels=job.label_names,
         config={"family": "ngram", **config.to_dict()},
-        data_hash=data_hash(zip(texts, labels, strict=True)),
+        data_hash=data_hash(zip(job.texts, job.labels, strict=True)),
         metrics={},
-        data={"source": "annotate labels", "n_train": len(texts), "n_val": 0, "n_test": 0},
+        data={"source": "annotate labels", "n_train": len(job.texts), "n_val": 0, "n_test": 0},
         description="n-gram model retrained from annotate labels",
     )
-    return model, write, meta
+    return model, _saver(model), meta
 
 
-def _train_transformer(
-    project: Project,
-    texts: list[str],
-    labels: list[str],
-    label_names: list[str],
-    progress: Progress,
-    log: Callable[[str], None],
-) -> tuple[Any, Callable[[Path], None], dict[str, Any]]:
+def _train_transformer(job: _Job) -> Trained:
     from slm.classify.train import TrainConfig, train_transformer
     from slm.classify.transformer import TransformerClassifier
     from slm.classify.versions import build_metadata
     from slm.data import data_hash
     from slmsite.registry import get_registry
 
-    source = project.base_model.strip()
+    source = job.project.base_model.strip()
     if not source:
         raise TrainingError("the transformer family needs a base encoder (hub id, local path or registry:<name>)")
     config = TrainConfig(
         mode="frozen",
         encoder=source,
         epochs=30,
-        val_fraction=0.1 if len(texts) >= 30 else 0.0,
+        val_fraction=0.1 if len(job.texts) >= 30 else 0.0,
         num_threads=2,
         processes=settings.SLM_TRAIN_PROCESSES,
     )
-    log(f"loading encoder {source} (frozen mode: features once, then {config.epochs} head epochs)")
+    job.log(f"loading encoder {source} (frozen mode: features once, then {config.epochs} head epochs)")
     try:
-        model = TransformerClassifier.from_encoder(source, label_names, registry=get_registry())
+        model = TransformerClassifier.from_encoder(source, job.label_names, registry=get_registry())
     except Exception as exc:
         raise TrainingError(f"could not load the encoder {source!r}: {exc}") from exc
 
-    def on_epoch(row: dict[str, Any]) -> None:
-        epochs = int(row.get("epochs") or config.epochs)
-        epoch = int(row["epoch"])
-        progress(
-            0.1 + 0.8 * epoch / epochs, epoch=epoch, epochs=epochs, loss=row.get("train_loss"), eta_s=row.get("eta_s")
-        )
-
     def report(message: str, fraction: float) -> None:
         if not message.startswith("epoch") or fraction >= 0.9:
-            log(message)
+            job.log(message)
 
-    result = train_transformer(model, texts, labels, config, progress=report, on_epoch=on_epoch)
-    log(f"best epoch {result.best_epoch} of {result.epochs_run}{' (stopped early)' if result.stopped_early else ''}")
-
-    def write(directory: Path) -> None:
-        result.model.save(directory)
-
+    result = train_transformer(
+        model, job.texts, job.labels, config, progress=report, on_epoch=job.epoch_report(config.epochs)
+    )
+    stopped = " (stopped early)" if result.stopped_early else ""
+    job.log(f"best epoch {result.best_epoch} of {result.epochs_run}{stopped}")
     meta = build_metadata(
         family="transformer",
-        labels=label_names,
+        labels=job.label_names,
         config={"family": "transformer", **config.to_dict()},
-        data_hash=data_hash(zip(texts, labels, strict=True)),
+        data_hash=data_hash(zip(job.texts, job.labels, strict=True)),
         metrics={},
         data={"source": "annotate labels", "n_train": result.n_train, "n_val": result.n_val, "n_test": 0},
         curves={"x": "epoch", **result.curves},
         timings=dict(result.timings),
         description="transformer (frozen encoder + head) retrained from annotate labels",
     )
-    return result.model, write, meta
-
-
-# ------------------------------------------------------------------ pool scoring
-def query_scores(
-    strategy: str, probs: np.ndarray, embeddings: np.ndarray | None, *, batch_size: int, top: int = 500
-) -> np.ndarray:
-    """A priority per pool row (higher = ask sooner) from the project's query strategy.
-
-    The strategy ranks the `top` rows it would ask first (batch-aware strategies such as k-center need
-    the whole pool, so this runs in the refresh job, not per request); the rest keep their uncertainty
-    as a tiebreak below the ranked ones.
-    """
-    n = len(probs)
-    if n == 0:
-        return np.zeros(0)
-    from slm.active import STRATEGY_NEEDS, PoolContext, get_strategy
-
-    have = {"probs", *(["embeddings"] if embeddings is not None else [])}
-    if not set(STRATEGY_NEEDS.get(strategy, ("probs",))) <= have:
-        strategy = "entropy"  # e.g. BALD without MC passes, k-center without embeddings
-    ctx = PoolContext(probs=probs, embeddings=embeddings, seed=0)
-    k = min(n, max(top, batch_size))
-    return np.asarray(get_strategy(strategy).priorities(ctx, k), dtype=np.float64)
-
-
-def record_stability(
-    project_id: int, version: str, ids: list[int], pred: np.ndarray, previous_version: str
-) -> dict[str, Any]:
-    """Stopping signal: share of pool predictions unchanged since the previous version's refresh."""
-    from annotate.jobs import pool_cache_path
-
-    path = pool_cache_path(project_id).with_name(f"project-{project_id}-preds.npz")
-    out: dict[str, Any] = {}
-    if path.exists() and previous_version and previous_version != version:
-        old = np.load(path)
-        old_map = dict(zip(old["ids"].tolist(), old["pred"].tolist(), strict=True))
-        common = [(old_map[i], int(p)) for i, p in zip(ids, pred.tolist(), strict=True) if i in old_map]
-        if common:
-            from slm.active import prediction_agreement, should_stop
-
-            a = np.asarray(common)
-            agreement = float((a[:, 0] == a[:, 1]).mean())
-            kappa = float(prediction_agreement(a[:, 0].tolist(), a[:, 1].tolist()))
-            project = Project.objects.get(pk=project_id)
-            history = list(project.stability or [])[-49:]
-            kappas = [h.get("kappa") for h in history] + [kappa]
-            out = {
-                "version": version,
-                "previous": previous_version,
-                "agreement": agreement,
-                "kappa": kappa if np.isfinite(kappa) else None,
-                "n": len(common),
-                "should_stop": should_stop(kappas),
-            }
-            Project.objects.filter(pk=project_id).update(stability=[*history, out])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, ids=np.asarray(ids, dtype=np.int64), pred=np.asarray(pred, dtype=np.int64))
-    return out
+    return result.model, _saver(result.model), meta
 
 
 # ------------------------------------------------------------------ simulation

@@ -18,8 +18,9 @@ from django.views.decorators.http import require_POST
 
 from annotate import selectors, services
 from annotate.models import Export, ImportJob, Item, Project, TrainingRun
+from slm.active import STRATEGY_SPECS
 from slm.registry import RegistryError
-from slmsite import confirm
+from slmsite import bootstrap, confirm
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 from slmsite.roles import admin_required, annotator_required, is_admin
@@ -48,11 +49,12 @@ def _wants_json(request: HttpRequest) -> bool:
 @annotator_required
 def index(request: HttpRequest) -> HttpResponse:
     projects = [(p, selectors.project_stats(p, request.user)) for p in selectors.projects_for(request.user)]
-    return render(request, "annotate/index.html", {"projects": projects})
+    building = bootstrap.building(get_registry(), settings.SENTIMENT_MODEL)
+    return render(request, "annotate/index.html", {"projects": projects, "building": building})
 
 
 def _project_form_values(post: Any) -> dict[str, Any]:
-    def num(name: str, default: float, cast: type = int) -> Any:
+    def num(name: str, default: float | None, cast: type = int) -> Any:
         raw = (post.get(name) or "").strip()
         if raw == "":
             return default
@@ -68,6 +70,9 @@ def _project_form_values(post: Any) -> dict[str, Any]:
         "guidelines": post.get("guidelines", ""),
         "family": post.get("family", "ngram"),
         "base_model": post.get("base_model", ""),
+        "base": post.get("base", ""),
+        "retrain_from": post.get("retrain_from", "parent"),
+        "new_label_weight": num("new_label_weight", None, float),
         "strategy": post.get("strategy", "entropy"),
         "batch_size": num("batch_size", 20),
         "overlap_k": num("overlap_k", 2),
@@ -76,7 +81,7 @@ def _project_form_values(post: Any) -> dict[str, Any]:
         "gold_fraction": num("gold_fraction", 0.1, float),
         "min_per_label": num("min_per_label", 5),
         "promote_policy": post.get("promote_policy", "auto"),
-        "model_name": post.get("model_name") or settings.SENTIMENT_MODEL,
+        "model_name": post.get("model_name") or None,
         "show_suggestions": bool(post.get("show_suggestions")),
     }
 
@@ -100,8 +105,9 @@ def project_create(request: HttpRequest) -> HttpResponse:
         {
             "error": error,
             "values": values,
-            "strategies": services.STRATEGY_CHOICES,
+            "strategies": list(STRATEGY_SPECS.values()),
             "families": Project.Family.choices,
+            "retrain_choices": Project.RetrainFrom.choices,
             "policies": Project.PromotePolicy.choices,
             "default_model": settings.SENTIMENT_MODEL,
         },
@@ -129,7 +135,7 @@ def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "versions": selectors.versions(project)[:5],
         "admin": is_admin(request.user),
         "export_formats": Export.Format.choices,
-        "strategies": services.STRATEGY_CHOICES,
+        "strategies": list(STRATEGY_SPECS),
     }
     return render(request, "annotate/project.html", ctx)
 
@@ -360,7 +366,7 @@ def model_action(request: HttpRequest, pk: int) -> HttpResponse:
                     action=f"Make {version} live",
                     cancel_url=reverse("annotate:models", kwargs={"pk": pk}),
                 )
-            ref = services.version_promote(project=project, version=version, user=request.user)
+            ref = services.version_promote(project=project, version=version, user=request.user, confirm=bool(warning))
             messages.success(request, f"{ref} is live; the playground serves it now.")
         else:
             ref = services.version_rollback(project=project, version=version, user=request.user)
@@ -418,7 +424,7 @@ def _simulation_card(request: HttpRequest, project: Project, *, error: str = "")
         "project": project,
         "sim": selectors.simulation_panel(project),
         "admin": is_admin(request.user),
-        "strategies": services.STRATEGY_CHOICES,
+        "strategies": list(STRATEGY_SPECS),
         "error": error,
     }
     return render(request, "annotate/project.html#simulation", ctx)
@@ -449,7 +455,13 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(TrainingRun.objects.select_related("project"), pk=pk)
     services.run_reap_stale(project=run.project)
     run.refresh_from_db()
-    ctx = {"run": run, "admin": is_admin(request.user)}
+    live = get_registry().live_version(run.project.model_name)  # the pointer, never a stored flag
+    ctx = {
+        "run": run,
+        "admin": is_admin(request.user),
+        "is_live": bool(run.version) and run.version == live,
+        "decision": selectors.run_decision(run, live),
+    }
     if getattr(request, "htmx", False):
         return render(request, "annotate/run.html#run-status", ctx)
     return render(request, "annotate/run.html", ctx)

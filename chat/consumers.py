@@ -49,6 +49,16 @@ def keep_detached_alive(message_id: int) -> bool:
         return True
 
 
+def stop_detached(message_id: int) -> bool:
+    """Ends a detached stream's grace at once, so it is cancelled (the Stop button of a reloaded page that
+    follows the reply by polling). True if it was detached here."""
+    with _detached_lock:
+        if message_id not in _detached:
+            return False
+        _detached[message_id] = 0.0
+        return True
+
+
 def rate_limited(user_id: int, per_minute: int, now: float | None = None) -> bool:
     """Sliding one-minute window of generate requests per user (this process)."""
     now = time.monotonic() if now is None else now
@@ -128,7 +138,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await asyncio.wait_for(asyncio.shield(stream.task), DISCONNECT_WAIT_S)
                     return
                 try:
-                    await asyncio.wait_for(asyncio.shield(stream.task), remaining)
+                    await asyncio.wait_for(asyncio.shield(stream.task), min(remaining, 0.25))
                 except TimeoutError:
                     continue
         except (TimeoutError, asyncio.CancelledError):

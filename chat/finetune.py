@@ -111,16 +111,14 @@ def _resolve_base(name: str, base: str) -> str:
 
 
 def _enqueue(run_id: int, job_id: str) -> None:
-    import django_rq
+    from slmsite.jobs import enqueue_or_fail
 
-    from chat.jobs import finetune_chat_job
-
-    try:
-        django_rq.get_queue("gpu").enqueue(finetune_chat_job, run_id, job_id=job_id)
-    except Exception as exc:  # queue down: say so on the run, never run it in-process
+    def failed(message: str) -> None:  # queue down: say so on the run, never run it in-process
         FinetuneRun.objects.filter(pk=run_id).update(
-            status=FinetuneRun.Status.FAILED, error=f"could not enqueue on the gpu queue: {exc}"
+            status=FinetuneRun.Status.FAILED, error=f"could not enqueue on the gpu queue: {message}"
         )
+
+    enqueue_or_fail("gpu", "chat.jobs.finetune_chat_job", run_id, job_id=job_id, on_fail=failed)
 
 
 @transaction.atomic

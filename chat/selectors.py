@@ -75,3 +75,18 @@ def model_window() -> int | None:
         return None
     window = conf.get("n_positions") or conf.get("max_position_embeddings")
     return int(window) if isinstance(window, int) and window > 0 else None
+
+
+def model_building() -> dict[str, Any] | None:
+    """The first-run build of the chat model while it has no live version ("model building (x%)")."""
+    if settings.CHAT_BACKEND != "local" or not settings.CHAT_MODEL.startswith("registry:"):
+        return None
+    from slm.registry import RegistryError
+    from slmsite.bootstrap import building
+    from slmsite.registry import get_registry
+
+    name = settings.CHAT_MODEL.removeprefix("registry:").partition("@")[0]
+    try:
+        return building(get_registry(), name)
+    except RegistryError:
+        return None

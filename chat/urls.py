@@ -11,4 +11,5 @@ urlpatterns = [
     path("list/", views.conversation_list, name="list"),
     path("m/<int:pk>/", views.message, name="message"),
     path("m/<int:pk>/rate", views.message_rate, name="rate"),
+    path("m/<int:pk>/stop", views.message_stop, name="stop"),
 ]

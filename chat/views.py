@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import engine_client, metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
-from chat.consumers import keep_detached_alive
+from chat.consumers import keep_detached_alive, stop_detached
 from chat.models import Conversation, Message
 from slmsite import confirm
 
@@ -63,6 +63,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "window": window,
             "presets": PRESETS,
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+            "building": selectors.model_building(),
         },
     )
 
@@ -137,6 +138,17 @@ def message(request: HttpRequest, pk: int) -> HttpResponse:
     if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING):
         keep_detached_alive(msg.pk)
     return render(request, "chat/index.html#message", {"m": msg})
+
+
+@login_required
+@require_POST
+def message_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    """Stops a reply that goes on after its page was reloaded (the reloaded page follows it by polling and
+    has no socket of its own to send "stop" on). 202 when it is being stopped, 409 when it is not running."""
+    msg = _message_or_404(request, pk)
+    if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING) and stop_detached(msg.pk):
+        return HttpResponse(status=202)
+    return HttpResponse("this reply is not running here", status=409, content_type="text/plain")
 
 
 @login_required

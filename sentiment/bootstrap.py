@@ -169,6 +169,11 @@ def build_sentiment(
     ngram = fit_ngram(split, spec.ngram, progress=lambda m, f: progress(m, 0.03 + 0.12 * f))
     register_candidate(registry, name, ngram, split, parent=parent, extra={"bootstrap": run})
     candidates = [ngram]
+    if parent is None and ngram.version is not None:
+        # first run: the fast n-gram model serves at once while the slower candidates train; the best of
+        # all goes live at the end
+        registry.promote(name, ngram.version.version)
+        progress("n-gram model live; training the transformer", 0.15)
 
     model, cfg = _transformer_model(spec, split)
     progress(f"transformer ({cfg.mode}) for up to {spec.max_time_s:.0f}s", 0.15)
@@ -184,7 +189,8 @@ def build_sentiment(
 
     best = best_candidate(candidates)
     assert best.version is not None
-    registry.promote(name, best.version.version)
+    if registry.live_version(name) != best.version.version:
+        registry.promote(name, best.version.version)
     summary = ", ".join(
         f"{c.family} {c.version.version if c.version else '?'} acc {c.metrics.get('accuracy', 0):.3f} "
         f"F1 {c.metrics.get('macro_f1', 0):.3f}"

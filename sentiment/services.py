@@ -100,23 +100,18 @@ def batch_create(*, owner: Any, upload: UploadedFile, model: str | None = None) 
 
 
 def _batch_enqueue(batch_id: int) -> None:
-    import django_rq
+    from slmsite.jobs import enqueue_or_fail
 
-    from sentiment.jobs import batch_predict_job
-
-    try:
-        # Already inside on_commit: enqueue now ("auto"), not on yet another commit.
-        queue = django_rq.get_queue("default", commit_mode="auto")
-        job = queue.enqueue(batch_predict_job, batch_id, job_timeout=3600)
-    except Exception as exc:  # the queue is down: say so instead of running silently in-process
-        log.exception("enqueueing batch %s failed", batch_id)
+    def failed(message: str) -> None:  # the queue is down: say so instead of running silently in-process
         BatchPrediction.objects.filter(pk=batch_id).update(
             status=BatchPrediction.Status.FAILED,
-            error=f"the job queue is unavailable ({type(exc).__name__}); try again later",
+            error=f"{message}; try again later",
             finished=timezone.now(),
         )
-        return
-    BatchPrediction.objects.filter(pk=batch_id).update(job_id=job.id)
+
+    job = enqueue_or_fail("default", "sentiment.jobs.batch_predict_job", batch_id, timeout=3600, on_fail=failed)
+    if job is not None:
+        BatchPrediction.objects.filter(pk=batch_id).update(job_id=job.id)
 
 
 def batch_submit(*, owner: Any, upload: UploadedFile, model: str | None = None) -> BatchPrediction:

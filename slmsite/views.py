@@ -10,6 +10,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from slm.registry import RegistryError
+from slmsite import bootstrap
 from slmsite.registry import get_registry
 
 
@@ -24,8 +26,21 @@ def home(request: HttpRequest) -> HttpResponse:
         {
             "chat_model": f"chat@{chat_live}" if chat_live else None,
             "sentiment_model": f"{settings.SENTIMENT_MODEL}@{sentiment_live}" if sentiment_live else None,
+            "builds": [bootstrap.building(reg, name) for name in ("chat", settings.SENTIMENT_MODEL)],
         },
     )
+
+
+@login_required
+@require_GET
+def building_status(request: HttpRequest, model: str) -> HttpResponse:
+    """The "model building (x%)" banner of one default model (polled while it builds); once the model is
+    live, a short "ready" note instead."""
+    try:
+        state = bootstrap.building(get_registry(), model)
+    except RegistryError:
+        state = None
+    return render(request, "building.html", {"building": state, "ready": model if state is None else ""})
 
 
 def _check_database() -> dict[str, Any]:

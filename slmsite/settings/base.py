@@ -135,6 +135,9 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_JOB_TIMEOUT_S", 3600)},
 }
 RQ_SHOW_ADMIN_LINK = True
+# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes.
+SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
+SLM_DEFAULT_QUEUE = os.environ.get("SLM_DEFAULT_QUEUE", "default")
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -160,7 +163,8 @@ STORAGES = {
 }
 
 # The one hash allows exactly django-rq's admin inline script (`$("tr input.action-select").actions();`,
-# the same text in all its job-list templates of django-rq 4.2.0); nothing else inline runs.
+# the same text in all its job-list templates of django-rq 4.2.0; static/js/admin_compat.js makes that
+# call a no-op, Django's actions.js starts itself); nothing else inline runs.
 DJANGO_RQ_ADMIN_SCRIPT_HASH = "'sha256-1kZe1KRxelr3ptMPsod17Z6BDvbtm4WcufgsZGvsErM='"
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
@@ -205,6 +209,9 @@ CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
 # (0 = torch default). 1 by default: on the shared 2-core box int8 decode with 2 threads collapsed under load.
 CHAT_ENGINE_MODE = os.environ.get("CHAT_ENGINE_MODE", "process")
 CHAT_ENGINE_THREADS = env_int("CHAT_ENGINE_THREADS", 1)
+# Tokens per engine step (one forward pass): one per decoding stream + prompt chunks being prefilled. Smaller
+# keeps running streams smoother while a long prompt is prefilled; larger prefills faster (bench/chat.py).
+CHAT_STEP_TOKENS = env_int("CHAT_STEP_TOKENS", 32)
 CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 # A page reload mid-reply detaches its stream: generation goes on while the reloaded page polls it.
 CHAT_DETACH_GRACE_S = env_float("CHAT_DETACH_GRACE_S", 5.0)
@@ -267,8 +274,6 @@ ANNOTATE_RETRAIN_TIMEOUT_S = env_int("ANNOTATE_RETRAIN_TIMEOUT_S", 2 * 3600)
 ANNOTATE_RETRAIN_RETRIES = env_int("ANNOTATE_RETRAIN_RETRIES", 1)
 ANNOTATE_RUN_HEARTBEAT_S = env_float("ANNOTATE_RUN_HEARTBEAT_S", 5.0)
 ANNOTATE_RUN_STALE_S = env_int("ANNOTATE_RUN_STALE_S", 60)
-ANNOTATE_GPU_QUEUE = os.environ.get("ANNOTATE_GPU_QUEUE", "gpu")  # RQ queue of retrain/simulation jobs
-ANNOTATE_DEFAULT_QUEUE = os.environ.get("ANNOTATE_DEFAULT_QUEUE", "default")  # imports, exports, pool refresh
 ANNOTATE_DEMO_PROJECT = os.environ.get("ANNOTATE_DEMO_PROJECT", "Demo: Chinese review sentiment")
 # Test hook only: while this file exists a retrain job waits (heartbeating) before training.
 ANNOTATE_TRAIN_PAUSE_FILE = os.environ.get("ANNOTATE_TRAIN_PAUSE_FILE", "")

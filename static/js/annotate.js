@@ -2,13 +2,7 @@
 (function () {
   "use strict";
 
-  function csrfToken() {
-    try {
-      return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
-    } catch (e) {
-      return "";
-    }
-  }
+  const csrfToken = () => window.slmCsrfToken();
 
   function readJSON(id) {
     const el = document.getElementById(id);

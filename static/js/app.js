@@ -1,5 +1,14 @@
 // Small site-wide helpers (no inline scripts: the CSP forbids them).
 
+// The CSRF token the page carries for htmx (hx-headers on <body>), for fetch() calls of the page modules.
+window.slmCsrfToken = function () {
+  try {
+    return JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+  } catch (e) {
+    return "";
+  }
+};
+
 // One colour per label everywhere: the CSS variables --label-<name> (app.css), else a fixed palette.
 const SLM_PALETTE = ["#2563eb", "#7c3aed", "#d97706", "#0891b2", "#db2777", "#4b5563"];
 window.slmLabelColor = function (label, index) {

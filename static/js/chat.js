@@ -16,9 +16,16 @@ let socket = null;
 let streaming = null; // {message: id, el: text element}
 let pending = null; // a generate frame sent, no start yet: {text, bubble}
 let retry = 0;
+// A reply that was still being generated when this page loaded (e.g. a reload mid-reply): the socket asks
+// to follow it ({"type": "resume"}); a server that cannot hand it over (another process, or it ended) says
+// so with an error frame and the page polls the message instead, with Stop still working over HTTP.
+let resuming = null; // message id asked for
+let polling = null; // {id, timer}
+const POLL_MS = 400;
 
+// "/chat/m/0/" or "/chat/m/0/stop" with the id in place of the 0
 function urlFor(template, id) {
-  return template.replace(/0\/?$/, `${id}/`);
+  return template.replace(/\/0(\/|$)/, `/${id}$1`);
 }
 
 function setStatus(text, kind = "") {
@@ -85,13 +92,68 @@ function applyPreset(name) {
   }
 }
 
+function isLive(article) {
+  return article && (article.dataset.status === "streaming" || article.dataset.status === "queued");
+}
+
+// The page follows this reply itself: htmx must not swap the bubble on its own timer meanwhile.
+function adopt(article) {
+  for (const name of ["hx-get", "hx-trigger", "hx-swap"]) article.removeAttribute(name);
+}
+
+function stopPolling() {
+  if (polling) clearTimeout(polling.timer);
+  polling = null;
+}
+
+function startPolling(id) {
+  stopPolling();
+  polling = { id, timer: null };
+  setBusy(true);
+  setStatus("Generating… (following the reply)");
+  const tick = async () => {
+    if (!polling || polling.id !== id) return;
+    try {
+      const r = await fetch(urlFor(root.dataset.messageUrl, id), { credentials: "same-origin" });
+      if (!r.ok) throw new Error(String(r.status));
+      const holder = document.createElement("template");
+      holder.innerHTML = (await r.text()).trim();
+      const fresh = holder.content.firstElementChild;
+      const old = document.getElementById(`msg-${id}`);
+      if (fresh && old) {
+        adopt(fresh);
+        const live = isLive(fresh);
+        if (live) fresh.classList.add("is-streaming");
+        old.replaceWith(fresh);
+        if (window.htmx) window.htmx.process(fresh);
+        scrollDown();
+        if (!live) {
+          stopPolling();
+          setBusy(false);
+          setStatus(fresh.dataset.status === "cancelled" ? "Stopped." : "Done.");
+          refreshList();
+          return;
+        }
+      }
+    } catch (err) {
+      setStatus("Lost track of the reply; reload the page to see it.", "warn");
+    }
+    if (polling && polling.id === id) polling.timer = setTimeout(tick, POLL_MS);
+  };
+  tick();
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}${root.dataset.wsPath}`);
   socket.addEventListener("open", () => {
     retry = 0;
     root.dataset.socket = "open";
-    if (!streaming) setStatus("");
+    if (resuming && !streaming) {
+      socket.send(JSON.stringify({ type: "resume", message: resuming }));
+    } else if (!streaming && !polling) {
+      setStatus("");
+    }
   });
   socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
   socket.addEventListener("close", (event) => {
@@ -137,6 +199,22 @@ function finishLocal(note) {
 function onFrame(frame) {
   switch (frame.type) {
     case "start": {
+      if (resuming && frame.message === resuming) { // the reply in progress is ours again: stream it in
+        const article = document.getElementById(`msg-${frame.message}`);
+        resuming = null;
+        stopPolling();
+        if (article) {
+          article.classList.add("is-streaming");
+          const text = article.querySelector(".cm-text");
+          text.textContent = ""; // the first token frame carries the reply so far
+          streaming = { message: frame.message, el: text, tokens: 0 };
+          root.dataset.model = frame.model;
+          setStatus(`Generating with ${frame.model}…`);
+          setBusy(true);
+          scrollDown();
+        }
+        break;
+      }
       // the server took the message: only now does the box empty (unless the user typed on meanwhile)
       if (pending && input.value.trim() === pending.text) input.value = "";
       pending = null;
@@ -177,6 +255,12 @@ function onFrame(frame) {
       break;
     }
     case "error":
+      if (resuming && !pending) { // this server cannot hand the reply over: follow it by polling
+        const id = resuming;
+        resuming = null;
+        startPolling(id);
+        break;
+      }
       // A refused message (too long, rate limited, busy…) keeps its text in the box to fix and resend;
       // the status says what happened in words (the code is for programs, kept in a data attribute).
       if (pending) {
@@ -186,7 +270,11 @@ function onFrame(frame) {
         input.focus();
       }
       pending = null;
-      setStatus(frame.message || "Something went wrong; try again.", "error");
+      if (frame.code === "model_unavailable" && document.querySelector(".building")) {
+        setStatus("The chat model is still being built (see above); your message is kept, send it when it is ready.", "warn");
+      } else {
+        setStatus(frame.message || "Something went wrong; try again.", "error");
+      }
       statusEl.dataset.code = frame.code || "";
       if (streaming) finishLocal();
       setBusy(false);
@@ -236,6 +324,18 @@ function send() {
 }
 
 function stop() {
+  if (polling) { // the reply runs on the server without a socket of ours: ask over HTTP
+    const id = polling.id;
+    setStatus("Stopping…");
+    fetch(urlFor(root.dataset.stopUrl, id), {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-CSRFToken": window.slmCsrfToken() },
+    }).then((r) => {
+      if (!r.ok) setStatus("Could not stop this reply.", "error");
+    });
+    return;
+  }
   if (socket && socket.readyState === WebSocket.OPEN && (streaming || pending)) {
     socket.send(JSON.stringify({ type: "stop" }));
     setStatus("Stopping…");
@@ -254,8 +354,16 @@ if (root) {
     }
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && (streaming || pending)) stop();
+    if (event.key === "Escape" && (streaming || pending || polling)) stop();
   });
+  const inProgress = Array.from(log.querySelectorAll(".cm-agent")).reverse().find(isLive);
+  if (inProgress) {
+    adopt(inProgress);
+    inProgress.classList.add("is-streaming");
+    resuming = Number(inProgress.dataset.messageId);
+    setBusy(true);
+    setStatus("Reconnecting to the reply in progress…");
+  }
   stopBtn.addEventListener("click", stop);
   const presetSel = document.getElementById("p-preset");
   presetSel.addEventListener("change", () => applyPreset(presetSel.value));

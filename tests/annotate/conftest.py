@@ -49,9 +49,9 @@ def project(db) -> Project:  # type: ignore[no-untyped-def]
 def queues(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Private queue names on the test Redis so no other worker picks our jobs."""
     tag = uuid.uuid4().hex[:8]
-    settings.ANNOTATE_GPU_QUEUE = f"test-gpu-{tag}"
-    settings.ANNOTATE_DEFAULT_QUEUE = f"test-default-{tag}"
-    return {"gpu": settings.ANNOTATE_GPU_QUEUE, "default": settings.ANNOTATE_DEFAULT_QUEUE}
+    settings.SLM_GPU_QUEUE = f"test-gpu-{tag}"
+    settings.SLM_DEFAULT_QUEUE = f"test-default-{tag}"
+    return {"gpu": settings.SLM_GPU_QUEUE, "default": settings.SLM_DEFAULT_QUEUE}
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_gold_accuracy_and_gold_never_trained_on(annotator_user, admin_user):
     row = summary["annotators"][0]
     expected = sum(it.gold_label == "positive" for it in gold_items) / len(gold_items)
     assert row["gold_n"] == len(gold_items) and row["gold_accuracy"] == pytest.approx(expected, abs=1e-3)
-    from annotate.jobs import training_data
+    from annotate.retrain import training_data
 
     texts, _labels, gold_texts, _gold_labels = training_data(project)
     assert not set(texts) & {it.text for it in gold_items}
@@ -72,7 +72,7 @@ def test_gold_accuracy_and_gold_never_trained_on(annotator_user, admin_user):
 def test_admin_labels_unlabelled_gold_and_adjudication_can_make_gold(admin_user, annotator_user, client, password):
     project = make_project()
     item = Item.objects.filter(project=project).first()
-    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="", lane=Item.GOLD_TODO)
+    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="")  # lane: gold to do
     # annotators never get unlabelled gold items; the review page lists them for admins
     client.login(username=admin_user.username, password=password)
     assert item.pk in [it.pk for it in selectors.gold_todo(project)]

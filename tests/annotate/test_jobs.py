@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from annotate import jobs, selectors, services, training
+from annotate import io, jobs, selectors, services
 from annotate.demo import create_demo_project
 from annotate.models import Export, ImportJob, Item, Simulation
 from slm.classify.testing import make_tiny_version
@@ -124,11 +124,14 @@ def test_refresh_pool_scores_items_and_queue_follows_uncertainty(project, annota
 
 
 def test_query_scores_use_the_strategy():
+    from annotate.pool import query_scores
+    from slm.active import PoolContext
+
     probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.7, 0.3], [0.99, 0.01]])
-    s = training.query_scores("margin", probs, None, batch_size=2, top=2)
+    s = query_scores("margin", PoolContext(probs=probs), batch_size=2, top=2)
     assert list(np.argsort(-s)[:2]) == [1, 2]
-    s = training.query_scores("kcenter", probs, None, batch_size=2, top=2)  # no embeddings -> entropy
-    assert int(np.argmax(s)) == 1
+    with pytest.raises(ValueError, match="needs embeddings"):  # no embeddings: refused, never entropy instead
+        query_scores("kcenter", PoolContext(probs=probs), batch_size=2, top=2)
 
 
 def test_choosing_the_next_item_is_fast_on_a_large_pool(annotator_user, db):
@@ -213,4 +216,4 @@ def test_import_reads_gbk_csv_and_explains_unreadable_files(project, tmp_path):
 def test_utf8_check_handles_a_character_split_across_chunks(tmp_path):
     src = tmp_path / "big.csv"
     src.write_bytes(b"text\n" + b"a" * ((1 << 20) - 6) + "好\n".encode())  # 好 straddles the 1 MiB boundary
-    assert jobs._as_utf8(src) == src
+    assert io.as_utf8(src) == src

@@ -149,8 +149,8 @@ def test_concurrent_annotators_never_double_assign():
 def test_admin_undo_of_a_gold_label_takes_the_gold_label_back(admin_user):
     project = make_project()
     item = Item.objects.filter(project=project).first()
-    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="", lane=Item.GOLD_TODO, score=99.0)
-    Item.objects.exclude(pk=item.pk).filter(project=project).update(lane=Item.CLOSED)
+    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="", score=99.0)  # lane: gold to do
+    Item.objects.exclude(pk=item.pk).filter(project=project).update(adjudicated=True)  # lane: closed
     a = services.lease_next(project=project, user=admin_user)
     assert a is not None and a.item_id == item.pk
     services.label_submit(project=project, user=admin_user, item_id=item.pk, label="positive")
@@ -168,8 +168,8 @@ def test_admin_undo_of_a_gold_label_takes_the_gold_label_back(admin_user):
 def test_imported_gold_label_survives_an_admin_undo(admin_user):
     project = make_project()
     item = Item.objects.filter(project=project).first()
-    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="negative", lane=Item.GOLD)
-    Item.objects.exclude(pk=item.pk).filter(project=project).update(lane=Item.CLOSED)
+    Item.objects.filter(pk=item.pk).update(is_gold=True, gold_label="negative")  # lane: gold
+    Item.objects.exclude(pk=item.pk).filter(project=project).update(adjudicated=True)  # lane: closed
     assert services.lease_next(project=project, user=admin_user).item_id == item.pk
     services.label_submit(project=project, user=admin_user, item_id=item.pk, label="positive")
     services.label_undo(project=project, user=admin_user)

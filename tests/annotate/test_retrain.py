@@ -90,7 +90,13 @@ def test_manual_policy_registers_without_promoting_then_promote_and_rollback(
     run.refresh_from_db()
     assert run.status == "succeeded" and not run.promoted
     assert registry.live_version("sentiment") == "v0001"
-    assert services.version_promote(project=project, version="v0002") == "sentiment@v0002"
+    from annotate.promotion import WorseThanLive
+
+    if run.metrics["gold"]["macro_f1"] < run.metrics["live_gold"]["macro_f1"]:
+        with pytest.raises(WorseThanLive, match="anyway"):  # worse on gold: asks for a confirmation first
+            services.version_promote(project=project, version="v0002")
+        assert registry.live_version("sentiment") == "v0001"
+    assert services.version_promote(project=project, version="v0002", confirm=True) == "sentiment@v0002"
     assert registry.live_version("sentiment") == "v0002"
     assert services.version_rollback(project=project) == "sentiment@v0001"
     assert registry.live_version("sentiment") == "v0001"
@@ -101,7 +107,7 @@ def test_manual_policy_registers_without_promoting_then_promote_and_rollback(
 @pytest.mark.django_db(transaction=True)
 def test_run_with_one_label_fails_cleanly(registry, admin_user, annotator_user, run_worker):
     make_tiny_version(registry)
-    project = make_project()
+    project = make_project(retrain_from="scratch")  # adapting a parent needs only one new label
     a = services.lease_next(project=project, user=annotator_user)
     services.label_submit(project=project, user=annotator_user, item_id=a.item_id, label="positive")
     run, _ = services.run_trigger(project=project, user=admin_user)
@@ -127,12 +133,10 @@ def test_auto_trigger_every_n_labels(registry, annotator_user, queues):
 
 @pytest.mark.django_db(transaction=True)
 def test_queue_down_fails_the_run_instead_of_hanging(registry, admin_user, project, settings, monkeypatch):
-    from annotate import jobs
-
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(jobs, "get_queue", boom)
+    monkeypatch.setattr("slmsite.jobs.get_queue", boom)
     run, _ = services.run_trigger(project=project, user=admin_user)
     run.refresh_from_db()
     assert run.status == "failed" and "could not queue" in run.error
@@ -156,6 +160,17 @@ def _db_env() -> dict[str, str]:
     return {
         "DATABASE_URL": f"postgres://{sd.get('USER') or ''}{pw}@{sd.get('HOST') or '127.0.0.1'}:{sd.get('PORT') or 5432}/{sd['NAME']}"
     }
+
+
+def _forget_dead_workers(queue: str) -> None:
+    """A worker killed with -9 stays registered (busy) in Redis for its job timeout; drop its registration
+    so later checks of the live workers (healthz) do not count it."""
+    import django_rq
+    from rq import Queue, Worker
+
+    conn = django_rq.get_connection("gpu")
+    for worker in Worker.all(connection=conn, queue=Queue(queue, connection=conn)):
+        worker.register_death()
 
 
 WORKER = """
@@ -186,8 +201,8 @@ def test_worker_killed_mid_run_fails_the_run_and_keeps_live(
         "REDIS_URL": dj_settings.REDIS_URL,
         "SLM_TEST_VAR_DIR": str(dj_settings.TEST_VAR_DIR),
         "SLM_REGISTRY_DIR": str(registry.root),
-        "ANNOTATE_GPU_QUEUE": queues["gpu"],
-        "ANNOTATE_DEFAULT_QUEUE": queues["default"],
+        "SLM_GPU_QUEUE": queues["gpu"],
+        "SLM_DEFAULT_QUEUE": queues["default"],
         "ANNOTATE_TRAIN_PAUSE_FILE": str(pause),
         "ANNOTATE_RUN_HEARTBEAT_S": "0.2",
     }
@@ -211,6 +226,7 @@ def test_worker_killed_mid_run_fails_the_run_and_keeps_live(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        _forget_dead_workers(queues["gpu"])
     settings.ANNOTATE_RUN_STALE_S = 1
 
     def reaped() -> bool:
@@ -262,7 +278,7 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
     settings.MEDIA_ROOT = tmp_path
     enc_dir = tiny_encoder_dir(tmp_path / "encoder")
     make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir))
+    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir), retrain_from="scratch")
     _label_all(project, annotator_user)
     run = TrainingRun.objects.create(project=project)
     jobs.retrain_job(run.pk)  # no worker needed to check the family; the RQ path is tested above
@@ -281,10 +297,12 @@ def test_transformer_family_retrain_with_a_tiny_local_encoder(registry, annotato
     from annotate.models import Project
 
     Project.objects.filter(pk=project.pk).update(strategy="hybrid")
-    services.version_promote(project=project, version=run.version)
-    Item.objects.filter(project=project, is_gold=False).update(final_label="", lane=Item.POOL)
+    services.version_promote(project=project, version=run.version, confirm=True)  # the tiny model beats it
+    Item.objects.filter(project=project, is_gold=False).update(final_label="", n_labels=0)  # back to the pool
     out = jobs.refresh_pool_job(project.pk)
-    cache = np.load(jobs.pool_cache_path(project.pk))
+    from annotate.pool import pool_cache_path
+
+    cache = np.load(pool_cache_path(project.pk))
     assert out["items"] > 0 and cache["embeddings"].shape == (out["items"], 32)
 
 
@@ -293,7 +311,7 @@ def test_transformer_family_without_encoder_fails_with_a_clear_error(registry, a
     from annotate import jobs
 
     make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35, family="transformer")
+    project = make_project(gold_fraction=0.35, family="transformer", retrain_from="scratch")
     _label_all(project, annotator_user)
     run = TrainingRun.objects.create(project=project)
     with pytest.raises(Exception, match="base encoder"):

@@ -23,7 +23,7 @@ def test_retrain_job_in_two_processes_registers_the_same_model(registry, annotat
     settings.MEDIA_ROOT = tmp_path
     enc_dir = tiny_encoder_dir(tmp_path / "encoder", num_layers=1, dropout=0.0)
     make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir))
+    project = make_project(gold_fraction=0.35, family="transformer", base_model=str(enc_dir), retrain_from="scratch")
     _label_all(project, annotator_user)
     versions = {}
     for processes in (1, 2):

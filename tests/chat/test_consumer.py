@@ -356,17 +356,25 @@ async def test_multi_turn_prompt_and_truncation(chat_model, plain_user) -> None:
     await comm.disconnect()
 
 
-async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
-    from chat.consumers import keep_detached_alive
-
-    chat_settings.CHAT_DETACH_GRACE_S = 2.0
-    comm = await connect(plain_user)
-    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 30}})
+async def generate_then_detach(user: Any, max_new_tokens: int) -> int:
+    """Starts a reply, waits for its first token, then leaves as a reloading page does (detach + close);
+    returns the reply's message id."""
+    comm = await connect(user)
+    await comm.send_json_to(
+        {"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": max_new_tokens}}
+    )
     start = await recv(comm)
     assert (await recv(comm))["type"] == "token"
     await comm.send_json_to({"type": "detach"})  # the page is being reloaded
     await comm.disconnect()
-    mid = start["message"]
+    return int(start["message"])
+
+
+async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
+    from chat.consumers import keep_detached_alive
+
+    chat_settings.CHAT_DETACH_GRACE_S = 2.0
+    mid = await generate_then_detach(plain_user, 30)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while True:  # the reloaded page polls the message until it is final
@@ -384,17 +392,30 @@ async def test_detached_stream_without_polls_is_cancelled(paced_chat_model, plai
     from chat.engine_client import peek_backend
 
     chat_settings.CHAT_DETACH_GRACE_S = 0.3
-    comm = await connect(plain_user)
-    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 100}})
-    start = await recv(comm)
-    assert (await recv(comm))["type"] == "token"
-    await comm.send_json_to({"type": "detach"})
-    await comm.disconnect()
+    mid = await generate_then_detach(plain_user, 100)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
-    while (agent := await database_sync_to_async(Message.objects.get)(pk=start["message"])).status == "streaming":
+    while (agent := await database_sync_to_async(Message.objects.get)(pk=mid)).status == "streaming":
         assert loop.time() < deadline
         await asyncio.sleep(0.1)
+    assert agent.status == "cancelled" and agent.completion_tokens < 100
+    assert peek_backend().active_ids() == []
+
+
+async def test_a_followed_detached_stream_stops_on_request(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
+    """The Stop button of a reloaded page that polls the reply (no socket of its own): stop_detached."""
+    from chat.consumers import keep_detached_alive, stop_detached
+    from chat.engine_client import peek_backend
+
+    chat_settings.CHAT_DETACH_GRACE_S = 5.0
+    mid = await generate_then_detach(plain_user, 100)
+    assert keep_detached_alive(mid)
+    assert stop_detached(mid) and not stop_detached(mid + 1000)
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    while (agent := await database_sync_to_async(Message.objects.get)(pk=mid)).status == "streaming":
+        assert loop.time() < stopped_at + 5.0  # well within the 5 s grace: the stop is seen in ~0.25 s
+        await asyncio.sleep(0.05)
     assert agent.status == "cancelled" and agent.completion_tokens < 100
     assert peek_backend().active_ids() == []
 

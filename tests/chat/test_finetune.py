@@ -164,7 +164,7 @@ def test_queue_down_marks_run_failed(base, admin_user, data_file, monkeypatch):
     def down(name):
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(django_rq, "get_queue", down)
+    monkeypatch.setattr("slmsite.jobs.get_queue", down)
     run = finetune_run_create(user=admin_user, config={"data_path": str(data_file)})
     run.refresh_from_db()
     assert run.status == FinetuneRun.Status.FAILED and "could not enqueue" in run.error

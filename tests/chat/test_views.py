@@ -127,3 +127,24 @@ def test_chat_page_warms_the_engine(client, plain_user, password, chat_model, se
     assert client.get(reverse("chat:index")).status_code == 200
     backend = peek_backend()
     assert backend is not None and backend.alive()
+
+
+def test_stop_view_answers_for_own_running_replies_only(client, plain_user, password, exchange, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from chat import views
+
+    conv, _, agent = exchange
+    client.login(username=plain_user.username, password=password)
+    url = reverse("chat:stop", args=[agent.pk])
+    assert client.get(url).status_code == 405
+    Message.objects.filter(pk=agent.pk).update(status=Message.Status.DONE)
+    assert client.post(url).status_code == 409  # finished: nothing to stop
+    Message.objects.filter(pk=agent.pk).update(status=Message.Status.STREAMING)
+    stopped: list[int] = []
+    monkeypatch.setattr(views, "stop_detached", lambda mid: stopped.append(mid) or True)
+    assert client.post(url).status_code == 202 and stopped == [agent.pk]
+    client.logout()
+    from slmsite.services import user_create
+
+    user_create(username="other", password=password)
+    client.login(username="other", password=password)
+    assert client.post(url).status_code == 404 and stopped == [agent.pk]

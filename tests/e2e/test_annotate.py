@@ -171,3 +171,68 @@ def test_admin_launches_simulation_and_sees_label_efficiency_curves(
         path=str(artifacts_dir_session / "screenshots" / "annotate-dashboard-sim-desktop.png"), full_page=True
     )
     assert page.js_errors == []
+
+
+def test_labels_on_the_demo_project_promote_a_version_the_playground_serves(
+    sync_orm_env, live_stack, page, annotator_user, admin_user, password, artifacts_dir_session
+):
+    """The honest demo loop: an annotator labels held-out book reviews by keyboard; after `retrain_every`
+    labels the auto retrain adapts the live model (its base) on the worker, beats it on the demo's gold,
+    goes live, and the playground serves it; the project page says why in words."""
+    import time
+
+    from django.conf import settings
+
+    from annotate.demo import create_demo_project
+    from annotate.models import Annotation, Item, TrainingRun
+    from slm.classify.adapt import StoredRowsNgramClassifier, stored_record
+    from slm.classify.ngram import NgramConfig
+    from slm.classify.testing import tiny_dataset
+    from slm.classify.versions import build_metadata, register_classifier
+    from slm.registry import Registry
+
+    # a live model with the default n-gram settings that knows ~20 generic reviews and no book reviews
+    registry = Registry(settings.SLM_REGISTRY_DIR)
+    texts, labels = tiny_dataset()
+    model = StoredRowsNgramClassifier.train(texts, labels, NgramConfig(), label_order=["negative", "positive"])
+    model.stored_rows = [{"text": t, "label": y, "weight": 1.0} for t, y in zip(texts, labels, strict=True)]
+    meta = build_metadata(
+        family="ngram", labels=model.labels, config={"family": "ngram", **NgramConfig().to_dict()},
+        data_hash="tiny", metrics={}, description="tiny base", training_data=stored_record(model.stored_rows),
+    )  # fmt: skip
+    base = register_classifier(registry, settings.SENTIMENT_MODEL, model, meta, promote=True)
+    project, _ = create_demo_project(limit=400)
+    assert project.base == base.ref and project.retrain_from == "parent"
+    answers = {
+        text: gold or (meta or {}).get("source_label")
+        for text, gold, meta in Item.objects.filter(project=project).values_list("text", "gold_label", "meta")
+    }
+    login(page, annotator_user.username, password)
+    page.goto(f"/annotate/p/{project.pk}/label/")
+    text = page.locator("#a-text")
+    text.wait_for()
+    deadline = time.monotonic() + 120
+    while Annotation.objects.filter(project=project).count() < project.retrain_every + 2:
+        assert time.monotonic() < deadline, "labelling took too long"
+        current = text.inner_text()
+        page.keyboard.press("2" if answers[current] == "positive" else "1")
+        page.wait_for_function("t => document.getElementById('a-text').textContent !== t", arg=current)
+    page.wait_for_function("() => document.getElementById('labeler').dataset.pending === '0'")
+    deadline = time.monotonic() + 120
+    while not TrainingRun.objects.filter(project=project, status__in=["succeeded", "failed"]).exists():
+        assert time.monotonic() < deadline, "the auto retrain did not finish"
+        time.sleep(0.5)
+    run = TrainingRun.objects.get(project=project)
+    assert run.trigger == "auto" and run.status == "succeeded", (run.error, run.log)
+    assert run.parent_version == base.version and run.promoted, run.decision
+    gold, before = run.metrics["gold"]["macro_f1"], run.metrics["live_gold"]["macro_f1"]
+    assert gold > before and run.decision.startswith(f"promoted {run.version}: ")
+    assert registry.live_version(settings.SENTIMENT_MODEL) == run.version
+    page.goto("/sentiment/")
+    assert f"{settings.SENTIMENT_MODEL}@{run.version}" in page.locator(".s-head").inner_text()
+    page.context.clear_cookies()
+    login(page, admin_user.username, password)
+    page.goto(f"/annotate/p/{project.pk}/")
+    assert run.decision in page.locator("#project-decision").inner_text()
+    page.screenshot(path=str(artifacts_dir_session / "screenshots" / "annotate-demo-promoted.png"), full_page=True)
+    assert page.js_errors == []

@@ -38,6 +38,21 @@ def live_chat_model(live_stack):  # type: ignore[no-untyped-def]
     return add_tiny_chat_version(Registry(settings.SLM_REGISTRY_DIR), serving={"min_step_s": 0.05}, never_eos=True)
 
 
+def send_and_wait_for_tokens(page, text: str, *, max_new_tokens: int, tokens: int) -> None:  # type: ignore[no-untyped-def]
+    """Sends `text` (no stop strings) and waits until the streaming reply shows `tokens` tokens."""
+    params = page.locator("#chat-params")
+    if not params.evaluate("el => el.open"):
+        page.click("#chat-params summary")
+    page.fill("#p-max_new_tokens", str(max_new_tokens))
+    page.fill("#p-stop", "")
+    page.locator("#chat-input").fill(text)
+    page.locator("#chat-input").press("Enter")
+    page.wait_for_function(
+        "n => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= n",
+        arg=tokens,
+    )
+
+
 def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, password, page, artifacts_dir_session):  # type: ignore[no-untyped-def]
     shots = artifacts_dir_session / "screenshots"
     login(page, plain_user.username, password)
@@ -85,28 +100,45 @@ def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, pas
     assert page.locator(".cm-conv.active .cm-conv-title").inner_text() == "hello there"
     page.locator(".cm-agent .cm-details summary").click()
     assert live_chat_model.ref in page.locator(".cm-agent .cm-details").inner_text()
-    # reload in the middle of a reply: the partial reply shows, then it completes (the page polls it)
-    page.click("#chat-params summary")
-    page.fill("#p-max_new_tokens", "60")
-    page.fill("#p-stop", "")
-    page.locator("#chat-input").fill("and then?")
-    page.locator("#chat-input").press("Enter")
-    page.wait_for_function(
-        "() => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= 3"
-    )
+    # reload in the middle of a reply: the reply keeps streaming into view, then completes
+    send_and_wait_for_tokens(page, "and then?", max_new_tokens=60, tokens=3)
     page.reload()
     second = page.locator(".cm-agent").nth(1)
     assert second.locator(".badge").inner_text().startswith("streaming")
-    partial = second.locator(".cm-text").inner_text()
+    partial = second.locator(".cm-text").inner_text()  # what the server had saved at the reload
+    grows = (
+        "n => { const t = document.querySelectorAll('.cm-agent')[1]?.querySelector('.cm-text');"
+        " return t && t.textContent.length > n && document.querySelectorAll('.cm-agent')[1].querySelector('.badge'); }"
+    )
+    page.wait_for_function(grows, arg=len(partial), timeout=30_000)  # more text arrives while still streaming
+    page.wait_for_function(grows, arg=len(second.locator(".cm-text").inner_text()), timeout=30_000)
+    assert page.locator("#stop-btn").is_enabled()  # Stop works after a reload too (checked below)
+    in_view = """() => { const r = document.querySelectorAll('.cm-agent')[1].getBoundingClientRect();
+        const l = document.getElementById('chat-log').getBoundingClientRect();
+        return r.bottom > l.top && r.bottom <= l.bottom + 2; }"""
+    assert page.evaluate(in_view)  # the growing reply is scrolled into view, not below it
     page.wait_for_function("() => !document.querySelectorAll('.cm-agent')[1].querySelector('.badge')", timeout=30_000)
     done_text = page.locator(".cm-agent").nth(1).locator(".cm-text").inner_text()
-    assert done_text.startswith(partial) and len(done_text) >= len(partial)
+    assert done_text.startswith(partial) and len(done_text) > len(partial)
+    assert page.locator("#send-btn").is_enabled() and page.locator("#stop-btn").is_disabled()
     page.locator(".cm-agent").nth(1).locator(".cm-details summary").click()
     assert "length" in page.locator(".cm-agent").nth(1).locator(".cm-details").inner_text()
     # keyboard: rate the reply with Tab focus + Enter
     page.locator(".cm-agent button[aria-label='Good reply']").first.focus()
     page.keyboard.press("Enter")
     page.wait_for_selector(".cm-agent button[aria-label='Good reply'][aria-pressed=true]")
+    # reload mid-reply again, then Stop: the reply stops (server-side) and says so
+    send_and_wait_for_tokens(page, "one more", max_new_tokens=120, tokens=3)
+    page.reload()
+    third = page.locator(".cm-agent").nth(2)
+    page.wait_for_function("() => !document.getElementById('stop-btn').disabled")
+    page.click("#stop-btn")
+    third.locator(".badge", has_text="stopped").wait_for(timeout=15_000)
+    from chat.models import Message
+
+    stopped = Message.objects.get(pk=int(third.get_attribute("data-message-id")))
+    assert stopped.status == "cancelled" and 0 < stopped.completion_tokens < 120
+    assert page.locator("#send-btn").is_enabled()
     page.screenshot(path=str(shots / "chat-desktop.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(shots / "chat-phone.png"), full_page=True)

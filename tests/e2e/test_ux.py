@@ -200,3 +200,41 @@ def test_login_keeps_username_and_phone_menu_opens_from_the_keyboard(page, live_
     page.keyboard.press("Space")
     assert nav.get_by_role("link", name="Chat").is_visible()
     assert page.js_errors == []
+
+
+def test_api_docs_example_succeeds_and_rq_admin_runs_under_the_csp(page, registry, admin_user, password):  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    from slm.classify.testing import make_tiny_version
+
+    make_tiny_version(registry, name=settings.SENTIMENT_MODEL)
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+    login(page, admin_user.username, password)
+    page.goto("/api/docs")
+    op = page.locator(".opblock-post", has_text="/api/sentiment/predict").first
+    op.locator(".opblock-summary").click()
+    op.get_by_role("button", name="Try it out").click()
+    assert "model" not in op.locator("textarea.body-param__text").input_value()  # no made-up version
+    op.get_by_role("button", name="Execute").click()
+    status = op.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for()
+    assert status.inner_text().strip().startswith("200"), op.locator(".live-responses-table").inner_text()
+    # a job in the list, so django-rq's page runs its inline script and the select-all box works
+    import datetime
+
+    import django_rq
+
+    queue = django_rq.get_queue("default")
+    job = queue.enqueue_in(datetime.timedelta(hours=1), "builtins.print", "later")
+    try:
+        page.goto("/admin/django-rq/queues/0/scheduled/")
+        page.locator("input.action-select").first.wait_for()
+        page.locator("#action-toggle").check()
+        assert page.locator("input.action-select").first.is_checked()
+        n = page.locator("input.action-select").count()
+        assert page.locator(".action-counter").inner_text() == f"{n} of {n} selected"
+    finally:
+        job.delete()
+    assert refused == [], refused
+    assert page.js_errors == []

@@ -19,8 +19,25 @@ def tiny_bootstrap(settings):  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
 
 
-def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, registry, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, registry, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sentiment.bootstrap as sb
+    from slmsite.bootstrap import read_status
+
+    seen: dict[str, object] = {}
+    real_fit = sb.fit_transformer
+
+    def fit_transformer(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # first run: the n-gram model already serves while the transformer trains, and the status says so
+        seen["live"] = registry.live_version("sentiment")
+        seen["status"] = read_status(registry)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(sb, "fit_transformer", fit_transformer)
     call_command("bootstrap_models", "sentiment")
+    assert seen["live"] == "v0001"
+    row = seen["status"]["builders"][0]  # type: ignore[index]
+    assert row["state"] == "running" and row["model"] == "sentiment" and 0.1 < row["fraction"] < 0.2
+    assert read_status(registry)["state"] == "done"  # type: ignore[index]
     versions = registry.versions("sentiment")
     assert [v.metadata["family"] for v in versions] == ["ngram", "transformer", "ensemble"]
     hashes = {v.metadata["data_hash"] for v in versions}

@@ -138,7 +138,7 @@ def test_queue_down_marks_batch_failed(plain_user, settings, monkeypatch, django
     def broken_queue(*args, **kwargs):
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(django_rq, "get_queue", broken_queue)
+    monkeypatch.setattr("slmsite.jobs.get_queue", broken_queue)
     with django_capture_on_commit_callbacks(execute=True):
         batch = services.batch_submit(owner=plain_user, upload=upload(csv_bytes(["a", "b"])))
     batch.refresh_from_db()

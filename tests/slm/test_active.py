@@ -28,6 +28,9 @@ def test_registry_names_and_unknown() -> None:
         s = A.get_strategy(name)
         assert isinstance(s, A.QueryStrategy)
         assert s.name == name
+        spec = A.STRATEGY_SPECS[name]
+        assert isinstance(s, spec.cls) and spec.summary and set(spec.needs) <= set(A.NEEDS)  # type: ignore[arg-type]
+    assert A.STRATEGY_SPECS["bald"].needs == ("mc_probs",) and A.STRATEGY_SPECS["random"].needs == ()
     with pytest.raises(ValueError, match="unknown query strategy"):
         A.get_strategy("nope")
 
@@ -114,9 +117,9 @@ def test_hybrid_is_kcenter_over_top_uncertain(rng: np.random.Generator) -> None:
     cand = np.argsort(-scipy_entropy(p, axis=1), kind="stable")[:60]
     expected = cand[_naive_kcenter(emb[cand], lab, 12)]
     assert idx.tolist() == expected.tolist()
-    # without embeddings it is plain entropy order
-    idx2 = A.Hybrid().query(A.PoolContext(probs=p), 12)
-    assert idx2.tolist() == cand[:12].tolist()
+    # without embeddings it is refused, never served as plain entropy order
+    with pytest.raises(ValueError, match="needs embeddings"):
+        A.Hybrid().query(A.PoolContext(probs=p), 12)
 
 
 def test_hybrid_kmeans_one_most_uncertain_per_cluster(rng: np.random.Generator) -> None:
@@ -197,48 +200,20 @@ def test_query_time_100k_under_bound() -> None:
     assert max(times.values()) < 2.0, times
 
 
-def test_cold_start_random_then_defers(rng: np.random.Generator) -> None:
-    p = _probs(rng, n=100, c=2)
-    cs = A.ColdStart(A.EntropySampling(), min_per_label=3, labels=["neg", "pos"])
-    ctx = A.PoolContext(probs=p, label_counts={"neg": 5, "pos": 1}, seed=0)
-    assert cs.active(ctx)
-    got = cs.query(ctx, 10)
-    assert got.tolist() == A.RandomSampling().query(A.PoolContext(probs=p, seed=0), 10).tolist()
-    done = A.PoolContext(probs=p, label_counts={"neg": 3, "pos": 3}, seed=0)
-    assert not cs.active(done)
-    assert cs.query(done, 10).tolist() == A.EntropySampling().query(done, 10).tolist()
+def test_cold_start_rule() -> None:
     assert A.in_cold_start(None, 1) and A.in_cold_start([4, 0], 1) and not A.in_cold_start([1, 1], 1)
-
-
-def test_cold_start_balanced_targets_short_labels() -> None:
-    p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.6, 0.4], [0.45, 0.55]])
-    cs = A.ColdStart(A.EntropySampling(), min_per_label=2, mode="balanced")
-    # only class 1 is short: its most likely items first
-    assert cs.query(A.PoolContext(probs=p, label_counts=[5, 0]), 3).tolist() == [3, 2, 5]
-    # both short: round robin, fewest-labelled class first
-    assert cs.query(A.PoolContext(probs=p, label_counts=[1, 0]), 4).tolist() == [3, 0, 2, 1]
-    # no model yet: random over the pool size
-    got = cs.query(A.PoolContext.of_size(6, label_counts=[0, 0], seed=1), 3)
-    assert len(set(got.tolist())) == 3
+    assert A.in_cold_start({"neg": 5, "pos": 1}, 3) and not A.in_cold_start({"neg": 3, "pos": 3}, 3)
+    assert not A.in_cold_start([0, 0], 0)  # a minimum of 0 means no cold start
 
 
 def test_stopping_signal_stabilizing_predictions(rng: np.random.Generator) -> None:
     base = rng.integers(0, 2, 500)
-    stop = A.StabilizingPredictions(threshold=0.99, window=3)
-    assert stop.update(base) is None and not stop.should_stop
     noisy = base.copy()
     noisy[:100] = 1 - noisy[:100]
-    k = stop.update(noisy)
-    assert k == pytest.approx(cohen_kappa_score(base, noisy))
-    assert not stop.should_stop
-    for _ in range(3):
-        stop.update(noisy)
-    assert stop.kappas[-3:] == [1.0, 1.0, 1.0]
-    assert stop.should_stop and stop.to_dict()["should_stop"] is True
+    assert A.prediction_agreement(base, noisy) == pytest.approx(cohen_kappa_score(base, noisy))
+    assert A.prediction_agreement(noisy, noisy) == 1.0
     assert A.should_stop([0.5, 0.99, 0.995, 1.0]) and not A.should_stop([0.99, 0.99])
     assert not A.should_stop([1.0, 1.0, 0.9])
-    s = A.stop_set_indices(1000, 100, seed=2)
-    assert s.tolist() == A.stop_set_indices(1000, 100, seed=2).tolist() and len(set(s.tolist())) == 100
 
 
 def test_mc_dropout_probs_torch_classifier() -> None:
@@ -305,3 +280,18 @@ def test_linear_laplace_probs_matches_hand_computation() -> None:
     mc3 = A.linear_laplace_probs(x_pool, x_lab, rng.standard_normal((3, 8)), np.zeros(3), T=3)
     assert mc3.shape == (3, 12, 3)
     np.testing.assert_allclose(mc3.sum(axis=2), 1.0)
+    # a multinomial (softmax) model: logits z + x @ eps per class, then softmax; p(1-p) from softmax probs
+    coef3, b3 = rng.standard_normal((3, 8)), rng.standard_normal(3)
+    mcs = A.linear_laplace_probs(x_pool, x_lab, coef3, b3, C=C, T=T, seed=4, output="softmax")
+    z_lab = x_lab @ coef3.T + b3
+    p3 = np.exp(z_lab) / np.exp(z_lab).sum(axis=1, keepdims=True)
+    g = np.random.default_rng(4)
+    logits = []
+    for k in range(3):
+        prec_k = 1 + C * ((p3[:, k] * (1 - p3[:, k]))[:, None] * x_lab**2).sum(axis=0)
+        eps_k = g.standard_normal((8, T)) / np.sqrt(prec_k)[:, None]
+        logits.append((x_pool @ coef3[k] + b3[k])[:, None] + x_pool @ eps_k)
+    zz = np.stack(logits, axis=-1).transpose(1, 0, 2)
+    np.testing.assert_allclose(mcs, np.exp(zz) / np.exp(zz).sum(axis=-1, keepdims=True), rtol=1e-10)
+    with pytest.raises(ValueError, match="output"):
+        A.linear_laplace_probs(x_pool, x_lab, coef3, b3, output="nope")

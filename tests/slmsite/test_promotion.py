@@ -37,6 +37,10 @@ def test_gold_figures_of_the_same_run_are_compared(registry: Registry) -> None:
     )
     assert promote_warning(registry, "sentiment", better) == ""
     assert promote_warning(registry, "sentiment", live) == ""  # already live
+    # and back: with the better child live, its parent scored worse on that run's gold
+    registry.promote("sentiment", better)
+    comp = compare_with_live(registry, "sentiment", live)
+    assert comp is not None and comp.split == "gold" and comp.worse and (comp.score, comp.live_score) == (0.971, 0.98)
 
 
 def test_only_figures_on_the_same_data_are_compared(registry: Registry) -> None:

@@ -68,3 +68,29 @@ def test_manage_rqworker_runs_gpu_queue_job(tmp_path):
         assert job.return_value() == {"value": 5, "double": 10}
     finally:
         embedded_redis.stop(proc)
+
+
+def test_enqueue_or_fail_enqueues_by_path_and_reports_a_down_queue(settings, monkeypatch):
+    """The one enqueue helper every app uses: the job lands on the configured queue; when Redis refuses,
+    on_fail gets the reason and nothing runs in-process."""
+    import uuid
+
+    from slmsite import jobs
+
+    settings.SLM_DEFAULT_QUEUE = f"test-default-{uuid.uuid4().hex[:8]}"
+    failures: list[str] = []
+    job = jobs.enqueue_or_fail("default", "slmsite.jobs.echo_job", 4, job_id="echo-x", on_fail=failures.append)
+    assert job is not None and job.id == "echo-x" and job.origin == settings.SLM_DEFAULT_QUEUE and not failures
+    assert jobs.job_state("echo-x") == "queued"
+    q = jobs.get_queue("default")
+    SimpleWorker([q], connection=q.connection).work(burst=True)
+    assert jobs.job_state("echo-x") == "finished" and jobs.job_state("no-such-job") == "missing"
+
+    def down(kind):  # type: ignore[no-untyped-def]
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(jobs, "get_queue", down)
+    assert jobs.enqueue_or_fail("gpu", jobs.echo_job, 1, on_fail=failures.append) is None
+    assert failures == ["could not queue the job: the job queue is unavailable (ConnectionError: redis is down)"]
+    with pytest.raises(ValueError, match="unknown queue kind"):
+        jobs.queue_name("fast")

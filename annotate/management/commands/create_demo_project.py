@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from annotate.demo import create_demo_project
-from annotate.jobs import enqueue_refresh
+from annotate.services import enqueue_refresh
 
 
 class Command(BaseCommand):

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate import jobs, services
+from annotate import io, services
 from annotate.models import Project
 
 
@@ -24,11 +24,11 @@ class Command(BaseCommand):
         if not path.exists():
             raise CommandError(f"{path} does not exist")
         try:
-            rows, _total = jobs._read_rows(path, opts["text_field"], opts["label_field"])
+            rows, _total = io.read_rows(path, opts["text_field"], opts["label_field"])
             report = services.items_add(project=project, rows=rows)
         except (ValueError, OSError) as exc:
             raise CommandError(str(exc)) from exc
-        jobs.enqueue_refresh(project.pk)
+        services.enqueue_refresh(project.pk)
         self.stdout.write(
             f"{report.n_input} rows: +{report.added} items, {report.duplicates} duplicates, {report.empty} empty, "
             f"{report.gold} gold, {report.unknown_labels} unknown labels"

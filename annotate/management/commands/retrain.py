@@ -36,9 +36,7 @@ class Command(BaseCommand):
             if not run.is_active:
                 if run.status == "failed":
                     raise CommandError(run.error)
-                self.stdout.write(
-                    f"version {run.version} promoted={run.promoted} metrics={run.metrics.get('gold', {})}"
-                )
+                self.stdout.write(f"version {run.version}: {run.decision} (gold metrics {run.metrics.get('gold', {})})")
                 return
             time.sleep(1)
         raise CommandError("timed out waiting for the run")
