@@ -29,13 +29,9 @@ from annotate.models import Project, TrainingRun
 from slm.active import STRATEGIES
 from slm.registry import RegistryError
 from slmsite.roles import is_admin, is_annotator
+from slmsite.schemas import ErrorOut
 
 router = Router(tags=["annotate"])
-
-
-class ErrorOut(Schema):
-    message: str
-    detail: Any = None
 
 
 class ProjectIn(Schema):
@@ -228,7 +224,7 @@ def project_list(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 @router.get(
-    "annotate/projects/{project_id}",
+    "annotate/projects/{id:project_id}",
     response={200: ProjectDetailOut, 403: ErrorOut, 404: ErrorOut},
     summary="A project and its last runs",
 )
@@ -240,7 +236,7 @@ def project_detail(request: HttpRequest, project_id: int) -> dict[str, Any]:
 
 
 @router.post(
-    "annotate/projects/{project_id}/items",
+    "annotate/projects/{id:project_id}/items",
     response={201: ItemsOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
     summary="Import items (admin; at most 10,000 per call; gold items need a label)",
 )
@@ -256,7 +252,7 @@ def items_import(request: HttpRequest, project_id: int, payload: ItemsIn) -> tup
 
 
 @router.get(
-    "annotate/projects/{project_id}/next",
+    "annotate/projects/{id:project_id}/next",
     response={200: NextOut, 204: None, 403: ErrorOut, 404: ErrorOut},
     summary="The next item to label, leased to you (204 when nothing is left for you)",
 )
@@ -273,7 +269,7 @@ def next_item(request: HttpRequest, project_id: int) -> Any:
 
 
 @router.post(
-    "annotate/projects/{project_id}/labels",
+    "annotate/projects/{id:project_id}/labels",
     response={201: LabelOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
     summary="Label an item leased to you",
 )
@@ -291,7 +287,7 @@ def label_submit(request: HttpRequest, project_id: int, payload: LabelIn) -> tup
 
 
 @router.post(
-    "annotate/projects/{project_id}/retrain",
+    "annotate/projects/{id:project_id}/retrain",
     response={202: RetrainOut, 403: ErrorOut, 404: ErrorOut},
     summary="Queue a retrain of the project's model (one per project at a time)",
 )
@@ -303,7 +299,7 @@ def retrain(request: HttpRequest, project_id: int) -> tuple[int, dict[str, Any]]
 
 
 @router.post(
-    "annotate/projects/{project_id}/promote",
+    "annotate/projects/{id:project_id}/promote",
     response={200: LiveOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Make a version of the project's model live (admin)",
 )
@@ -322,7 +318,7 @@ def promote(request: HttpRequest, project_id: int, payload: PromoteIn) -> dict[s
 
 
 @router.post(
-    "annotate/projects/{project_id}/rollback",
+    "annotate/projects/{id:project_id}/rollback",
     response={200: LiveOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Go back to the previously live version, or to a given one (admin)",
 )
@@ -336,13 +332,10 @@ def rollback(request: HttpRequest, project_id: int, payload: RollbackIn) -> dict
     return {"live": ref}
 
 
-@router.get("runs/{run_id}", response={200: RunOut, 403: ErrorOut, 404: ErrorOut}, summary="A training run")
+@router.get("runs/{id:run_id}", response={200: RunOut, 403: ErrorOut, 404: ErrorOut}, summary="A training run")
 def run_status(request: HttpRequest, run_id: int) -> dict[str, Any]:
     _annotator(request)
     run = TrainingRun.objects.filter(pk=run_id).select_related("project").first() if 0 < run_id < 2**63 else None
     if run is None:
         raise HttpError(404, f"no run {run_id}")
-    if run.is_active:
-        services.run_reap_stale(project=run.project)
-        run.refresh_from_db()
     return selectors.run_payload(run)

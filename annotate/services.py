@@ -726,7 +726,7 @@ def run_fail(*, run_id: int, error: str, from_status: Sequence[str] = TrainingRu
 
 def run_reap_stale(*, project: Project | None = None) -> int:
     """Fails runs whose worker died: running without a heartbeat for ANNOTATE_RUN_STALE_S, or whose RQ job
-    ended failed / vanished. Called by the runs page, the API and every trigger."""
+    ended failed / vanished. Run by a scheduled job (annotate/cron.py) and by every trigger; never by a read."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.ANNOTATE_RUN_STALE_S)
     qs = TrainingRun.objects.filter(status__in=TrainingRun.ACTIVE)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -11,9 +14,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import engine_client, metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
-from chat.consumers import keep_detached_alive, stop_detached
 from chat.models import Conversation, Message
+from chat.streams import keep_detached_alive, stop_detached
 from slmsite import confirm
+
+log = logging.getLogger(__name__)
 
 PRESETS = [
     {
@@ -136,7 +141,10 @@ def message(request: HttpRequest, pk: int) -> HttpResponse:
     reply whose page was reloaded (detached stream) generating."""
     msg = _message_or_404(request, pk)
     if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING):
-        keep_detached_alive(msg.pk)
+        try:
+            keep_detached_alive(msg.pk)
+        except redis.RedisError:  # the reply may stop after its grace; the page still shows what exists
+            log.warning("chat: could not extend the grace of detached message %s", msg.pk)
     return render(request, "chat/index.html#message", {"m": msg})
 
 
@@ -146,7 +154,12 @@ def message_stop(request: HttpRequest, pk: int) -> HttpResponse:
     """Stops a reply that goes on after its page was reloaded (the reloaded page follows it by polling and
     has no socket of its own to send "stop" on). 202 when it is being stopped, 409 when it is not running."""
     msg = _message_or_404(request, pk)
-    if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING) and stop_detached(msg.pk):
+    try:
+        stopped = msg.status in (Message.Status.QUEUED, Message.Status.STREAMING) and stop_detached(msg.pk)
+    except redis.RedisError:
+        log.exception("chat: could not stop detached message %s", msg.pk)
+        return HttpResponse("the server cannot reach its Redis; try again", status=503, content_type="text/plain")
+    if stopped:
         return HttpResponse(status=202)
     return HttpResponse("this reply is not running here", status=409, content_type="text/plain")
 

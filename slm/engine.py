@@ -139,14 +139,27 @@ def resolve_ref(cfg: EngineConfig) -> tuple[str, Any]:
     return src.ref, src
 
 
+# transformers' lazy top-level module is not safe to import from two threads at once: the engine thread
+# loading the model while a socket's thread loads the tokenizer got "cannot import name 'AutoConfig'".
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
+def transformers_names(*names: str) -> list[Any]:
+    """The named transformers classes, imported under one process-wide lock."""
+    with _TRANSFORMERS_IMPORT:
+        import transformers
+
+        return [getattr(transformers, name) for name in names]
+
+
 def load_tokenizer(cfg: EngineConfig) -> tuple[str, Any, int]:
-    from transformers import AutoConfig, AutoTokenizer
+    AutoConfig, AutoTokenizer = transformers_names("AutoConfig", "AutoTokenizer")  # noqa: N806
 
     ref, src = resolve_ref(cfg)
     target = str(src.path) if src.path is not None else cfg.model
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        conf = AutoConfig.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        conf = AutoConfig.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     return ref, tok, _n_positions(conf)
@@ -159,7 +172,7 @@ def _n_positions(conf: Any) -> int:
 def load_model(cfg: EngineConfig) -> LoadedModel:
     """Loads the configured source (registry ref, directory or hub id from the local cache) for serving:
     eval mode, on the picked device, at the configured precision, with packed attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM, AutoTokenizer = transformers_names("AutoModelForCausalLM", "AutoTokenizer")  # noqa: N806
 
     from slm.device import pick_device
 
@@ -167,8 +180,8 @@ def load_model(cfg: EngineConfig) -> LoadedModel:
     target = str(src.path) if src.path is not None else cfg.model
     device = pick_device(cfg.device)
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     model.eval()
@@ -561,6 +574,7 @@ class Engine:
         self._tickets: dict[str, _Ticket] = {}
         self._users: dict[str, str] = {}
         self._tokenizers: dict[str, tuple[Any, int]] = {}
+        self._tokenizer_lock = threading.Lock()
         self._started = False
         self._thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
@@ -679,9 +693,14 @@ class Engine:
         ref, _ = resolve_ref(self.cfg)
         cached = self._tokenizers.get(ref)
         if cached is None:
-            _, tok, n_pos = load_tokenizer(self.cfg)
-            self._tokenizers = {ref: (tok, n_pos)}
-            cached = (tok, n_pos)
+            # One loader at a time: sockets arriving together used to import transformers concurrently
+            # (its lazy module raised ImportError in some threads) and to load the tokenizer once each.
+            with self._tokenizer_lock:
+                cached = self._tokenizers.get(ref)
+                if cached is None:
+                    _, tok, n_pos = load_tokenizer(self.cfg)
+                    self._tokenizers = {ref: (tok, n_pos)}
+                    cached = (tok, n_pos)
         return ref, cached[0], cached[1]
 
     def prepare(
