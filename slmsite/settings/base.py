@@ -167,6 +167,9 @@ SLM_RESTART_BACKOFF_MAX_S = env_float("SLM_RESTART_BACKOFF_MAX_S", 30.0)
 # Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes.
 SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
 SLM_DEFAULT_QUEUE = os.environ.get("SLM_DEFAULT_QUEUE", "default")
+# renamed queues are queues `manage.py rqworker <name>` can listen on too (same Redis and timeouts)
+RQ_QUEUES.setdefault(SLM_GPU_QUEUE, RQ_QUEUES["gpu"])
+RQ_QUEUES.setdefault(SLM_DEFAULT_QUEUE, RQ_QUEUES["default"])
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 from slmsite import embedded_redis
 
 from .base import *  # noqa: F403
-from .base import DATABASES, SLM_MAINTENANCE_QUEUE, VAR_DIR, env_int
+from .base import DATABASES, SLM_DEFAULT_QUEUE, SLM_GPU_QUEUE, SLM_MAINTENANCE_QUEUE, VAR_DIR, env_int
 
 TEST_VAR_DIR = Path(os.environ.setdefault("SLM_TEST_VAR_DIR", tempfile.mkdtemp(prefix="slm-test-")))
 # Real Redis when REDIS_URL is set (CI's second pass), otherwise a private embedded server for this run.
@@ -40,4 +40,6 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     SLM_MAINTENANCE_QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
+RQ_QUEUES.setdefault(SLM_GPU_QUEUE, RQ_QUEUES["gpu"])  # private queue names of a test's worker processes
+RQ_QUEUES.setdefault(SLM_DEFAULT_QUEUE, RQ_QUEUES["default"])
 CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 1000)
