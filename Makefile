@@ -46,6 +46,7 @@ fmt: install
 
 bench: install
 	$(PY) bench/chat.py
+	$(PY) bench/chat_models.py
 	$(PY) bench/sentiment.py
 	$(PY) bench/annotate.py
 	$(PY) bench/remote.py
