@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/chat.py
 	$(PY) bench/sentiment.py
 	$(PY) bench/annotate.py
+	$(PY) bench/annotate_loop.py
 	$(PY) bench/remote.py
 
 # Refresh vendored front-end files from the npm registry (versions in static/vendor/VERSIONS).

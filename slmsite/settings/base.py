@@ -135,9 +135,12 @@ RQ_QUEUES = {
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_JOB_TIMEOUT_S", 3600)},
 }
 RQ_SHOW_ADMIN_LINK = True
-# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes.
+# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes;
+# `rqworker` (and `serve`) listen on them, so other names get the settings of "gpu" / "default".
 SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
 SLM_DEFAULT_QUEUE = os.environ.get("SLM_DEFAULT_QUEUE", "default")
+RQ_QUEUES.setdefault(SLM_GPU_QUEUE, RQ_QUEUES["gpu"])
+RQ_QUEUES.setdefault(SLM_DEFAULT_QUEUE, RQ_QUEUES["default"])
 
 # --- Auth -----------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

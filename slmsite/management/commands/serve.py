@@ -54,7 +54,19 @@ class Command(BaseCommand):
             manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
             if not opts["no_worker"]:
                 procs.append(
-                    ("worker", subprocess.Popen([*manage, "rqworker", "gpu", "default", "--with-scheduler"], env=env))
+                    (
+                        "worker",
+                        subprocess.Popen(
+                            [
+                                *manage,
+                                "rqworker",
+                                settings.SLM_GPU_QUEUE,
+                                settings.SLM_DEFAULT_QUEUE,
+                                "--with-scheduler",
+                            ],
+                            env=env,
+                        ),
+                    )
                 )
             daphne = [
                 sys.executable,
