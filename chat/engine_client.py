@@ -31,6 +31,7 @@ def _settings_key() -> tuple[Any, ...]:
         settings.CHAT_QUEUE_SIZE,
         settings.CHAT_ENGINE_MODE,
         settings.CHAT_ENGINE_THREADS,
+        settings.CHAT_STEP_TOKENS,
         settings.CHAT_REMOTE_URL,
         settings.CHAT_REMOTE_TOKEN,
         settings.CHAT_REMOTE_API,
@@ -67,6 +68,7 @@ def _build() -> Any:
         queue_size=settings.CHAT_QUEUE_SIZE,
         device=settings.SLM_DEVICE,
         num_threads=settings.CHAT_ENGINE_THREADS or None,
+        step_tokens=settings.CHAT_STEP_TOKENS,
     )
     return Engine(cfg, mode=settings.CHAT_ENGINE_MODE)
 

@@ -1,12 +1,16 @@
-"""The chat serving engine: one owner of the model, one batched decode loop for every stream.
+"""The chat serving engine: one owner of the model, one forward pass per step for every stream.
 
 `EngineCore` runs the loop. Each step it takes commands (submit / cancel / shutdown), admits waiting
-requests FIFO up to `max_batch` (a prefill of the new prompt alone, whose KV cache then joins the
-batch cache), runs ONE forward pass for all active requests with a shared, left-padded KV cache
-(`transformers.DynamicCache`, rows added and removed between steps), and samples each row with its
-own `LogitsSampler`. Requests join and leave between steps; a cancel is seen before the next step, so
-a stop costs at most one token. Between steps it also checks the registry's live pointer and swaps
-to a newly promoted version once the running batch has drained (new requests wait for the swap).
+requests FIFO into free slots (up to `max_batch`), and runs ONE forward pass over a packed input
+(`slm.batching`): the next token of every decoding stream, then chunks of the prompts still being
+prefilled, in arrival order, up to `step_tokens` tokens. A long prompt is therefore prefilled over
+several steps while the running streams keep getting a token per step, and prompts that arrive
+together share steps. Attention keeps requests apart over a per-request slot KV cache. Each row is
+sampled with its own `LogitsSampler`. Requests join and leave between steps; a cancel is seen before
+the next step (mid-prefill too), so a stop costs at most one token. Between steps it also checks the
+registry's live pointer and swaps to a newly promoted version once the running batch has drained (new
+requests wait for the swap). Model handling (load, precision, the packed attention switch) is in
+`load_model` / `slm.precision` / `slm.batching`, separate from scheduling.
 
 `Engine` is the facade a server process uses: it keeps the bounded FIFO queue accounting (positions,
 `EngineBusy`, one live stream per user key), tokenizes prompts, and runs the core either in its own
@@ -19,12 +23,15 @@ child's main thread at full speed) or in a dedicated thread (mode "thread"; it s
     ("end", {"reason": eos|length|stop|cancelled, "text": ..., "usage": {...}, "timing": {...}, "model": ref})
     ("error", {"code": ..., "message": ...})
 
-Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core CPU,
-load ~4): single stream 51 tok/s (fp32 generate 18), 4 streams 148 tok/s aggregate (thread-per-request
-baseline 21), 8 streams 193 (baseline 24). The process placement beat the thread placement in that run
-(thread = 0.79-0.87x), and isolates torch from the event loop's GIL and from crashes; under heavier load
-an earlier run had the thread ahead, so both stay available (CHAT_ENGINE_MODE). With 2 torch threads on
-the loaded box int8 decode collapsed (2 tok/s vs 30 with 1), hence CHAT_ENGINE_THREADS=1 by default.
+Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core CPU at
+load ~10, so ratios within one run are what count): vs the previous engine (left-padded DynamicCache,
+`quantize_dynamic`) 0.89x / 1.04x / 1.11x aggregate tok/s at 1 / 4 / 8 streams (oneDNN's int8 kernel is
+slower than fbgemm's for a single row, faster from 4 rows up); TTFT p95 of 4 simultaneous users 220 ms
+vs 450 ms; running streams lose 32% of their tok/s while a 512-token prompt is prefilled (96% before);
+CTranslate2's int8 generator on the same weights is still ~1.7x faster per token. The process placement
+isolates torch from the event loop's GIL and from crashes; `thread` mode stays for comparison
+(CHAT_ENGINE_MODE). With 2 torch threads on the loaded box int8 decode collapsed (2 tok/s vs 30 with 1),
+hence CHAT_ENGINE_THREADS=1 by default.
 
 No Django in here.
 """
@@ -45,6 +52,7 @@ from typing import Any
 
 import torch
 
+from slm.batching import Chunk, SlotCache, StepPlan, enable_packed
 from slm.generation import (
     ChatPrompt,
     GenerationParams,
@@ -54,10 +62,12 @@ from slm.generation import (
     format_chat_prompt,
     make_detokenizer,
 )
+from slm.precision import apply_precision, conv1d_to_linear  # noqa: F401 (conv1d_to_linear re-exported)
 
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+IDLE_PREFILL_FACTOR = 8  # with no stream decoding, a step may prefill this many budgets' worth of prompt
 
 
 class EngineError(RuntimeError):
@@ -86,6 +96,8 @@ class EngineConfig:
     device: str = "auto"
     num_threads: int | None = None  # torch threads in the engine (None: leave as is)
     swap_check_s: float = 1.0  # how often the live pointer is re-read
+    step_tokens: int = 32  # tokens per forward pass: one per decoding stream + prompt chunks (prefill)
+    coalesce_s: float = 0.005  # from idle, requests arriving within this of each other share the first step
 
 
 @dataclass
@@ -99,37 +111,6 @@ class GenRequest:
 
 
 # ------------------------------------------------------------------------------------------ loading
-def conv1d_to_linear(model: torch.nn.Module) -> torch.nn.Module:
-    """Replaces GPT-2's `Conv1D` layers (which `quantize_dynamic` skips) by equivalent `nn.Linear`."""
-    from transformers.pytorch_utils import Conv1D
-
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, Conv1D):
-                n_in, n_out = child.weight.shape
-                lin = torch.nn.Linear(n_in, n_out, bias=True)
-                with torch.no_grad():
-                    lin.weight.copy_(child.weight.t())
-                    lin.bias.copy_(child.bias)
-                setattr(module, name, lin)
-    return model
-
-
-def apply_precision(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
-    precision = precision.lower()
-    if precision == "fp32":
-        return model
-    if precision == "int8":
-        if device.type != "cpu":
-            return model  # dynamic int8 is a CPU path; accelerators keep fp32 (or use bf16/fp16)
-        conv1d_to_linear(model)
-        # lm_head shares its weight with wte; quantizing it gives the head an int8 copy (the big matmul)
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    if precision in ("bf16", "fp16"):
-        return model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-    raise ValueError(f"unknown precision {precision!r} (fp32 | int8 | bf16 | fp16)")
-
-
 @dataclass
 class LoadedModel:
     ref: str
@@ -176,6 +157,8 @@ def _n_positions(conf: Any) -> int:
 
 
 def load_model(cfg: EngineConfig) -> LoadedModel:
+    """Loads the configured source (registry ref, directory or hub id from the local cache) for serving:
+    eval mode, on the picked device, at the configured precision, with packed attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slm.device import pick_device
@@ -189,7 +172,7 @@ def load_model(cfg: EngineConfig) -> LoadedModel:
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     model.eval()
-    model = apply_precision(model.to(device), cfg.precision, device)
+    model = enable_packed(apply_precision(model.to(device), cfg.precision, device))
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     if eos is None:
         eos = tok.eos_token_id
@@ -203,33 +186,46 @@ def load_model(cfg: EngineConfig) -> LoadedModel:
 @dataclass
 class _Row:
     req: GenRequest
+    ids: list[int]  # the prompt
+    slot: int
     sampler: LogitsSampler
     decoder: IncrementalDecoder
     seen: torch.Tensor  # prompt + generated ids (repetition penalty)
-    cached: int  # tokens in the KV cache for this row
-    last: int  # the token to feed next
+    cached: int = 0  # tokens of this request in the KV cache
+    last: int = -1  # the token to feed next (once prefilled)
     generated: int = 0
     t_admit: float = 0.0
     t_first: float = 0.0
     t_last: float = 0.0
-    prompt_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.ids)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.cached < len(self.ids)
 
 
 class EngineCore:
-    """The decode loop. Not thread-safe: one thread drives `run()` (or `step()` in tests)."""
+    """The decode loop. Not thread-safe: one thread drives `run()` (or `step()` in tests).
+
+    One `step()` = one forward pass over a packed input: a token of every decoding row first, then
+    prompt chunks of rows still prefilling, in admission order, up to `cfg.step_tokens` tokens in all (at
+    least a quarter of the budget always goes to prefill, so a full batch cannot starve it). With no row
+    decoding, nothing is stalled by a long step: prompts get `IDLE_PREFILL_FACTOR` budgets at once."""
 
     def __init__(self, cfg: EngineConfig, emit: Callable[[str | None, str, dict[str, Any]], None]) -> None:
         self.cfg = cfg
         self.emit = emit
         self.loaded: LoadedModel | None = None
         self.waiting: deque[GenRequest] = deque()
-        self.rows: list[_Row] = []
-        self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # [B, T] 1 = real token
+        self.rows: list[_Row] = []  # admission order
+        self.cache: SlotCache | None = None
         self.cancelled: set[str] = set()
         self._next_check = 0.0
         self._pending_ref: str | None = None
-        self.steps = 0
+        self.steps = 0  # forward passes run
 
     # ---- model management
     def ensure_model(self) -> None:
@@ -291,9 +287,9 @@ class EngineCore:
             else:
                 keep.append(req)
         self.waiting = keep
-        gone = [i for i, r in enumerate(self.rows) if r.req.id in self.cancelled]
-        for i in gone:
-            self._finish(self.rows[i], "cancelled")
+        gone = [r for r in self.rows if r.req.id in self.cancelled]
+        for row in gone:
+            self._finish(row, "cancelled")
         self._remove_rows(gone)
         self.cancelled.clear()
 
@@ -327,52 +323,23 @@ class EngineCore:
         payload = self._end_payload(row.req, reason, row.decoder.text, row.prompt_tokens, row.generated, ttft, tps)
         self.emit(row.req.id, "end", payload)
 
-    # ---- batch cache manipulation
-    def _remove_rows(self, idx: list[int]) -> None:
-        if not idx:
+    def _remove_rows(self, gone: list[_Row]) -> None:
+        if not gone:
             return
-        keep = [i for i in range(len(self.rows)) if i not in set(idx)]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache, self.mask = None, None
-            return
-        sel = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-        self.mask = self.mask.index_select(0, sel)
-        lead = int((self.mask.sum(0) == 0).long().cumprod(0).sum().item())  # all-padding columns on the left
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, sel)[:, :, lead:]
-            layer.values = layer.values.index_select(0, sel)[:, :, lead:]
-        self.mask = self.mask[:, lead:]
+        ids = {id(r) for r in gone}
+        self.rows = [r for r in self.rows if id(r) not in ids]
+        if not self.rows:
+            self.cache = None  # idle: give the KV memory back
 
-    def _join(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
-        """Merges `rows` (their left-padded KV `cache` and 0/1 `mask` [k, L]) into the running batch:
-        the shorter side is padded on the left so every row ends at the same column."""
-        device = mask.device
-        if self.cache is None or self.mask is None:
-            self.cache, self.mask, self.rows = cache, mask, list(rows)
-            return
-        t_old, t_new = self.mask.shape[1], mask.shape[1]
-        t = max(t_old, t_new)
-
-        def pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-            if n == 0:
-                return x
-            shape = list(x.shape)
-            shape[dim] = n
-            return torch.cat([x.new_zeros(shape), x], dim)
-
-        self.mask = torch.cat([pad(self.mask, t - t_old, 1), pad(mask.to(device), t - t_new, 1)], 0)
-        for layer, new in zip(self.cache.layers, cache.layers, strict=True):
-            layer.keys = torch.cat([pad(layer.keys, t - t_old, 2), pad(new.keys, t - t_new, 2)], 0)
-            layer.values = torch.cat([pad(layer.values, t - t_old, 2), pad(new.values, t - t_new, 2)], 0)
-        self.rows.extend(rows)
-
+    # ---- scheduling
     def _admit(self) -> None:
-        """Admits waiting requests FIFO into free slots with ONE batched (left-padded) prefill."""
+        """Admits waiting requests FIFO into free slots; their prompts are prefilled by the next steps."""
         lm = self.loaded
         assert lm is not None
-        batch: list[tuple[GenRequest, list[int]]] = []
-        while self.waiting and len(self.rows) + len(batch) < self.cfg.max_batch and self._pending_ref is None:
+        used = {r.slot for r in self.rows}
+        free = [s for s in range(self.cfg.max_batch) if s not in used]
+        t_admit = time.perf_counter()
+        while self.waiting and free and self._pending_ref is None:
             req = self.waiting.popleft()
             ids = req.prompt_ids
             if req.model_ref and req.model_ref != lm.ref and req.prompt_text:
@@ -380,52 +347,18 @@ class EngineCore:
             if not ids or len(ids) >= lm.n_positions:
                 self.emit(req.id, "error", {"code": "prompt_too_long", "message": "prompt does not fit the model"})
                 continue
-            batch.append((req, list(ids)))
-        if not batch:
-            return
-        t_admit = time.perf_counter()
-        for req, ids in batch:
             self.emit(req.id, "started", {"model": lm.ref, "prompt_tokens": len(ids)})
-        longest = max(len(ids) for _, ids in batch)
-        input_ids = torch.zeros(len(batch), longest, dtype=torch.long, device=lm.device)
-        mask = torch.zeros(len(batch), longest, dtype=torch.long, device=lm.device)
-        for i, (_, ids) in enumerate(batch):
-            input_ids[i, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[i, longest - len(ids) :] = 1
-        with torch.inference_mode():
-            if len(batch) == 1:  # exactly what generate() runs for one prompt
-                out = lm.model(input_ids=input_ids, use_cache=True)
-            else:
-                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-                out = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
-        rows: list[_Row] = []
-        keep: list[int] = []
-        for i, (req, ids) in enumerate(batch):
-            row = _Row(
-                req=req,
-                sampler=LogitsSampler(req.params, device=lm.device),
-                decoder=make_detokenizer(lm.tokenizer, req.params.stop),
-                seen=torch.tensor(ids, dtype=torch.long, device=lm.device),
-                cached=len(ids),
-                last=-1,
-                t_admit=t_admit,
-                prompt_tokens=len(ids),
+            self.rows.append(
+                _Row(
+                    req=req,
+                    ids=list(ids),
+                    slot=free.pop(0),
+                    sampler=LogitsSampler(req.params, device=lm.device),
+                    decoder=make_detokenizer(lm.tokenizer, req.params.stop),
+                    seen=torch.tensor(ids, dtype=torch.long, device=lm.device),
+                    t_admit=t_admit,
+                )
             )
-            done = self._accept_token(row, out.logits[i, -1])
-            if done:
-                self._finish(row, done)
-            else:
-                rows.append(row)
-                keep.append(i)
-        if not rows:
-            return
-        cache = out.past_key_values
-        if len(keep) < len(batch):
-            sel = torch.tensor(keep, dtype=torch.long, device=lm.device)
-            mask = mask.index_select(0, sel)
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys.index_select(0, sel), layer.values.index_select(0, sel)
-        self._join(rows, cache, mask)
 
     def _accept_token(self, row: _Row, logits: torch.Tensor) -> str | None:
         """Samples the row's next token, streams its text; returns a finish reason or None."""
@@ -451,42 +384,79 @@ class EngineCore:
             return "length"
         return None
 
-    def _decode_step(self) -> None:
+    def _forward_step(self) -> None:
+        """One packed forward pass: a token per decoding row, then prompt chunks within the budget."""
         lm = self.loaded
-        assert lm is not None and self.mask is not None
-        b = len(self.rows)
-        input_ids = torch.tensor([[r.last] for r in self.rows], dtype=torch.long, device=lm.device)
-        position_ids = torch.tensor([[r.cached] for r in self.rows], dtype=torch.long, device=lm.device)
-        mask = torch.cat([self.mask, torch.ones(b, 1, dtype=torch.long, device=lm.device)], 1)
+        assert lm is not None
+        decoding = [r for r in self.rows if not r.prefilling]
+        tokens = [r.last for r in decoding]
+        slots = [r.slot for r in decoding]
+        positions = [r.cached for r in decoding]
+        if decoding:  # the budget protects running streams: prefill gets what they leave (>= 1/4)
+            budget = max(self.cfg.step_tokens - len(decoding), self.cfg.step_tokens // 4, 1)
+        else:  # nobody waits on this step but the prompts themselves
+            budget = max(self.cfg.step_tokens, 1) * IDLE_PREFILL_FACTOR
+        chunks: list[tuple[_Row, Chunk]] = []
+        for row in self.rows:
+            if budget <= 0:
+                break
+            if not row.prefilling:
+                continue
+            n = min(budget, row.prompt_tokens - row.cached)
+            chunks.append((row, Chunk(row.slot, len(tokens), n, row.cached)))
+            tokens.extend(row.ids[row.cached : row.cached + n])
+            slots.extend([row.slot] * n)
+            positions.extend(range(row.cached, row.cached + n))
+            budget -= n
+        # logits: every decoding row, and each chunk that completes its prompt (its last position)
+        sampling = list(decoding)
+        keep = list(range(len(decoding)))
+        for row, c in chunks:
+            if row.cached + c.length == row.prompt_tokens:
+                sampling.append(row)
+                keep.append(c.start + c.length - 1)
+        if self.cache is None:
+            self.cache = SlotCache(self.cfg.max_batch, lm.n_positions)
+        dev = lm.device
+        plan = StepPlan(
+            cache=self.cache,
+            slots=torch.tensor(slots, dtype=torch.long, device=dev),
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            dec_slots=[r.slot for r in decoding],
+            dec_lengths=[r.cached + 1 for r in decoding],
+            chunks=[c for _, c in chunks],
+        )
         with torch.inference_mode():
             out = lm.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                past_key_values=self.cache,
-                use_cache=True,
+                input_ids=torch.tensor([tokens], dtype=torch.long, device=dev),
+                position_ids=plan.positions[None],
+                use_cache=False,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
+                slm_plan=plan,
             )
-        self.cache, self.mask = out.past_key_values, mask
-        logits = out.logits[:, -1]
-        finished: list[int] = []
-        for i, row in enumerate(self.rows):
+        logits = out.logits[0]
+        for row in decoding:
             row.cached += 1
-            reason = self._accept_token(row, logits[i])
+        for row, c in chunks:
+            row.cached += c.length
+        finished: list[_Row] = []
+        for j, row in enumerate(sampling):
+            reason = self._accept_token(row, logits[j])
             if reason:
                 self._finish(row, reason)
-                finished.append(i)
+                finished.append(row)
         self._remove_rows(finished)
         self.steps += 1
 
     def step(self) -> bool:
-        """One scheduling round: cancels, swap check, admissions, one decode step. True if work remains."""
+        """One scheduling round: cancels, swap check, admissions, one forward pass. True if work remains."""
         self._drop_cancelled()
         loaded_ref = self.loaded.ref if self.loaded else None
         self._watch_live(force=any(r.model_ref and r.model_ref != loaded_ref for r in self.waiting))
         if self.waiting and self._pending_ref is None:
             self._admit()
         if self.rows:
-            self._decode_step()
+            self._forward_step()
         return bool(self.rows or self.waiting)
 
     def fail_all(self, code: str, message: str) -> None:
@@ -495,7 +465,7 @@ class EngineCore:
         self.waiting.clear()
         for row in self.rows:
             self.emit(row.req.id, "error", {"code": code, "message": message})
-        self.rows, self.cache, self.mask = [], None, None
+        self.rows, self.cache = [], None
 
     def run(
         self, inbox: Any, orphaned: Callable[[], bool] | None = None, flush: Callable[[], None] | None = None
@@ -513,10 +483,13 @@ class EngineCore:
                 timeout = self.cfg.swap_check_s
             elif self.loaded is not None and self.loaded.min_step_s:
                 timeout = self.loaded.min_step_s - (time.perf_counter() - last_step)
+            idle = not (self.rows or self.waiting)
             try:
                 cmd = inbox.get(timeout=timeout) if timeout is not None and timeout > 0 else inbox.get_nowait()
             except queue.Empty:
                 cmd = None
+            # waking from idle: wait a moment for requests sent together, so they share the first step
+            patience = self.cfg.coalesce_s if idle and cmd is not None else 0.0
             while cmd is not None:
                 kind = cmd[0]
                 if kind == "shutdown":
@@ -527,7 +500,7 @@ class EngineCore:
                 elif kind == "cancel":
                     self.cancel(cmd[1])
                 try:
-                    cmd = inbox.get_nowait()
+                    cmd = inbox.get(timeout=patience) if patience else inbox.get_nowait()
                 except queue.Empty:
                     cmd = None
             if self.waiting and self.loaded is None:

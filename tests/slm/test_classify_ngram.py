@@ -141,3 +141,19 @@ def test_sample_weight_is_validated() -> None:
         NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 5 + [-1.0])
     with pytest.raises(ValueError, match="only one label"):
         NgramClassifier.train(texts, labels, config, sample_weight=[1.0] * 3 + [0.0] * 3)
+
+
+def test_balanced_class_weight_removes_the_majority_bias() -> None:
+    texts = [f"还行 一般 好 {i}" for i in range(20)] + [f"还行 一般 差 {i}" for i in range(4)]
+    labels = ["pos"] * 20 + ["neg"] * 4  # 5:1
+    neutral = ["还行 一般"]  # only words both labels share: the prior decides
+    for classifier in ("nblr", "svm", "logreg"):
+        plain = NgramClassifier.train(texts, labels, NgramConfig(classifier=classifier, min_df=1, calibrate="none"))
+        balanced = NgramClassifier.train(
+            texts, labels, NgramConfig(classifier=classifier, min_df=1, calibrate="none", class_weight="balanced")
+        )
+        assert balanced.predict_proba(neutral)[0, 0] > plain.predict_proba(neutral)[0, 0] + 0.015  # P(neg) up
+        assert balanced.predict(["好", "差"]) == ["pos", "neg"]
+    assert NgramConfig.from_dict(NgramConfig(class_weight="balanced").to_dict()).class_weight == "balanced"
+    with pytest.raises(ValueError, match="unknown class weight"):
+        NgramConfig(class_weight="inverse")

@@ -4,6 +4,7 @@ int8 conversion, cancel within one token, hot swap on promotion, no leaks after 
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,8 @@ def test_cancel_lands_before_the_next_token(model_dir: Path) -> None:
 def test_int8_converts_conv1d_and_still_generates(model_dir: Path) -> None:
     from transformers.pytorch_utils import Conv1D
 
+    from slm.precision import Int8Linear
+
     model = tiny_model()
     x = torch.tensor([[1, 2, 3, 4]])
     before = model(x).logits
@@ -123,7 +126,10 @@ def test_int8_converts_conv1d_and_still_generates(model_dir: Path) -> None:
     assert not any(isinstance(m, Conv1D) for m in model.modules())
     assert torch.allclose(model(x).logits, before, atol=1e-5)
     q = apply_precision(tiny_model(), "int8", torch.device("cpu"))
-    assert any("quantized" in type(m).__module__ for m in q.modules())
+    assert not any(type(m) is torch.nn.Linear for m in q.modules())  # every matmul, the LM head too
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 4 + 1
+    after = q(x).logits
+    assert (after - before).norm() / before.norm() < 0.05  # int8 stays close to fp32
     rec = Recorder()
     core = EngineCore(EngineConfig(model=str(model_dir), precision="int8"), rec.emit)
     core.ensure_model()
@@ -131,6 +137,121 @@ def test_int8_converts_conv1d_and_still_generates(model_dir: Path) -> None:
     while core.step():
         pass
     assert rec.end("q")["reason"] in ("length", "eos")
+
+
+def test_int8_batched_greedy_equals_int8_generate(model_dir: Path) -> None:
+    """Activations are quantized per row and the int8 matmul is exact, so a reply does not depend on what
+    else is in the batch: the batched, chunked int8 engine matches `generate` on the same int8 model."""
+    tok = tiny_tokenizer()
+    rec = Recorder()
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="int8", step_tokens=6), rec.emit)
+    core.ensure_model()
+    params = GenerationParams(max_new_tokens=20, repetition_penalty=1.2)
+    for i, prompt in enumerate(PROMPTS):
+        core.submit(GenRequest(str(i), tok(prompt)["input_ids"], params))
+        core.step()
+    while core.step():
+        pass
+    model = core.loaded.model
+    for i, prompt in enumerate(PROMPTS):
+        ref = reference(model, tok(prompt)["input_ids"], do_sample=False, max_new_tokens=20, repetition_penalty=1.2)
+        assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True)
+
+
+def test_engine_start_raises_no_warnings(model_dir: Path) -> None:
+    """Loading and serving at every CPU precision stays clear of deprecated torch APIs (quantize_dynamic and
+    quantized tensors warn in torch 2.13 that they will be removed)."""
+    tok = tiny_tokenizer()
+    for precision in ("int8", "fp32"):
+        rec = Recorder()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            core = EngineCore(EngineConfig(model=str(model_dir), precision=precision), rec.emit)
+            core.ensure_model()
+            core.submit(GenRequest("w", tok(PROMPTS[2])["input_ids"], GenerationParams(max_new_tokens=3)))
+            while core.step():
+                pass
+        assert rec.end("w")["reason"] in ("length", "eos"), precision
+
+
+def _long_prompt(tok: Any, n: int) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += tok("User: tell me a joke about the chicken and the road, 你好 😀\n")["input_ids"]
+    return ids[: n - 2] + tok("Agent:")["input_ids"][:2]
+
+
+def test_chunked_prefill_greedy_equals_generate_with_joins_mid_prefill(model_dir: Path) -> None:
+    tok, model = tiny_tokenizer(), tiny_model()
+    rec = Recorder()
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8), rec.emit)
+    core.ensure_model()
+    params = GenerationParams(max_new_tokens=12, repetition_penalty=1.3)
+    prompts = {"long": _long_prompt(tok, 50), "short": tok(PROMPTS[0])["input_ids"], "mid": _long_prompt(tok, 20)}
+    core.submit(GenRequest("short", prompts["short"], params))
+    core.step()
+    core.step()  # "short" is decoding
+    core.submit(GenRequest("long", prompts["long"], params))
+    core.step()
+    long_row = next(r for r in core.rows if r.req.id == "long")
+    assert 0 < long_row.cached < len(prompts["long"])  # prefilled in chunks...
+    core.submit(GenRequest("mid", prompts["mid"], params))  # ...and another request joins mid-prefill
+    core.step()
+    assert all(r.prefilling for r in core.rows if r.req.id in ("long", "mid"))
+    while core.step():
+        pass
+    for rid, ids in prompts.items():
+        ref = reference(model, ids, do_sample=False, max_new_tokens=12, repetition_penalty=1.3)
+        end = rec.end(rid)
+        assert end["text"] == tok.decode(ref, skip_special_tokens=True) == rec.tokens(rid), rid
+        assert end["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(ref)}
+    assert core.cache is None and core.rows == []
+
+
+def test_prefill_never_stalls_decoding_streams_and_keeps_the_budget(model_dir: Path) -> None:
+    tok = tiny_tokenizer()
+    rec = Recorder()
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8), rec.emit)
+    core.ensure_model()
+    for i in range(3):
+        core.submit(GenRequest(f"d{i}", tok(PROMPTS[0])["input_ids"][:5], GenerationParams(max_new_tokens=60)))
+    core.step()  # nobody decodes yet: the three 5-token prompts go in one step (8x the budget when idle)
+    assert core.steps == 1 and all(not r.prefilling and r.generated == 1 for r in core.rows)
+    core.submit(GenRequest("long", _long_prompt(tok, 60), GenerationParams(max_new_tokens=4)))
+    sizes = []
+    while any(r.prefilling for r in core.rows) or core.waiting:
+        before = {r.req.id: r.generated for r in core.rows if r.req.id != "long"}
+        cached = sum(r.cached for r in core.rows if r.req.id == "long")
+        core.step()
+        after = {r.req.id: r.generated for r in core.rows if r.req.id != "long"}
+        assert all(after[k] == before[k] + 1 for k in before)  # a token for every stream each step
+        sizes.append(sum(r.cached for r in core.rows if r.req.id == "long") - cached)
+    assert sizes[:-1] == [5] * (len(sizes) - 1) and 1 <= sizes[-1] <= 5  # 8 - 3 decoding = 5 prompt tokens
+    while core.step():
+        pass
+    assert rec.end("long")["usage"]["completion_tokens"] == 4
+
+
+def test_cancel_during_chunked_prefill_lands_within_one_step(model_dir: Path) -> None:
+    tok = tiny_tokenizer()
+    rec = Recorder()
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8), rec.emit)
+    core.ensure_model()
+    core.submit(GenRequest("a", tok(PROMPTS[1])["input_ids"], GenerationParams(max_new_tokens=50)))
+    core.submit(GenRequest("long", _long_prompt(tok, 80), GenerationParams(max_new_tokens=5)))
+    for _ in range(3):
+        core.step()
+    row = next(r for r in core.rows if r.req.id == "long")
+    assert row.prefilling and row.cached > 0
+    core.cancel("long")
+    core.step()
+    end = rec.end("long")
+    assert end["reason"] == "cancelled" and end["usage"]["completion_tokens"] == 0 and rec.tokens("long") == ""
+    assert [r.req.id for r in core.rows] == ["a"]  # the other stream goes on, the slot is free again
+    core.submit(GenRequest("b", tok(PROMPTS[2])["input_ids"], GenerationParams(max_new_tokens=3)))
+    while core.step():
+        pass
+    assert rec.end("b")["reason"] in ("length", "eos") and rec.end("a")["reason"] in ("length", "eos")
 
 
 def _submit(
@@ -222,11 +343,74 @@ def test_requests_arriving_together_share_one_prefill(model_dir: Path) -> None:
     params = GenerationParams(max_new_tokens=16, repetition_penalty=1.2)
     for i, prompt in enumerate(PROMPTS):
         core.submit(GenRequest(str(i), tok(prompt)["input_ids"], params))
-    core.step()  # one padded prefill for all three, then one decode step
-    assert len(core.rows) == 3 and all(r.generated == 2 for r in core.rows)
+    core.step()  # one forward pass prefills all three and samples their first tokens
+    assert core.steps == 1 and len(core.rows) == 3 and all(r.generated == 1 for r in core.rows)
+    core.step()  # the next decodes all three together
+    assert core.steps == 2 and all(r.generated == 2 for r in core.rows)
     while core.step():
         pass
     for i, prompt in enumerate(PROMPTS):
         ids = tok(prompt)["input_ids"]
         ref = reference(model, ids, do_sample=False, max_new_tokens=16, repetition_penalty=1.2)
         assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_batched_greedy_equals_generate(model_dir: Path) -> None:
+    tok = tiny_tokenizer()
+    rec = Recorder()
+    cfg = EngineConfig(model=str(model_dir), precision="bf16", device="cuda", step_tokens=8)
+    core = EngineCore(cfg, rec.emit)
+    core.ensure_model()
+    assert core.loaded.device.type == "cuda" and next(core.loaded.model.parameters()).dtype == torch.bfloat16
+    params = GenerationParams(max_new_tokens=16)
+    prompts = [tok(p)["input_ids"] for p in PROMPTS] + [_long_prompt(tok, 40)]
+    for i, ids in enumerate(prompts):
+        core.submit(GenRequest(str(i), ids, params))
+        core.step()
+    while core.step():
+        pass
+    model = core.loaded.model
+    for i, ids in enumerate(prompts):
+        x = torch.tensor([ids], device="cuda")
+        out = model.generate(
+            x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=16, pad_token_id=tok.eos_token_id
+        )[0, len(ids) :].tolist()
+        ref = out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+        assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True), i
+
+
+def test_requests_sent_together_from_idle_share_the_first_step(model_dir: Path) -> None:
+    """Waking from idle, the engine waits `coalesce_s` for more commands before its first step: a second
+    request that is only just behind the first is prefilled with it instead of a step later."""
+    import queue as queue_mod
+
+    tok = tiny_tokenizer()
+    params = GenerationParams(max_new_tokens=2)
+
+    class Inbox:  # the second submit is "in flight": only a waiting get() sees it
+        def __init__(self) -> None:
+            self.items = [
+                ("submit", GenRequest("a", tok(PROMPTS[0])["input_ids"], params)),
+                ("submit", GenRequest("b", tok(PROMPTS[1])["input_ids"], params)),
+            ]
+            self.gets = 0
+
+        def get(self, timeout: float | None = None) -> tuple[Any, ...]:
+            self.gets += 1
+            if self.items and (self.gets == 1 or (timeout or 0) > 0):
+                return self.items.pop(0)
+            if self.gets > 50:
+                return ("shutdown",)
+            raise queue_mod.Empty
+
+        def get_nowait(self) -> tuple[Any, ...]:
+            return self.get(0)
+
+    order: list[tuple[str | None, str]] = []
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32"), lambda r, k, d: order.append((r, k)))
+    core.ensure_model()
+    core.run(Inbox())
+    started = [r for r, k in order if k == "started"]
+    first_token = next(i for i, (_, k) in enumerate(order) if k in ("token", "end"))
+    assert started == ["a", "b"] and order.index(("b", "started")) < first_token

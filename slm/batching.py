@@ -1,0 +1,205 @@
+"""Packed forward passes for the chat engine: the tokens of many requests in ONE model call.
+
+Each engine step feeds the model a single sequence (batch 1) that packs one new token of every decoding
+request followed by chunks of prompt tokens of requests still being prefilled. The linear layers (nearly
+all the compute and all the weight reads) see them all at once; only attention has to keep the requests
+apart. A custom attention function registered with transformers' `AttentionInterface` ("slm_packed")
+does that: it writes each token's key/value into its request's slot of a `SlotCache` ([slots, heads,
+window, head_dim] per layer, memory committed only where written, nothing ever copied) and attends each request over
+its own keys only: every decoding row in one SDPA call (a length mask), each prefill chunk in one causal
+SDPA call over its slot.
+
+It works for transformers decoders that route attention through `AttentionInterface` (GPT-2, Llama,
+Qwen, ...). Called without a plan (`generate`, perplexity), a model set to "slm_packed" runs plain SDPA.
+No Django here.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTN_IMPLEMENTATION = "slm_packed"
+_registered = False
+
+
+class SlotCache:
+    """Keys/values of the running requests: one slot per request, per layer [slots, heads, max_len, dim].
+
+    Every slot can hold the whole context window from the start, so nothing is ever grown or copied. On
+    the CPU the buffers are anonymous memory maps: the OS hands out zero pages and commits memory only
+    where keys are written, so the resident size follows the tokens actually cached, not the window."""
+
+    def __init__(self, slots: int, max_len: int) -> None:
+        self.slots = slots
+        self.max_len = max_len
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self._maps: list[mmap.mmap] = []
+
+    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if like.device.type != "cpu":
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
+        nbytes = math.prod(shape) * like.element_size()
+        mm = mmap.mmap(-1, nbytes)  # zero-filled, committed page by page on first write
+        self._maps.append(mm)
+        return torch.frombuffer(mm, dtype=like.dtype).view(shape)
+
+    def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The buffers of layer `idx` (allocated on first use, shaped after `like` [1, heads, M, dim])."""
+        while len(self.keys) <= idx:
+            shape = (self.slots, like.shape[1], self.max_len, like.shape[3])
+            self.keys.append(self._buffer(shape, like))
+            self.values.append(self._buffer(shape, like))
+        return self.keys[idx], self.values[idx]
+
+
+@dataclass
+class Chunk:
+    slot: int
+    start: int  # index of its first token in the packed input
+    length: int
+    cached: int  # tokens of this request already in the cache before this chunk
+
+
+@dataclass
+class _DecodeGroup:
+    rows: torch.Tensor | slice  # packed indices of the group's decoding tokens
+    lo: int  # the group attends over slots lo..hi-1
+    hi: int
+    scatter: torch.Tensor | None  # slot - lo of each row, None when the rows are exactly slots lo..hi-1
+    mask: torch.Tensor | None  # [hi - lo, 1, 1, width]: the keys each slot may see; None: all
+    width: int
+
+    @classmethod
+    def build(cls, members: list[int], slots: list[int], lengths: list[int], device: torch.device) -> _DecodeGroup:
+        members = sorted(members, key=lambda i: slots[i])
+        group_slots = [slots[i] for i in members]
+        lo, hi = group_slots[0], group_slots[-1] + 1
+        width = max(lengths[i] for i in members)
+        seen = [1] * (hi - lo)  # slots in the range outside the group look at one (finite) key
+        for i in members:
+            seen[slots[i] - lo] = lengths[i]
+        contiguous = members == list(range(members[0], members[0] + len(members)))
+        rows: torch.Tensor | slice = (
+            slice(members[0], members[-1] + 1) if contiguous else torch.tensor(members, device=device)
+        )
+        identity = group_slots == list(range(lo, hi))
+        scatter = None if identity else torch.tensor([s - lo for s in group_slots], device=device)
+        mask = None
+        if min(seen) < width:
+            mask = (torch.arange(width, device=device)[None, :] < torch.tensor(seen, device=device)[:, None])[
+                :, None, None, :
+            ]
+        return cls(rows, lo, hi, scatter, mask, width)
+
+
+@dataclass
+class StepPlan:
+    """Where each packed token belongs, built by the engine before the forward pass."""
+
+    cache: SlotCache
+    slots: torch.Tensor  # [M] slot of each packed token
+    positions: torch.Tensor  # [M] its position in its request
+    dec_slots: list[int]  # slots of the decoding rows, whose tokens come first in the packed input
+    dec_lengths: list[int]  # keys each decoding row attends to (its new token included)
+    chunks: list[Chunk] = field(default_factory=list)
+    _groups: list[_DecodeGroup] | None = None
+    _causal: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def _decode_groups(self, device: torch.device) -> list[_DecodeGroup]:
+        """Decoding rows grouped by context length (a group's rows are within 2x + 32 tokens of each other),
+        so a long conversation does not make every short one attend over its width. Built once per step."""
+        if self._groups is None:
+            order = sorted(range(len(self.dec_slots)), key=lambda i: self.dec_lengths[i])
+            groups: list[list[int]] = []
+            for i in order:
+                if groups and self.dec_lengths[i] <= 2 * self.dec_lengths[groups[-1][0]] + 32:
+                    groups[-1].append(i)
+                else:
+                    groups.append([i])
+            self._groups = [_DecodeGroup.build(g, self.dec_slots, self.dec_lengths, device) for g in groups]
+        return self._groups
+
+    def attend(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+    ) -> torch.Tensor:
+        """query/key/value [1, heads, M, dim] of the packed tokens -> attention output [1, M, heads, dim]."""
+        k_all, v_all = self.cache.layer(layer, key)
+        k_all[self.slots, :, self.positions] = key[0].transpose(0, 1)
+        v_all[self.slots, :, self.positions] = value[0].transpose(0, 1)
+        gqa = query.shape[1] != key.shape[1]
+        out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [M, heads, dim]
+        for g in self._decode_groups(query.device) if self.dec_slots else ():
+            q = query[0, :, g.rows].transpose(0, 1).unsqueeze(2)  # [n, heads, 1, dim]
+            if g.scatter is not None:  # slots lo..hi-1 not in the group get a dummy query, discarded
+                full = query.new_zeros(g.hi - g.lo, *q.shape[1:])
+                full[g.scatter] = q
+                q = full
+            k, v = k_all[g.lo : g.hi, :, : g.width], v_all[g.lo : g.hi, :, : g.width]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scaling, enable_gqa=gqa)
+            out[g.rows] = (o if g.scatter is None else o[g.scatter])[:, :, 0]
+        for c in self.chunks:
+            q = query[:, :, c.start : c.start + c.length]
+            total = c.cached + c.length
+            k, v = k_all[c.slot : c.slot + 1, :, :total], v_all[c.slot : c.slot + 1, :, :total]
+            if c.cached == 0:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+            else:
+                causal = self._causal.get(c.start)
+                if causal is None:  # the chunk's queries see the request's cached keys and their own prefix
+                    rows = torch.arange(c.cached, total, device=query.device)[:, None]
+                    causal = self._causal[c.start] = torch.arange(total, device=query.device)[None, :] <= rows
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=scaling, enable_gqa=gqa)
+            out[c.start : c.start + c.length] = o[0].transpose(0, 1)
+        return out.unsqueeze(0)
+
+
+def _packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    plan: StepPlan | None = kwargs.get("slm_plan")
+    if plan is None:  # an ordinary call (generate, perplexity): plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    return plan.attend(module.layer_idx, query, key, value, scaling), None
+
+
+def _packed_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """The engine's plan carries the masking; ordinary calls get SDPA's causal mask."""
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> None:
+    """Registers "slm_packed" with transformers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _packed_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _packed_mask)
+    _registered = True
+
+
+def enable_packed(model: Any) -> Any:
+    """Switches `model` (a transformers PreTrainedModel) to packed attention; returns it."""
+    register()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return model

@@ -1,0 +1,136 @@
+"""Serving precisions for a loaded causal LM: fp32, int8 (CPU), bf16 / fp16 (accelerators).
+
+int8 is weight *and* activation int8 on oneDNN's int8 matmul (`torch.ops.onednn.qlinear_prepack` /
+`qlinear_pointwise`: the kernels torch's own x86 int8 path lowers to; VNNI/AMX where the CPU has them),
+on plain int8 tensors, not the deprecated `torch.ao` quantized tensors (`quantize_dynamic` warns in
+torch 2.13 that it will be removed). Weights are quantized once per output channel (symmetric); each
+activation row gets its own scale at run time and the matmul runs with an activation scale of 1, so the
+integer accumulation is exact and a row's result does not depend on the other rows of the batch: greedy
+replies are the same alone or batched, and a seeded sample is reproducible whatever else runs.
+
+Measured on the GPT-2 124M shape, 1 thread (bench/chat.py and the README): see the engine docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+
+
+def conv1d_to_linear(model: nn.Module) -> nn.Module:
+    """Replaces GPT-2's `Conv1D` layers (a transposed Linear) by equivalent `nn.Linear`, in place."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                lin = nn.Linear(n_in, n_out, bias=True, device=child.weight.device, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(child.weight.t())
+                    lin.bias.copy_(child.bias)
+                setattr(module, name, lin)
+    return model
+
+
+def int8_available() -> bool:
+    """True where oneDNN's int8 linear kernels exist (x86 / ARM builds of torch with oneDNN)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _reduce_range() -> bool:
+    """Without VNNI, x86 int8 dot products go through 16-bit intermediates that saturate; 7-bit weights
+    keep them exact (what fbgemm's reduce_range did)."""
+    try:
+        return not torch.cpu._is_vnni_supported()
+    except AttributeError:  # pragma: no cover - very old or non-x86 builds
+        return False
+
+
+def _signed_activations() -> bool:
+    """int8 activations where the CPU has AMX (oneDNN's fastest kernel there); uint8 with zero point 128
+    elsewhere (VNNI / AVX2 run u8 x s8 natively; an int8 source would fall back to a slow kernel)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+class Int8Linear(nn.Module):
+    """`nn.Linear` with int8 weights (per output channel) and 8-bit activations (per row), on oneDNN."""
+
+    def __init__(self, linear: nn.Linear, reduce_range: bool | None = None, signed: bool | None = None) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        qmax = 63 if (_reduce_range() if reduce_range is None else reduce_range) else 127
+        scale = (w.abs().amax(dim=1) / qmax).clamp(min=1e-12)
+        q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+        self.signed = _signed_activations() if signed is None else signed
+        self.register_buffer("w_scale", scale, persistent=False)
+        self.register_buffer("w_zero", torch.zeros(self.out_features, dtype=torch.long), persistent=False)
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(q, None), persistent=False)
+        bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(self.out_features)
+        self.register_buffer("bias", bias, persistent=False)
+        self._127 = torch.full((), 127.0)
+        # uint8: x -> trunc(x * 127 / max|x| + 128.5) = round(...) + 128 (always >= 1: truncation rounds)
+        self._offset = torch.full((), 128.5)
+        self._zp = 0 if self.signed else 128
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()
+        amax = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (vector_norm(inf) is 20x slower)
+        inv = torch.div(self._127, amax)
+        if self.signed:
+            xq = torch.mul(x2, inv).round_().to(torch.int8)
+        else:
+            xq = torch.addcmul(self._offset, x2, inv).to(torch.uint8)
+        # activation scale 1: the output is the exact integer dot product times the weight scale
+        y = torch.ops.onednn.qlinear_pointwise(
+            xq, 1.0, self._zp, self.packed, self.w_scale, self.w_zero, None, 1.0, 0, torch.float32, "none", [], ""
+        )
+        y = torch.addcmul(self.bias, y, amax, value=1.0 / 127.0)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, signed={self.signed}"
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Every `nn.Linear` (GPT-2's Conv1D first converted, the LM head included) -> `Int8Linear`, in place.
+    The tied input embedding keeps its fp32 weights; the head gets its own int8 copy."""
+    conv1d_to_linear(model)
+    reduce = _reduce_range()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear(child, reduce_range=reduce))
+    return model
+
+
+def apply_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """Returns `model` (already on `device`, eval mode) converted for serving at `precision`."""
+    precision = precision.lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({' | '.join(PRECISIONS)})")
+    if precision == "fp32":
+        return model
+    if precision == "int8":
+        if device.type != "cpu":
+            log.info("int8 is a CPU path; %s keeps fp32 (use bf16 or fp16 there)", device.type)
+            return model
+        if not int8_available():
+            log.warning("int8 needs torch built with oneDNN; serving fp32 instead")
+            return model
+        return quantize_int8(model)
+    return model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
