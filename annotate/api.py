@@ -37,7 +37,12 @@ router = Router(tags=["annotate"])
 class ProjectIn(Schema):
     name: str = Field(..., max_length=200)
     labels: list[str] = Field(..., description="two or more distinct labels")
-    base: str = Field("", description="registry ref the first retrain adapts; default the live sentiment model")
+    base: str = Field(
+        "",
+        description="registry ref the first retrain adapts (default: the live sentiment model), or a bare encoder "
+        "(a registry version pulled with pull_model, a hub id in the HF cache, a directory) the first retrain "
+        "trains a head on",
+    )
     model: str | None = Field(None, description="registry name new versions go to; default the base's name")
     strategy: str = Field("entropy", description=f"one of {', '.join(STRATEGIES)}")
     retrain_every: int = Field(0, ge=0, description="auto retrain after this many new labels (0 = off)")

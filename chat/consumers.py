@@ -239,6 +239,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ParamError as exc:
             await self.send_error("bad_params", str(exc))
             return
+        requested = frame.get("model")
+        if requested is not None and (not isinstance(requested, str) or not requested.strip()):
+            await self.send_error("unknown_model", "'model' must be the name of a chat model the server offers")
+            return
         if await _blocking(streams.rate_limited, self.user.pk, settings.CHAT_RATE_LIMIT_PER_MIN):
             await self.send_error(
                 "rate_limited", f"at most {settings.CHAT_RATE_LIMIT_PER_MIN} messages a minute; wait a little"
@@ -257,9 +261,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if conversation is not None
             else []
         )
+        entry = await database_sync_to_async(self._pick_model)(conversation, requested)
+        if isinstance(entry, str):
+            await self.send_error("unknown_model", entry)
+            return
         params = resolve_seed(params)
         try:
-            backend = await sync_to_async(get_backend, thread_sensitive=False)()
+            backend = await sync_to_async(get_backend, thread_sensitive=False)(entry)
             model_ref, chat_prompt = await sync_to_async(backend.prepare, thread_sensitive=False)(
                 history, prompt, params
             )
@@ -269,10 +277,30 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ModelUnavailable as exc:
             await self.send_error("model_unavailable", str(exc))
             return
-        await self._start(backend, conversation, prompt, params, model_ref, chat_prompt)
+        await self._start(backend, conversation, prompt, params, model_ref, chat_prompt, entry.name)
+
+    @staticmethod
+    def _pick_model(conversation: Any, requested: str | None) -> selectors.ChatModelEntry | str:
+        """The chat model for this message: the one the frame names (it must be offered), else the
+        conversation's, else the default; a string says why there is none."""
+        offered = selectors.chat_models_offered()
+        if requested is not None:
+            entry = selectors.chat_model_get(requested.strip(), offered)
+            if entry is None:
+                names = ", ".join(e.name for e in offered) or "none"
+                return f"no chat model named {requested.strip()[:64]!r} is offered here (offered: {names})"
+            return entry
+        return selectors.chat_model_for(conversation, offered) or "no chat model is offered here; ask an admin"
 
     async def _start(
-        self, backend: Any, conversation: Any, prompt: str, params: GenerationParams, model_ref: str, chat_prompt: Any
+        self,
+        backend: Any,
+        conversation: Any,
+        prompt: str,
+        params: GenerationParams,
+        model_ref: str,
+        chat_prompt: Any,
+        model_name: str = "",
     ) -> None:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -303,6 +331,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 params=params.to_dict(),
                 seed=params.seed,
                 model_ref=model_ref,
+                model_name=model_name,
                 queued=position > 0,
             )
         except Exception:  # e.g. the database went away: the socket stays usable

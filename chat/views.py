@@ -48,13 +48,16 @@ def _conversation_or_404(request: HttpRequest, pk: int) -> Conversation:
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     engine_client.warm()  # the engine loads the model while the user types
+    picker = selectors.chat_model_choices(conversation)
+    current = next((c for c in picker["choices"] if c["name"] == picker["current"]), None)
     defaults = dict(settings.CHAT_DEFAULT_PARAMS)
     limits = dict(settings.CHAT_LIMITS)
-    window = selectors.model_window()
+    window = current["window"] if current else None
     if window:  # a reply can never be longer than the model's window: the control says so
         low, high = limits["max_new_tokens"]
         limits["max_new_tokens"] = (low, min(high, window))
         defaults["max_new_tokens"] = min(defaults["max_new_tokens"], window // 2)
+    entry = selectors.chat_model_get(picker["current"]) if current else None
     return render(
         request,
         "chat/index.html",
@@ -65,10 +68,14 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "defaults": defaults,
             "stop_text": ", ".join(defaults.get("stop") or []),
             "limits": limits,
+            "max_new_tokens_cap": settings.CHAT_LIMITS["max_new_tokens"][1],
             "window": window,
             "presets": PRESETS,
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
-            "building": selectors.model_building(),
+            "building": selectors.model_building(entry),
+            "models": picker["choices"],
+            "model_current": current,
+            "model_lost": picker["lost"],
         },
     )
 
@@ -104,6 +111,24 @@ def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
         services.conversation_rename(conversation=conv, title=request.POST.get("title", ""))
     except ValueError as exc:
         messages.error(request, str(exc))
+    return redirect("chat:conversation", pk=conv.pk)
+
+
+@login_required
+@require_POST
+def conversation_model(request: HttpRequest, pk: int) -> HttpResponse:
+    """Picks the chat model of a conversation (the picker posts here; its next replies use it)."""
+    conv = _conversation_or_404(request, pk)
+    names = [e.name for e in selectors.chat_models_offered()]
+    try:
+        services.conversation_set_model(conversation=conv, model=request.POST.get("model", ""), offered=names)
+    except ValueError as exc:
+        if getattr(request, "htmx", False) or request.headers.get("Accept") == "application/json":
+            return HttpResponse(str(exc), status=422, content_type="text/plain")
+        messages.error(request, str(exc))
+        return redirect("chat:conversation", pk=conv.pk)
+    if getattr(request, "htmx", False) or request.headers.get("Accept") == "application/json":
+        return HttpResponse(status=204)
     return redirect("chat:conversation", pk=conv.pk)
 
 

@@ -233,6 +233,12 @@ CHAT_REMOTE_MODEL = os.environ.get("CHAT_REMOTE_MODEL", "")  # openai backend: "
 # openai backend: also send top_k / repetition_penalty (vLLM, llama.cpp accept them; api.openai.com does not)
 CHAT_REMOTE_SAMPLING_EXTRAS = env_bool("CHAT_REMOTE_SAMPLING_EXTRAS", True)
 CHAT_PRECISION = os.environ.get("CHAT_PRECISION", "int8")  # fp32 | int8 | bf16 | fp16
+# The chat page's model picker offers the model configured above (as "default") plus the enabled chat models
+# an admin lists (admin: Chat models). New conversations start with CHAT_DEFAULT_MODEL (a name offered).
+CHAT_DEFAULT_MODEL = os.environ.get("CHAT_DEFAULT_MODEL", "default")
+# The local engine keeps several models loaded up to this many MB of weights (after CHAT_PRECISION); to load
+# another it unloads the least recently used ones without running streams. 0 = no bound.
+CHAT_MODELS_MEMORY_MB = env_int("CHAT_MODELS_MEMORY_MB", 4096)
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
 CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)
 CHAT_MAX_PROMPT_CHARS = env_int("CHAT_MAX_PROMPT_CHARS", 4000)
