@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test install system-deps lint fmt bench vendor clean-venv
+.PHONY: run test install system-deps lint fmt bench soak vendor clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: install
 	$(PY) bench/annotate.py
 	$(PY) bench/annotate_loop.py
 	$(PY) bench/remote.py
+
+# The production path under load and faults (bench/soak.py): needs DATABASE_URL (PostgreSQL) and REDIS_URL.
+# SOAK_ARGS=--short runs each scenario for a few seconds (CI).
+soak: install
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # Refresh vendored front-end files from the npm registry (versions in static/vendor/VERSIONS).
 vendor:

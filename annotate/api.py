@@ -29,19 +29,20 @@ from annotate.models import Project, TrainingRun
 from slm.active import STRATEGIES
 from slm.registry import RegistryError
 from slmsite.roles import is_admin, is_annotator
+from slmsite.schemas import ErrorOut
 
 router = Router(tags=["annotate"])
-
-
-class ErrorOut(Schema):
-    message: str
-    detail: Any = None
 
 
 class ProjectIn(Schema):
     name: str = Field(..., max_length=200)
     labels: list[str] = Field(..., description="two or more distinct labels")
-    base: str = Field("", description="registry ref the first retrain adapts; default the live sentiment model")
+    base: str = Field(
+        "",
+        description="registry ref the first retrain adapts (default: the live sentiment model), or a bare encoder "
+        "(a registry version pulled with pull_model, a hub id in the HF cache, a directory) the first retrain "
+        "trains a head on",
+    )
     model: str | None = Field(None, description="registry name new versions go to; default the base's name")
     strategy: str = Field("entropy", description=f"one of {', '.join(STRATEGIES)}")
     retrain_every: int = Field(0, ge=0, description="auto retrain after this many new labels (0 = off)")
@@ -230,7 +231,7 @@ def project_list(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 @router.get(
-    "annotate/projects/{project_id}",
+    "annotate/projects/{id:project_id}",
     response={200: ProjectDetailOut, 403: ErrorOut, 404: ErrorOut},
     summary="A project and its last runs",
 )
@@ -242,7 +243,7 @@ def project_detail(request: HttpRequest, project_id: int) -> dict[str, Any]:
 
 
 @router.post(
-    "annotate/projects/{project_id}/items",
+    "annotate/projects/{id:project_id}/items",
     response={201: ItemsOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
     summary="Import items (admin; at most 10,000 per call; gold items need a label)",
 )
@@ -258,7 +259,7 @@ def items_import(request: HttpRequest, project_id: int, payload: ItemsIn) -> tup
 
 
 @router.get(
-    "annotate/projects/{project_id}/next",
+    "annotate/projects/{id:project_id}/next",
     response={200: NextOut, 204: None, 403: ErrorOut, 404: ErrorOut},
     summary="The next item to label, leased to you (204 when nothing is left for you)",
 )
@@ -275,7 +276,7 @@ def next_item(request: HttpRequest, project_id: int) -> Any:
 
 
 @router.post(
-    "annotate/projects/{project_id}/labels",
+    "annotate/projects/{id:project_id}/labels",
     response={201: LabelOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
     summary="Label an item leased to you",
 )
@@ -293,7 +294,7 @@ def label_submit(request: HttpRequest, project_id: int, payload: LabelIn) -> tup
 
 
 @router.post(
-    "annotate/projects/{project_id}/retrain",
+    "annotate/projects/{id:project_id}/retrain",
     response={202: RetrainOut, 403: ErrorOut, 404: ErrorOut},
     summary="Queue a retrain of the project's model (one per project at a time)",
 )
@@ -305,7 +306,7 @@ def retrain(request: HttpRequest, project_id: int) -> tuple[int, dict[str, Any]]
 
 
 @router.post(
-    "annotate/projects/{project_id}/promote",
+    "annotate/projects/{id:project_id}/promote",
     response={200: LiveOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Make a version of the project's model live (admin)",
 )
@@ -324,7 +325,7 @@ def promote(request: HttpRequest, project_id: int, payload: PromoteIn) -> dict[s
 
 
 @router.post(
-    "annotate/projects/{project_id}/rollback",
+    "annotate/projects/{id:project_id}/rollback",
     response={200: LiveOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Go back to the previously live version, or to a given one (admin)",
 )
@@ -338,13 +339,10 @@ def rollback(request: HttpRequest, project_id: int, payload: RollbackIn) -> dict
     return {"live": ref}
 
 
-@router.get("runs/{run_id}", response={200: RunOut, 403: ErrorOut, 404: ErrorOut}, summary="A training run")
+@router.get("runs/{id:run_id}", response={200: RunOut, 403: ErrorOut, 404: ErrorOut}, summary="A training run")
 def run_status(request: HttpRequest, run_id: int) -> dict[str, Any]:
     _annotator(request)
     run = TrainingRun.objects.filter(pk=run_id).select_related("project").first() if 0 < run_id < 2**63 else None
     if run is None:
         raise HttpError(404, f"no run {run_id}")
-    if run.is_active:
-        services.run_reap_stale(project=run.project)
-        run.refresh_from_db()
     return selectors.run_payload(run)

@@ -44,6 +44,13 @@ def retrain_job(run_id: int) -> dict[str, Any]:
         raise
 
 
+def reap_stale_runs_job() -> dict[str, int]:
+    """Scheduled (annotate/cron.py, every ANNOTATE_REAP_INTERVAL_S): fails runs whose worker died, whether
+    or not anyone looks at them (reads never write)."""
+    _fresh_db()
+    return {"reaped": services.run_reap_stale()}
+
+
 def refresh_pool_job(project_id: int) -> dict[str, Any]:
     _fresh_db()
     return pool.pool_refresh(project_id=project_id)

@@ -50,7 +50,14 @@ def pool_refresh(*, project_id: int) -> dict[str, Any]:
     project = Project.objects.get(pk=project_id)
     mv = selectors.serving_version(project)
     if mv is None:
-        Project.objects.filter(pk=project_id).update(pool_error="no model version to score the pool with yet")
+        encoder = selectors.base_encoder(project)
+        why = (
+            f"the base {encoder} is a bare encoder: the first retrain trains its head, until then items come "
+            "in random order"
+            if encoder
+            else "no model version to score the pool with yet"
+        )
+        Project.objects.filter(pk=project_id).update(pool_error=why)
         return {"skipped": "no live version"}
     model = load_classifier(mv.path)
     model_labels = list(model.labels)

@@ -153,7 +153,7 @@ def _parent(project: Project) -> ModelVersion | None:
         parent = selectors.retrain_parent(project)
     except RegistryError as exc:
         raise training.TrainingError(f"the base {project.base} is not in the registry: {exc}") from exc
-    if parent is None:
+    if parent is None and not selectors.base_encoder(project):  # (a bare encoder: a head is trained on it)
         raise training.TrainingError(
             f"nothing to adapt: {project.model_name} has no live version and the project has no base "
             "(set a base, or retrain from scratch)"

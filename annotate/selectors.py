@@ -28,7 +28,7 @@ def render_guidelines(text: str) -> SafeString:
     """Markdown -> HTML, sanitised by nh3 (no scripts, no event handlers, safe links only)."""
     html = markdown.markdown(text or "", extensions=["tables", "fenced_code"])
     clean = nh3.clean(html, tags=_ALLOWED_TAGS, url_schemes={"http", "https", "mailto"}, link_rel="noopener noreferrer")
-    return mark_safe(clean)  # sanitised above  # noqa: S308
+    return mark_safe(clean)  # nosec B308 B703 - sanitised by nh3 just above
 
 
 def projects_for(user: Any) -> QuerySet[Project]:
@@ -223,12 +223,22 @@ def gold_todo(project: Project, limit: int = 50) -> list[Item]:
 
 
 # ------------------------------------------------------------------ runs / versions
+def base_encoder(project: Project) -> str:
+    """The encoder source when the project's base is a bare encoder (no head yet: its first retrain trains
+    one), else ""."""
+    if not project.base or project.family != Project.Family.TRANSFORMER or project.base != project.base_model:
+        return ""
+    from slm.classify.encoders import is_encoder
+
+    return project.base if is_encoder(project.base, registry=get_registry()) else ""
+
+
 def serving_version(project: Project) -> ModelVersion | None:
     """The version that serves this project now (scores its pool, is the reference for promotion): the
-    live version of its registry name, else its base."""
+    live version of its registry name, else its base (unless that is a bare encoder, which cannot classify)."""
     registry = get_registry()
     live = registry.live(project.model_name)
-    if live is not None or not project.base:
+    if live is not None or not project.base or base_encoder(project):
         return live
     try:
         return registry.resolve(project.base)
@@ -238,8 +248,13 @@ def serving_version(project: Project) -> ModelVersion | None:
 
 def retrain_parent(project: Project) -> ModelVersion | None:
     """The version a retrain adapts: the base for the project's first retrain, its live version after that.
-    RegistryError when the base is gone."""
+    On a bare-encoder base: None (train a head on the encoder) for the first retrain and whenever the live
+    version is not one of the project's family (e.g. its model name still serves an n-gram version); its live
+    transformer version after that. RegistryError when the base is gone."""
     retrained = TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).exclude(version="")
+    if base_encoder(project):
+        live = serving_version(project) if retrained.exists() else None
+        return live if live is not None and live.metadata.get("family") == project.family else None
     if project.base and not retrained.exists():
         return get_registry().resolve(project.base)
     return serving_version(project)

@@ -76,18 +76,36 @@ def resolve_base(ref: str) -> ModelVersion:
         raise ValidationError(f"unknown base {ref!r}: {exc}") from exc
 
 
-def _base_and_family(base: str, retrain_from: str, family: str) -> tuple[str, str]:
-    """(base ref to store, the family retrains produce). A given base must resolve; the default (empty)
-    base is the live sentiment model, pinned to its current version when there is one. Retraining from
-    the parent keeps the parent's family."""
-    given = base.strip().removeprefix("registry:")
+def _base_and_family(base: str, retrain_from: str, family: str) -> tuple[str, str, str]:
+    """(base ref to store, the family retrains produce, the encoder when the base is a bare one). A given
+    base must resolve; the default (empty) base is the live sentiment model, pinned to its current version
+    when there is one. Retraining from the parent keeps the parent's family. A bare encoder as the base
+    (bert-base-chinese pulled into the registry, a hub id in the HF cache, a directory: see
+    slm.classify.encoders) makes a transformer project whose first retrain trains a head on it."""
+    from slm.classify.encoders import NotAnEncoder, resolve_encoder
+    from slm.loader import ModelNotAvailable
+
+    given = base.strip()
     if not given:
         name = str(settings.SENTIMENT_MODEL)
         live = get_registry().live_version(name)
         if live is None:  # nothing to pin yet (a fresh install before bootstrap): the name's live version
-            return name, family
+            return name, family, ""
         given = f"{name}@{live}"
-    mv = resolve_base(given)
+    try:
+        encoder = resolve_encoder(given, registry=get_registry())
+    except (NotAnEncoder, ModelNotAvailable) as exc:
+        encoder, why = "", str(exc)
+    if encoder:
+        return encoder, Project.Family.TRANSFORMER, encoder
+    try:
+        mv = resolve_base(given)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"{exc.messages[0]}; nor is it an encoder ({why}). A base is a classifier version in the registry "
+            "or a bare encoder: a registry version pulled with `pull_model`, a hub id in the local Hugging Face "
+            "cache, or a directory"
+        ) from exc
     if retrain_from == Project.RetrainFrom.PARENT:
         parent_family = str(mv.metadata.get("family", ""))
         if parent_family not in (Project.Family.NGRAM, Project.Family.TRANSFORMER):
@@ -96,7 +114,7 @@ def _base_and_family(base: str, retrain_from: str, family: str) -> tuple[str, st
                 "n-gram or transformer version as the base, or retrain from scratch"
             )
         family = parent_family
-    return mv.ref, family
+    return mv.ref, family, ""
 
 
 def check_strategy(strategy: str, family: str) -> None:
@@ -155,16 +173,24 @@ def project_create(
     if len(name) > 200 or len(base_model) > 300 or len(base) > 300:
         raise ValidationError("the name is at most 200 characters, the base and encoder at most 300")
     clean_labels = _clean_labels(labels)
-    base_ref, family = _base_and_family(base, retrain_from, family)
+    base_ref, family, encoder = _base_and_family(base, retrain_from, family)
+    if encoder:  # the base is the encoder a first retrain (or every one, from scratch) trains a head on
+        if base_model.strip() not in ("", base.strip(), encoder):
+            raise ValidationError(
+                f"the base {base.strip()!r} is an encoder already; leave the encoder empty or give the same one"
+            )
+        base_model = encoder
     check_strategy(strategy, family)
-    if retrain_from == Project.RetrainFrom.PARENT and "@" in base_ref:
+    if retrain_from == Project.RetrainFrom.PARENT and "@" in base_ref and not encoder:
         base_labels = [str(x) for x in resolve_base(base_ref).metadata.get("labels") or []]
         if base_labels and sorted(base_labels) != sorted(clean_labels):
             raise ValidationError(
                 f"the label set {clean_labels} differs from the base {base_ref}'s {base_labels}; use the base's "
                 "labels, or retrain from scratch"
             )
-    model_name = (model_name or parse_ref(base_ref)[0]).strip()
+    # new versions go to the base's name; a project on a bare encoder feeds the served sentiment model (its
+    # versions are promoted there when they beat the live one on gold, so the playground and API serve them)
+    model_name = (model_name or (settings.SENTIMENT_MODEL if encoder else parse_ref(base_ref)[0])).strip()
     from slm.registry import _NAME_RE  # the registry's own name rule
 
     if not _NAME_RE.match(model_name):
@@ -726,7 +752,7 @@ def run_fail(*, run_id: int, error: str, from_status: Sequence[str] = TrainingRu
 
 def run_reap_stale(*, project: Project | None = None) -> int:
     """Fails runs whose worker died: running without a heartbeat for ANNOTATE_RUN_STALE_S, or whose RQ job
-    ended failed / vanished. Called by the runs page, the API and every trigger."""
+    ended failed / vanished. Run by a scheduled job (annotate/cron.py) and by every trigger; never by a read."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.ANNOTATE_RUN_STALE_S)
     qs = TrainingRun.objects.filter(status__in=TrainingRun.ACTIVE)

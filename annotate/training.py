@@ -263,6 +263,10 @@ def _train_ngram(job: _Job) -> Trained:
 
 
 def _train_transformer(job: _Job) -> Trained:
+    """A head on the project's encoder (frozen: features once, then head epochs), e.g. the first retrain of
+    a project on a bare encoder. The labels are stored with the version, so a later retrain can warm-start
+    from it."""
+    from slm.classify.adapt import stored_record, write_training_rows
     from slm.classify.train import TrainConfig, train_transformer
     from slm.classify.transformer import TransformerClassifier
     from slm.classify.versions import build_metadata
@@ -280,6 +284,7 @@ def _train_transformer(job: _Job) -> Trained:
         num_threads=2,
         processes=settings.SLM_TRAIN_PROCESSES,
     )
+    rows = [{"text": t, "label": y, "weight": 1.0} for t, y in zip(job.texts, job.labels, strict=True)]
     job.log(f"loading encoder {source} (frozen mode: features once, then {config.epochs} head epochs)")
     try:
         model = TransformerClassifier.from_encoder(source, job.label_names, registry=get_registry())
@@ -304,9 +309,16 @@ def _train_transformer(job: _Job) -> Trained:
         data={"source": "annotate labels", "n_train": result.n_train, "n_val": result.n_val, "n_test": 0},
         curves={"x": "epoch", **result.curves},
         timings=dict(result.timings),
-        description="transformer (frozen encoder + head) retrained from annotate labels",
+        description=f"transformer ({source}, frozen, + head) trained on annotate labels",
+        training_data=stored_record(rows),
     )
-    return result.model, _saver(result.model), meta
+    meta["encoder"] = source
+
+    def write(directory: Path) -> None:
+        result.model.save(directory)
+        write_training_rows(directory, rows)
+
+    return result.model, write, meta
 
 
 # ------------------------------------------------------------------ simulation

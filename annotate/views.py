@@ -118,7 +118,6 @@ def project_create(request: HttpRequest) -> HttpResponse:
 @annotator_required
 def project_detail(request: HttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=pk)
-    services.run_reap_stale(project=project)
     runs = selectors.runs(project, limit=5)
     stats = selectors.project_stats(project, request.user)
     ctx = {
@@ -439,7 +438,6 @@ def simulation(request: HttpRequest, pk: int) -> HttpResponse:
 # ------------------------------------------------------------------ runs
 @annotator_required
 def runs(request: HttpRequest) -> HttpResponse:
-    services.run_reap_stale()
     project = None
     if (project_id := _id(request.GET.get("project"))) is not None:
         project = Project.objects.filter(pk=project_id).first()
@@ -453,8 +451,6 @@ def runs(request: HttpRequest) -> HttpResponse:
 @annotator_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(TrainingRun.objects.select_related("project"), pk=pk)
-    services.run_reap_stale(project=run.project)
-    run.refresh_from_db()
     live = get_registry().live_version(run.project.model_name)  # the pointer, never a stored flag
     ctx = {
         "run": run,

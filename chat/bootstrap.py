@@ -145,6 +145,7 @@ def build_chat_version(
         "data": {"source": "chatterbot-corpus", "languages": list(cfg.languages), "dialogues": len(dialogues)},
         "metrics": metrics,
         "family": "gpt2",
+        "demo": True,  # the offline demo model: the chat page says how to get a real one
         "format": {"user": "User:", "agent": "Agent:", "eos": tokenizer.eos_token, "stop": ["User:"]},
         "tokenizer": {"kind": cfg.tokenizer, "vocab_size": len(tokenizer)},
     }

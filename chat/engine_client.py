@@ -1,8 +1,12 @@
-"""The process-wide chat backend, built from settings: the local engine (slm.engine) or a remote one.
+"""The process-wide chat backends, built from settings and the chat models offered (chat.selectors).
 
-One engine per server process serves every socket. It starts lazily on first use (a spawned child
-process in the default "process" mode) and is rebuilt when the settings it was built from change
-(tests point it at a temporary registry).
+One local engine (slm.engine) per server process serves every local model of the picker (it keeps
+several loaded, up to CHAT_MODELS_MEMORY_MB, least recently used unloaded first); each remote model
+(an OpenAI-compatible server, or TGI / the HF Inference API) gets its own RemoteEngine. A backend is
+handed out for one chat model (`get_backend(entry)`) with the engine's face: prepare / submit / cancel /
+stats. Everything starts lazily on first use (the local engine as a spawned child process in the default
+"process" mode) and is rebuilt when the settings or the model entry it was built from change (tests point
+it at a temporary registry; an admin edits a remote model's URL).
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from typing import Any
 
 from django.conf import settings
 
+from chat.selectors import ChatModelEntry, settings_model
 from slm.engine import Engine, EngineConfig, ModelUnavailable
 from slm.remote import RemoteConfig, RemoteEngine
 
 _lock = threading.Lock()
-_backend: Any = None
-_key: tuple[Any, ...] | None = None
+_engine: Engine | None = None
+_engine_key: tuple[Any, ...] | None = None
+_remotes: dict[str, tuple[tuple[Any, ...], RemoteEngine]] = {}
 
 
-def _settings_key() -> tuple[Any, ...]:
+def _local_key() -> tuple[Any, ...]:
     return (
         settings.CHAT_BACKEND,
         settings.CHAT_MODEL,
@@ -32,34 +38,27 @@ def _settings_key() -> tuple[Any, ...]:
         settings.CHAT_ENGINE_MODE,
         settings.CHAT_ENGINE_THREADS,
         settings.CHAT_STEP_TOKENS,
-        settings.CHAT_REMOTE_URL,
-        settings.CHAT_REMOTE_TOKEN,
-        settings.CHAT_REMOTE_API,
-        settings.CHAT_REMOTE_MODEL,
-        settings.CHAT_REMOTE_TIMEOUT_S,
-        settings.CHAT_REMOTE_SAMPLING_EXTRAS,
+        settings.CHAT_MODELS_MEMORY_MB,
         settings.SLM_DEVICE,
     )
 
 
-def _build() -> Any:
-    if settings.CHAT_BACKEND in ("remote", "openai"):
-        return RemoteEngine(
-            RemoteConfig(
-                url=settings.CHAT_REMOTE_URL,
-                token=settings.CHAT_REMOTE_TOKEN,
-                timeout_s=float(settings.CHAT_REMOTE_TIMEOUT_S),
-                max_concurrent=settings.CHAT_MAX_BATCH,
-                queue_size=settings.CHAT_QUEUE_SIZE,
-                max_prompt_chars=settings.CHAT_MAX_PROMPT_CHARS,
-                # remote = TGI / HF Inference API; openai = /v1/completions or /v1/chat/completions
-                api="tgi" if settings.CHAT_BACKEND == "remote" else settings.CHAT_REMOTE_API,
-                model=settings.CHAT_REMOTE_MODEL,
-                sampling_extras=settings.CHAT_REMOTE_SAMPLING_EXTRAS,
-            )
-        )
-    if settings.CHAT_BACKEND != "local":
-        raise ModelUnavailable(f"unknown CHAT_BACKEND {settings.CHAT_BACKEND!r} (local, remote or openai)")
+def _remote_key(entry: ChatModelEntry) -> tuple[Any, ...]:
+    return (
+        entry.backend,
+        entry.url,
+        entry.token,
+        entry.api,
+        entry.source,
+        settings.CHAT_REMOTE_TIMEOUT_S,
+        settings.CHAT_REMOTE_SAMPLING_EXTRAS,
+        settings.CHAT_MAX_BATCH,
+        settings.CHAT_QUEUE_SIZE,
+        settings.CHAT_MAX_PROMPT_CHARS,
+    )
+
+
+def _build_local() -> Engine:
     cfg = EngineConfig(
         model=settings.CHAT_MODEL,
         registry_root=str(settings.SLM_REGISTRY_DIR),
@@ -69,48 +68,92 @@ def _build() -> Any:
         device=settings.SLM_DEVICE,
         num_threads=settings.CHAT_ENGINE_THREADS or None,
         step_tokens=settings.CHAT_STEP_TOKENS,
+        max_model_bytes=max(0, settings.CHAT_MODELS_MEMORY_MB) * 2**20,
+        preload=settings.CHAT_BACKEND == "local",  # CHAT_MODEL is the default model only with the local backend
     )
     return Engine(cfg, mode=settings.CHAT_ENGINE_MODE)
 
 
-def get_backend() -> Any:
-    """The chat backend for the current settings (Engine, or RemoteEngine for CHAT_BACKEND remote/openai)."""
-    global _backend, _key
-    key = _settings_key()
+def _build_remote(entry: ChatModelEntry) -> RemoteEngine:
+    return RemoteEngine(
+        RemoteConfig(
+            url=entry.url,
+            token=entry.token,
+            timeout_s=float(settings.CHAT_REMOTE_TIMEOUT_S),
+            max_concurrent=settings.CHAT_MAX_BATCH,
+            queue_size=settings.CHAT_QUEUE_SIZE,
+            max_prompt_chars=settings.CHAT_MAX_PROMPT_CHARS,
+            api=entry.api,  # tgi = TGI / HF Inference API; completions / chat = an OpenAI-compatible server
+            model=entry.source,
+            sampling_extras=settings.CHAT_REMOTE_SAMPLING_EXTRAS,
+        )
+    )
+
+
+def local_engine() -> Engine:
+    """The process's local engine for the current settings (rebuilt when they changed)."""
+    global _engine, _engine_key
+    key = _local_key()
     with _lock:
-        if _backend is not None and (_key != key or _backend.closed):
-            old, _backend = _backend, None
+        if _engine is not None and (_engine_key != key or _engine.closed):
+            old, _engine = _engine, None
             old.close()
-        if _backend is None:
-            _backend = _build()
-            _key = key
-        return _backend
+        if _engine is None:
+            _engine = _build_local()
+            _engine_key = key
+        return _engine
+
+
+def get_backend(entry: ChatModelEntry | None = None) -> Any:
+    """The backend that serves chat model `entry` (default: the model the settings configure): the local
+    engine bound to its source, or the RemoteEngine of its server."""
+    entry = entry or settings_model()
+    if entry.local:
+        return local_engine().bind(entry.source)
+    if entry.backend not in ("openai", "remote"):
+        raise ModelUnavailable(f"unknown chat backend {entry.backend!r} (local, remote or openai)")
+    key = _remote_key(entry)
+    with _lock:
+        held = _remotes.get(entry.name)
+        if held is not None and (held[0] != key or held[1].closed):
+            del _remotes[entry.name]
+            if not held[1].active_ids():  # its running streams (if any) finish on the old settings
+                held[1].close()
+            held = None
+        if held is None:
+            held = (key, _build_remote(entry))
+            _remotes[entry.name] = held
+        return held[1]
 
 
 def warm() -> None:
-    """Starts the local engine (its process loads the model) ahead of the first message; used when the
-    chat page is rendered. Never raises: problems are reported to the first request."""
+    """Starts the local engine (its process loads the default model) ahead of the first message; used
+    when the chat page is rendered. Never raises: problems are reported to the first request."""
     if not settings.CHAT_ENGINE_WARM or settings.CHAT_BACKEND != "local":
         return
     try:
-        backend = get_backend()
-        if not backend.alive():
-            backend.start()
+        engine = local_engine()
+        if not engine.alive():
+            engine.start()
     except Exception:  # pragma: no cover - reported on first use
         pass
 
 
-def peek_backend() -> Any:
-    """The backend if one was built, without building it."""
-    return _backend
+def peek_backend() -> Engine | None:
+    """The local engine if one was built, without building it."""
+    return _engine
 
 
 def shutdown() -> None:
-    global _backend, _key
+    global _engine, _engine_key
     with _lock:
-        old, _backend, _key = _backend, None, None
+        old, _engine, _engine_key = _engine, None, None
+        remotes = [engine for _, engine in _remotes.values()]
+        _remotes.clear()
     if old is not None:
         old.close()
+    for remote in remotes:
+        remote.close()
 
 
 atexit.register(shutdown)

@@ -4,9 +4,60 @@ from django.conf import settings
 from django.db import models
 
 
+class ChatModel(models.Model):
+    """A chat model the server offers in the chat page's model picker; admins edit the list. The model the
+    settings configure (CHAT_BACKEND, CHAT_MODEL, CHAT_REMOTE_*) is offered too, as `default`, unless a row
+    of that name replaces it (and may switch it off). chat.selectors.chat_models_offered reads both."""
+
+    class Backend(models.TextChoices):
+        LOCAL = "local", "local engine"
+        OPENAI = "openai", "OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI /v1)"
+        REMOTE = "remote", "TGI generate_stream / HF Inference API"
+
+    class Api(models.TextChoices):
+        COMPLETIONS = "completions", "/v1/completions (base models)"
+        CHAT = "chat", "/v1/chat/completions (chat-tuned models)"
+
+    name = models.SlugField(max_length=64, unique=True, help_text="what users pick and conversations store")
+    label = models.CharField(max_length=100, blank=True, default="", help_text="shown in the picker (empty: the name)")
+    backend = models.CharField(max_length=10, choices=Backend.choices, default=Backend.LOCAL)
+    source = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="local: registry:<name>[@version], a save_pretrained directory or a hub id in the HF cache; "
+        "openai: the model name to ask the server for (empty: the first it lists)",
+    )
+    url = models.CharField(
+        max_length=300, blank=True, default="", help_text="openai / remote: the server, e.g. http://gpu-box:8000/v1"
+    )
+    api = models.CharField(max_length=12, choices=Api.choices, default=Api.COMPLETIONS, help_text="openai only")
+    token = models.CharField(max_length=300, blank=True, default="", help_text="API key, sent as Authorization: Bearer")
+    description = models.CharField(max_length=300, blank=True, default="")
+    enabled = models.BooleanField(default=True, help_text="offered in the picker")
+    position = models.PositiveIntegerField(default=0, help_text="order in the picker")
+
+    class Meta:
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.backend == self.Backend.LOCAL and not self.source.strip():
+            raise ValidationError({"source": "a local model needs a source (registry:<name>, a directory or a hub id)"})
+        if self.backend != self.Backend.LOCAL and not self.url.strip().startswith(("http://", "https://")):
+            raise ValidationError({"url": "a remote model needs the server's http(s) URL"})
+
+
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True, default="")
+    model = models.CharField(
+        max_length=64, blank=True, default="", help_text="the chat model picked (a name the picker offers)"
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -38,6 +89,7 @@ class Message(models.Model):
     params = models.JSONField(default=dict, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
     model_ref = models.CharField(max_length=200, blank=True, default="")
+    model_name = models.CharField(max_length=64, blank=True, default="")  # the picker's entry (e.g. "default")
     finish_reason = models.CharField(max_length=16, blank=True, default="")  # eos|length|stop|cancelled|error
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

@@ -47,16 +47,21 @@ def exchange_start(
     seed: int | None,
     model_ref: str,
     queued: bool,
+    model_name: str = "",
 ) -> tuple[Conversation, Message, Message]:
-    """Saves the user's message and an empty agent message (queued or streaming) that the stream fills."""
+    """Saves the user's message and an empty agent message (queued or streaming) that the stream fills;
+    `model_name` (the picker's entry the reply runs on) becomes the conversation's model."""
     prompt = _storable(prompt)
     if params.get("stop"):
         params = {**params, "stop": [_storable(s) for s in params["stop"]]}
     if conversation is None:
-        conversation = Conversation.objects.create(owner=owner, title=_title_from(prompt))
-    elif not conversation.title:
-        conversation.title = _title_from(prompt)
-    conversation.save(update_fields=["title", "updated"])
+        conversation = Conversation.objects.create(owner=owner, title=_title_from(prompt), model=model_name)
+    else:
+        if not conversation.title:
+            conversation.title = _title_from(prompt)
+        if model_name:
+            conversation.model = model_name
+        conversation.save(update_fields=["title", "model", "updated"])
     user_msg = Message.objects.create(conversation=conversation, role=Message.Role.USER, text=prompt)
     agent_msg = Message.objects.create(
         conversation=conversation,
@@ -65,8 +70,19 @@ def exchange_start(
         params=params,
         seed=seed,
         model_ref=model_ref,
+        model_name=model_name,
     )
     return conversation, user_msg, agent_msg
+
+
+@transaction.atomic
+def conversation_set_model(*, conversation: Conversation, model: str, offered: list[str]) -> Conversation:
+    """Picks the chat model for the conversation's next replies; `offered`: the names the server offers."""
+    if model not in offered:
+        raise ValueError(f"no chat model named {model!r} is offered here")
+    conversation.model = model
+    conversation.save(update_fields=["model"])
+    return conversation
 
 
 @transaction.atomic

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import redis
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -11,9 +14,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import engine_client, metrics, selectors, services  # noqa: F401  (metrics: registers the chat series for /metrics)
-from chat.consumers import keep_detached_alive, stop_detached
 from chat.models import Conversation, Message
+from chat.streams import keep_detached_alive, stop_detached
 from slmsite import confirm
+
+log = logging.getLogger(__name__)
 
 PRESETS = [
     {
@@ -43,13 +48,16 @@ def _conversation_or_404(request: HttpRequest, pk: int) -> Conversation:
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     engine_client.warm()  # the engine loads the model while the user types
+    picker = selectors.chat_model_choices(conversation)
+    current = next((c for c in picker["choices"] if c["name"] == picker["current"]), None)
     defaults = dict(settings.CHAT_DEFAULT_PARAMS)
     limits = dict(settings.CHAT_LIMITS)
-    window = selectors.model_window()
+    window = current["window"] if current else None
     if window:  # a reply can never be longer than the model's window: the control says so
         low, high = limits["max_new_tokens"]
         limits["max_new_tokens"] = (low, min(high, window))
         defaults["max_new_tokens"] = min(defaults["max_new_tokens"], window // 2)
+    entry = selectors.chat_model_get(picker["current"]) if current else None
     return render(
         request,
         "chat/index.html",
@@ -60,10 +68,14 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "defaults": defaults,
             "stop_text": ", ".join(defaults.get("stop") or []),
             "limits": limits,
+            "max_new_tokens_cap": settings.CHAT_LIMITS["max_new_tokens"][1],
             "window": window,
             "presets": PRESETS,
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
-            "building": selectors.model_building(),
+            "building": selectors.model_building(entry),
+            "models": picker["choices"],
+            "model_current": current,
+            "model_lost": picker["lost"],
         },
     )
 
@@ -104,6 +116,24 @@ def conversation_rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def conversation_model(request: HttpRequest, pk: int) -> HttpResponse:
+    """Picks the chat model of a conversation (the picker posts here; its next replies use it)."""
+    conv = _conversation_or_404(request, pk)
+    names = [e.name for e in selectors.chat_models_offered()]
+    try:
+        services.conversation_set_model(conversation=conv, model=request.POST.get("model", ""), offered=names)
+    except ValueError as exc:
+        if getattr(request, "htmx", False) or request.headers.get("Accept") == "application/json":
+            return HttpResponse(str(exc), status=422, content_type="text/plain")
+        messages.error(request, str(exc))
+        return redirect("chat:conversation", pk=conv.pk)
+    if getattr(request, "htmx", False) or request.headers.get("Accept") == "application/json":
+        return HttpResponse(status=204)
+    return redirect("chat:conversation", pk=conv.pk)
+
+
+@login_required
+@require_POST
 def conversation_delete(request: HttpRequest, pk: int) -> HttpResponse:
     conv = _conversation_or_404(request, pk)
     if not confirm.confirmed(request):  # deleting is permanent: ask first
@@ -136,7 +166,10 @@ def message(request: HttpRequest, pk: int) -> HttpResponse:
     reply whose page was reloaded (detached stream) generating."""
     msg = _message_or_404(request, pk)
     if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING):
-        keep_detached_alive(msg.pk)
+        try:
+            keep_detached_alive(msg.pk)
+        except redis.RedisError:  # the reply may stop after its grace; the page still shows what exists
+            log.warning("chat: could not extend the grace of detached message %s", msg.pk)
     return render(request, "chat/index.html#message", {"m": msg})
 
 
@@ -146,7 +179,12 @@ def message_stop(request: HttpRequest, pk: int) -> HttpResponse:
     """Stops a reply that goes on after its page was reloaded (the reloaded page follows it by polling and
     has no socket of its own to send "stop" on). 202 when it is being stopped, 409 when it is not running."""
     msg = _message_or_404(request, pk)
-    if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING) and stop_detached(msg.pk):
+    try:
+        stopped = msg.status in (Message.Status.QUEUED, Message.Status.STREAMING) and stop_detached(msg.pk)
+    except redis.RedisError:
+        log.exception("chat: could not stop detached message %s", msg.pk)
+        return HttpResponse("the server cannot reach its Redis; try again", status=503, content_type="text/plain")
+    if stopped:
         return HttpResponse(status=202)
     return HttpResponse("this reply is not running here", status=409, content_type="text/plain")
 

@@ -19,6 +19,7 @@ from pydantic import ConfigDict
 from sentiment import selectors
 from sentiment.inference import InferenceError, get_service
 from slmsite.limits import TextLimitError, texts_check
+from slmsite.schemas import ErrorOut
 
 router = Router(tags=["sentiment"])
 
@@ -29,7 +30,13 @@ class PredictIn(Schema):
         json_schema_extra={"example": {"texts": ["这家酒店的服务非常好，下次还会再来。", "送餐太慢了，饭菜都凉了。"]}}
     )
 
-    texts: list[str] = Field(..., description="Texts to classify (1 to SENTIMENT_MAX_TEXTS).")
+    # The view checks these (with its own messages: 422 empty, 413 too many/too long); the schema states them
+    # so that clients and schemathesis know an empty list or a blank text is refused.
+    texts: list[str] = Field(
+        ...,
+        description="Texts to classify (1 to SENTIMENT_MAX_TEXTS, each non-blank, at most SENTIMENT_MAX_TEXT_CHARS).",
+        json_schema_extra={"minItems": 1, "items": {"type": "string", "pattern": "\\S"}},
+    )
     model: str | None = Field(
         None,
         description="A version ('v0003' or 'sentiment@v0003'); omitted or 'live' = the live version.",
@@ -46,11 +53,6 @@ class PredictionOut(Schema):
 class PredictOut(Schema):
     model: str = Field(..., description="name@version that produced the predictions")
     predictions: list[PredictionOut]
-
-
-class ErrorOut(Schema):
-    message: str
-    detail: Any = None
 
 
 class VersionOut(Schema):

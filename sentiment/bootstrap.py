@@ -174,7 +174,7 @@ def training_split(spec: BootstrapSpec) -> Split:
 def build_sentiment(
     registry: Registry, progress: Progress, *, spec: BootstrapSpec | None = None, name: str | None = None
 ) -> list[Candidate]:
-    """Trains and registers the candidates, promotes the best; returns them (best first is not implied)."""
+    """Trains and registers the candidates, promotes the chosen family's (live_candidate); returns them."""
     spec = spec or spec_from_settings()
     name = name or settings.SENTIMENT_MODEL
     started = time.perf_counter()
@@ -190,8 +190,8 @@ def build_sentiment(
     register_candidate(registry, name, ngram, split, parent=parent, extra={"bootstrap": run})
     candidates = [ngram]
     if parent is None and ngram.version is not None:
-        # first run: the fast n-gram model serves at once while the slower candidates train; the best of
-        # all goes live at the end
+        # first run: the fast n-gram model serves at once while the slower candidates train; the chosen
+        # family (live_family) goes live at the end
         registry.promote(name, ngram.version.version)
         progress("n-gram model live; training the transformer", 0.15)
 

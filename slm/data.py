@@ -45,7 +45,7 @@ def load_cached(
     if target.exists():
         return load_from_disk(str(target))
     try:
-        ds = load_dataset(path, name, split=split, data_files=data_files)
+        ds = load_dataset(path, name, split=split, data_files=data_files)  # nosec B615 - builders over local files or the offline HF cache; hub data goes through slm.hub (pinned)
     except Exception as exc:
         raise DataNotAvailable(
             f"dataset {path!r} could not be loaded offline ({type(exc).__name__}: {exc}). "

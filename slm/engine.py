@@ -12,6 +12,12 @@ registry's live pointer and swaps to a newly promoted version once the running b
 requests wait for the swap). Model handling (load, precision, the packed attention switch) is in
 `load_model` / `slm.precision` / `slm.batching`, separate from scheduling.
 
+One engine serves several models: each request names its source (a registry ref, directory or hub id; ""
+= the configured default). Every loaded model has its own KV cache and gets its own packed forward pass
+per step; models stay loaded up to `max_model_bytes` of weights, and loading another first unloads the
+least recently used models that have no running stream (never one that has). When that cannot make room,
+the request waits at the head of the queue until the busy models drain.
+
 `Engine` is the facade a server process uses: it keeps the bounded FIFO queue accounting (positions,
 `EngineBusy`, one live stream per user key), tokenizes prompts, and runs the core either in its own
 process (mode "process", a multiprocessing *spawn* child fed through queues; torch runs in that
@@ -45,7 +51,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +73,7 @@ from slm.precision import apply_precision, conv1d_to_linear  # noqa: F401 (conv1
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+TOKENIZERS_KEPT = 8  # tokenizers of recently used model versions the server process keeps
 IDLE_PREFILL_FACTOR = 8  # with no stream decoding, a step may prefill this many budgets' worth of prompt
 
 
@@ -88,16 +95,18 @@ class ModelUnavailable(EngineError):
 
 @dataclass
 class EngineConfig:
-    model: str = "registry:chat"  # registry:<name>[@version] | local dir | hub id
+    model: str = "registry:chat"  # the default source: registry:<name>[@version] | local dir | hub id
     registry_root: str | None = None
     precision: str = "int8"  # fp32 | int8 | bf16 | fp16
-    max_batch: int = 8
+    max_batch: int = 8  # streams decoding at once, all models together
     queue_size: int = 32
     device: str = "auto"
     num_threads: int | None = None  # torch threads in the engine (None: leave as is)
     swap_check_s: float = 1.0  # how often the live pointer is re-read
     step_tokens: int = 32  # tokens per forward pass: one per decoding stream + prompt chunks (prefill)
     coalesce_s: float = 0.005  # from idle, requests arriving within this of each other share the first step
+    max_model_bytes: int = 0  # weights of the models kept loaded together (0: no bound); LRU idle ones go first
+    preload: bool = True  # load `model` when the engine starts (else on its first request)
 
 
 @dataclass
@@ -108,6 +117,7 @@ class GenRequest:
     prompt_text: str = ""
     model_ref: str = ""  # the tokenizer the ids came from; re-encoded if the engine runs another
     submitted: float = field(default_factory=time.perf_counter)
+    source: str = ""  # the model to run (registry ref, directory or hub id); "" = the configured default
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -120,6 +130,8 @@ class LoadedModel:
     eos_ids: set[int]
     device: torch.device
     min_step_s: float = 0.0  # version metadata serving.min_step_s: paces streaming (demos, browser tests)
+    source: str = ""  # what was asked for (e.g. "registry:chat"); `ref` is what it resolved to ("chat@v0002")
+    nbytes: int = 0  # weights and buffers in memory, as loaded (after precision)
 
 
 def _registry(cfg: EngineConfig) -> Any:
@@ -128,25 +140,39 @@ def _registry(cfg: EngineConfig) -> Any:
     return Registry(cfg.registry_root) if cfg.registry_root else None
 
 
-def resolve_ref(cfg: EngineConfig) -> tuple[str, Any]:
-    """(display ref, ResolvedSource) for the configured source at this moment (live pointer read)."""
+def resolve_ref(cfg: EngineConfig, source: str | None = None) -> tuple[str, Any]:
+    """(display ref, ResolvedSource) for `source` (default: the configured model) at this moment (live
+    pointer read)."""
     from slm.loader import ModelNotAvailable, resolve_source
 
     try:
-        src = resolve_source(cfg.model, registry=_registry(cfg))
+        src = resolve_source(source or cfg.model, registry=_registry(cfg))
     except ModelNotAvailable as exc:
         raise ModelUnavailable(str(exc)) from exc
     return src.ref, src
 
 
-def load_tokenizer(cfg: EngineConfig) -> tuple[str, Any, int]:
-    from transformers import AutoConfig, AutoTokenizer
+# transformers' lazy top-level module is not safe to import from two threads at once: the engine thread
+# loading the model while a socket's thread loads the tokenizer got "cannot import name 'AutoConfig'".
+_TRANSFORMERS_IMPORT = threading.Lock()
 
-    ref, src = resolve_ref(cfg)
-    target = str(src.path) if src.path is not None else cfg.model
+
+def transformers_names(*names: str) -> list[Any]:
+    """The named transformers classes, imported under one process-wide lock."""
+    with _TRANSFORMERS_IMPORT:
+        import transformers
+
+        return [getattr(transformers, name) for name in names]
+
+
+def load_tokenizer(cfg: EngineConfig, source: str | None = None) -> tuple[str, Any, int]:
+    AutoConfig, AutoTokenizer = transformers_names("AutoConfig", "AutoTokenizer")  # noqa: N806
+
+    ref, src = resolve_ref(cfg, source)
+    target = str(src.path) if src.path is not None else (source or cfg.model)
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        conf = AutoConfig.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        conf = AutoConfig.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     return ref, tok, _n_positions(conf)
@@ -156,19 +182,48 @@ def _n_positions(conf: Any) -> int:
     return int(getattr(conf, "n_positions", None) or getattr(conf, "max_position_embeddings", None) or 1024)
 
 
-def load_model(cfg: EngineConfig) -> LoadedModel:
-    """Loads the configured source (registry ref, directory or hub id from the local cache) for serving:
-    eval mode, on the picked device, at the configured precision, with packed attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# bytes in memory per byte of fp32 weights on disk, by serving precision (int8: weights 1/4, plus the
+# fp32 embeddings and norms it keeps); an estimate used only to make room before a load
+_PRECISION_SHARE = {"fp32": 1.0, "int8": 0.35, "bf16": 0.5, "fp16": 0.5}
+
+
+def estimate_bytes(path: Any, precision: str) -> int:
+    """Memory a model directory will take once loaded, from its weight files' sizes."""
+    from pathlib import Path
+
+    files = list(Path(path).glob("*.safetensors")) or list(Path(path).glob("*.bin"))
+    return int(sum(f.stat().st_size for f in files) * _PRECISION_SHARE.get(precision, 1.0))
+
+
+def model_bytes(model: Any) -> int:
+    """Bytes held by a loaded model's parameters and buffers (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for t in (*model.parameters(), *model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        try:
+            total += t.numel() * t.element_size()
+        except (RuntimeError, NotImplementedError):  # opaque prepacked tensors
+            total += t.nbytes if hasattr(t, "nbytes") else 0
+    return total
+
+
+def load_model(cfg: EngineConfig, source: str | None = None) -> LoadedModel:
+    """Loads `source` (default: the configured model; a registry ref, directory or hub id from the local
+    cache) for serving: eval mode, on the picked device, at the configured precision, with packed attention."""
+    AutoModelForCausalLM, AutoTokenizer = transformers_names("AutoModelForCausalLM", "AutoTokenizer")  # noqa: N806
 
     from slm.device import pick_device
 
-    ref, src = resolve_ref(cfg)
-    target = str(src.path) if src.path is not None else cfg.model
+    source = source or cfg.model
+    ref, src = resolve_ref(cfg, source)
+    target = str(src.path) if src.path is not None else source
     device = pick_device(cfg.device)
     try:
-        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        model = AutoModelForCausalLM.from_pretrained(target, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except OSError as exc:
         raise ModelUnavailable(f"could not load {ref}: {exc}") from exc
     model.eval()
@@ -179,13 +234,16 @@ def load_model(cfg: EngineConfig) -> LoadedModel:
     eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
     serving = (src.metadata or {}).get("serving") or {}
     pace = float(serving.get("min_step_s") or 0.0)
-    return LoadedModel(ref, model, tok, _n_positions(model.config), eos_ids, device, pace)
+    return LoadedModel(
+        ref, model, tok, _n_positions(model.config), eos_ids, device, pace, source=source, nbytes=model_bytes(model)
+    )
 
 
 # ------------------------------------------------------------------------------------------- core
 @dataclass
 class _Row:
     req: GenRequest
+    lm: LoadedModel  # the model this request runs on
     ids: list[int]  # the prompt
     slot: int
     sampler: LogitsSampler
@@ -207,68 +265,155 @@ class _Row:
         return self.cached < len(self.ids)
 
 
+@dataclass
+class _Lane:
+    """One loaded model: its KV cache and the live-pointer watch of its registry source."""
+
+    loaded: LoadedModel
+    cache: SlotCache | None = None
+    pending_ref: str | None = None  # a newly promoted version, swapped in once the lane has no rows
+    next_check: float = 0.0
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source
+
+
+class _NoRoom(Exception):
+    """Loading a model now would exceed max_model_bytes and every other loaded model has live streams."""
+
+
 class EngineCore:
     """The decode loop. Not thread-safe: one thread drives `run()` (or `step()` in tests).
 
-    One `step()` = one forward pass over a packed input: a token of every decoding row first, then
-    prompt chunks of rows still prefilling, in admission order, up to `cfg.step_tokens` tokens in all (at
-    least a quarter of the budget always goes to prefill, so a full batch cannot starve it). With no row
-    decoding, nothing is stalled by a long step: prompts get `IDLE_PREFILL_FACTOR` budgets at once."""
+    One `step()` = one forward pass per model with requests running: a token of every decoding row
+    first, then prompt chunks of rows still prefilling, in admission order, up to `cfg.step_tokens`
+    tokens in all (at least a quarter of the budget always goes to prefill, so a full batch cannot starve
+    it). With no row decoding, nothing is stalled by a long step: prompts get `IDLE_PREFILL_FACTOR`
+    budgets at once.
+
+    Several models (each request names its source; "" = `cfg.model`) are kept loaded together up to
+    `cfg.max_model_bytes`; to load another, the least recently used models without running streams are
+    unloaded. If that cannot make room (the others are all streaming), the request waits, and so does
+    everything queued behind it (FIFO), so the busy models drain."""
 
     def __init__(self, cfg: EngineConfig, emit: Callable[[str | None, str, dict[str, Any]], None]) -> None:
         self.cfg = cfg
         self.emit = emit
-        self.loaded: LoadedModel | None = None
+        self.lanes: OrderedDict[str, _Lane] = OrderedDict()  # by source, least recently used first
         self.waiting: deque[GenRequest] = deque()
         self.rows: list[_Row] = []  # admission order
-        self.cache: SlotCache | None = None
         self.cancelled: set[str] = set()
-        self._next_check = 0.0
-        self._pending_ref: str | None = None
         self.steps = 0  # forward passes run
 
+    # ---- the default model (what single-model callers and tests look at)
+    @property
+    def loaded(self) -> LoadedModel | None:
+        lane = self.lanes.get(self.cfg.model)
+        return lane.loaded if lane is not None else None
+
+    @property
+    def cache(self) -> SlotCache | None:
+        lane = self.lanes.get(self.cfg.model)
+        return lane.cache if lane is not None else None
+
     # ---- model management
-    def ensure_model(self) -> None:
-        if self.loaded is None:
-            self.loaded = load_model(self.cfg)
-            self.emit(None, "model", {"model": self.loaded.ref})
-            self._next_check = time.monotonic() + self.cfg.swap_check_s
+    def _source(self, req: GenRequest) -> str:
+        return req.source or self.cfg.model
+
+    def _busy(self, source: str) -> bool:
+        return any(r.lm.source == source for r in self.rows)
+
+    def used_bytes(self) -> int:
+        return sum(lane.loaded.nbytes for lane in self.lanes.values())
+
+    def ensure_model(self, source: str | None = None) -> LoadedModel:
+        """The model for `source` (default: the configured one), loaded (making room) if it is not."""
+        source = source or self.cfg.model
+        lane = self.lanes.get(source)
+        if lane is None:
+            lane = self._load_lane(source)
+        self.lanes.move_to_end(source)
+        return lane.loaded
+
+    def _load_lane(self, source: str) -> _Lane:
+        if self.cfg.max_model_bytes and self.lanes:
+            _, src = resolve_ref(self.cfg, source)
+            need = estimate_bytes(src.path, self.cfg.precision) if src.path is not None else 0
+            if not self._make_room(need, keep=source):
+                raise _NoRoom(source)
+        loaded = load_model(self.cfg, source)
+        lane = _Lane(loaded, next_check=time.monotonic() + self.cfg.swap_check_s)
+        self.lanes[source] = lane
+        log.info("chat engine: loaded %s (%s, %.1f MB)", loaded.ref, source, loaded.nbytes / 2**20)
+        self.emit(None, "model", {"model": loaded.ref, "source": source, "bytes": loaded.nbytes})
+        self._make_room(0, keep=source)  # the estimate was low: unload more idle models if that helps
+        return lane
+
+    def _make_room(self, need: int, *, keep: str) -> bool:
+        """Unloads least recently used models without running streams until `need` more bytes fit in
+        cfg.max_model_bytes. False (and nothing unloaded) when even that would not make the room while
+        other models stay loaded; a model larger than the whole budget still loads once it is alone."""
+        budget = self.cfg.max_model_bytes
+        used = sum(lane.loaded.nbytes for src, lane in self.lanes.items() if src != keep)
+        if not budget or used + need <= budget:
+            return True
+        waiting = {self._source(r) for r in self.waiting}
+        idle = [src for src in self.lanes if src != keep and not self._busy(src)]
+        idle.sort(key=lambda src: src in waiting)  # stable: LRU order, models nobody waits for first
+        freeable = sum(self.lanes[src].loaded.nbytes for src in idle)
+        if used - freeable + need > budget and len(idle) < sum(1 for src in self.lanes if src != keep):
+            return False
+        for src in idle:
+            if used + need <= budget:
+                break
+            used -= self.lanes[src].loaded.nbytes
+            self._unload(src)
+        return True
+
+    def _unload(self, source: str) -> None:
+        lane = self.lanes.pop(source)
+        log.info("chat engine: unloaded %s (least recently used)", lane.loaded.ref)
+        self.emit(None, "unloaded", {"model": lane.loaded.ref, "source": source})
+        lane.cache = None
 
     def preload(self) -> None:
-        """Loads the model up front (engine start), so the first message does not wait for it; a
+        """Loads the default model up front (engine start), so the first message does not wait for it; a
         failure here is reported to the first request instead."""
+        if not self.cfg.preload:
+            return
         try:
             self.ensure_model()
         except Exception as exc:
             log.warning("chat engine: model not loaded at start: %s", exc)
 
-    def _watch_live(self, force: bool = False) -> None:
-        """Notices a newly promoted version; swaps once no request is running on the old one. `force`
-        re-reads the live pointer now (a waiting request was prepared for another version)."""
+    def _watch_live(self, force: set[str] | None = None) -> None:
+        """Notices newly promoted versions of the loaded registry models; swaps a model once no request is
+        running on its old version. `force`: sources whose live pointer is re-read now (a waiting request
+        was prepared for another version)."""
         now = time.monotonic()
-        if self.loaded is None or (now < self._next_check and not force):
-            if self._pending_ref is None:
-                return
-        else:
-            self._next_check = now + self.cfg.swap_check_s
-            if not self.cfg.model.startswith("registry:") or "@" in self.cfg.model:
-                return
+        for source, lane in list(self.lanes.items()):
+            if (now >= lane.next_check or source in (force or ())) and source.startswith("registry:"):
+                lane.next_check = now + self.cfg.swap_check_s
+                if "@" in source:
+                    continue
+                try:
+                    ref, _ = resolve_ref(self.cfg, source)
+                except ModelUnavailable:
+                    continue
+                lane.pending_ref = ref if ref != lane.loaded.ref else None
+            if lane.pending_ref is None or self._busy(source):
+                continue
+            old = lane.loaded.ref
             try:
-                ref, _ = resolve_ref(self.cfg)
-            except ModelUnavailable:
-                return
-            self._pending_ref = ref if ref != self.loaded.ref else None
-        if self._pending_ref is not None and not self.rows:
-            old = self.loaded.ref if self.loaded else None
-            try:
-                new = load_model(self.cfg)
+                new = load_model(self.cfg, source)
             except Exception as exc:  # keep serving the old version
-                log.warning("chat engine: could not load %s: %s", self._pending_ref, exc)
-                self._pending_ref = None
-                return
-            self.loaded, self._pending_ref = new, None
+                log.warning("chat engine: could not load %s: %s", lane.pending_ref, exc)
+                lane.pending_ref = None
+                continue
+            lane.loaded, lane.pending_ref, lane.cache = new, None, None
             log.info("chat engine: swapped %s -> %s", old, new.ref)
-            self.emit(None, "model", {"model": new.ref})
+            self.emit(None, "model", {"model": new.ref, "source": source, "bytes": new.nbytes})
 
     # ---- commands
     def submit(self, req: GenRequest) -> None:
@@ -283,7 +428,9 @@ class EngineCore:
         keep = deque()
         for req in self.waiting:
             if req.id in self.cancelled:
-                self.emit(req.id, "end", self._end_payload(req, "cancelled", "", 0, 0, None, None))
+                lane = self.lanes.get(self._source(req))
+                ref = lane.loaded.ref if lane is not None else ""
+                self.emit(req.id, "end", self._end_payload(req, ref, "cancelled", "", 0, 0, None, None))
             else:
                 keep.append(req)
         self.waiting = keep
@@ -294,9 +441,10 @@ class EngineCore:
         self.cancelled.clear()
 
     # ---- results
+    @staticmethod
     def _end_payload(
-        self,
         req: GenRequest,
+        ref: str,
         reason: str,
         text: str,
         prompt_tokens: int,
@@ -309,7 +457,7 @@ class EngineCore:
             "text": text,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion},
             "timing": {"ttft_ms": ttft, "tokens_per_s": tps},
-            "model": self.loaded.ref if self.loaded else "",
+            "model": ref,
             "seed": req.params.seed,
         }
 
@@ -320,7 +468,9 @@ class EngineCore:
         ttft = (row.t_first - row.req.submitted) * 1000 if row.t_first else None
         span = row.t_last - row.t_first
         tps = (row.generated - 1) / span if row.generated > 1 and span > 0 else None
-        payload = self._end_payload(row.req, reason, row.decoder.text, row.prompt_tokens, row.generated, ttft, tps)
+        payload = self._end_payload(
+            row.req, row.lm.ref, reason, row.decoder.text, row.prompt_tokens, row.generated, ttft, tps
+        )
         self.emit(row.req.id, "end", payload)
 
     def _remove_rows(self, gone: list[_Row]) -> None:
@@ -328,31 +478,52 @@ class EngineCore:
             return
         ids = {id(r) for r in gone}
         self.rows = [r for r in self.rows if id(r) not in ids]
-        if not self.rows:
-            self.cache = None  # idle: give the KV memory back
+        for source in {r.lm.source for r in gone}:
+            lane = self.lanes.get(source)
+            if lane is not None and not self._busy(source):
+                lane.cache = None  # idle: give the KV memory back
 
     # ---- scheduling
     def _admit(self) -> None:
-        """Admits waiting requests FIFO into free slots; their prompts are prefilled by the next steps."""
-        lm = self.loaded
-        assert lm is not None
-        used = {r.slot for r in self.rows}
-        free = [s for s in range(self.cfg.max_batch) if s not in used]
+        """Admits waiting requests FIFO into free slots (loading their model if needed); their prompts
+        are prefilled by the next steps. Stops at a request whose model must wait (a swap pending, or no
+        room to load it)."""
         t_admit = time.perf_counter()
-        while self.waiting and free and self._pending_ref is None:
-            req = self.waiting.popleft()
+        while self.waiting and len(self.rows) < self.cfg.max_batch:
+            req = self.waiting[0]
+            source = self._source(req)
+            lane = self.lanes.get(source)
+            if lane is None:
+                try:
+                    self._load_lane(source)
+                except _NoRoom:
+                    return
+                except Exception as exc:
+                    self.waiting.popleft()
+                    message = f"the chat model is not available: {exc}"
+                    self.emit(req.id, "error", {"code": "model_unavailable", "message": message})
+                    continue
+                lane = self.lanes[source]
+            if lane.pending_ref is not None:
+                return
+            self.waiting.popleft()
+            self.lanes.move_to_end(source)
+            lm = lane.loaded
             ids = req.prompt_ids
             if req.model_ref and req.model_ref != lm.ref and req.prompt_text:
                 ids = encode_prompt(lm.tokenizer, req.prompt_text)
             if not ids or len(ids) >= lm.n_positions:
                 self.emit(req.id, "error", {"code": "prompt_too_long", "message": "prompt does not fit the model"})
                 continue
+            used = {r.slot for r in self.rows if r.lm is lm}
+            slot = next(s for s in range(self.cfg.max_batch) if s not in used)
             self.emit(req.id, "started", {"model": lm.ref, "prompt_tokens": len(ids)})
             self.rows.append(
                 _Row(
                     req=req,
+                    lm=lm,
                     ids=list(ids),
-                    slot=free.pop(0),
+                    slot=slot,
                     sampler=LogitsSampler(req.params, device=lm.device),
                     decoder=make_detokenizer(lm.tokenizer, req.params.stop),
                     seen=torch.tensor(ids, dtype=torch.long, device=lm.device),
@@ -362,8 +533,7 @@ class EngineCore:
 
     def _accept_token(self, row: _Row, logits: torch.Tensor) -> str | None:
         """Samples the row's next token, streams its text; returns a finish reason or None."""
-        lm = self.loaded
-        assert lm is not None
+        lm = row.lm
         tok = row.sampler.next_token(logits, row.seen)
         now = time.perf_counter()
         if not row.t_first:
@@ -384,11 +554,12 @@ class EngineCore:
             return "length"
         return None
 
-    def _forward_step(self) -> None:
-        """One packed forward pass: a token per decoding row, then prompt chunks within the budget."""
-        lm = self.loaded
-        assert lm is not None
-        decoding = [r for r in self.rows if not r.prefilling]
+    def _forward_step(self, lane: _Lane) -> None:
+        """One packed forward pass of one model: a token per decoding row, then prompt chunks within the
+        budget."""
+        lm = lane.loaded
+        rows = [r for r in self.rows if r.lm is lm]
+        decoding = [r for r in rows if not r.prefilling]
         tokens = [r.last for r in decoding]
         slots = [r.slot for r in decoding]
         positions = [r.cached for r in decoding]
@@ -397,7 +568,7 @@ class EngineCore:
         else:  # nobody waits on this step but the prompts themselves
             budget = max(self.cfg.step_tokens, 1) * IDLE_PREFILL_FACTOR
         chunks: list[tuple[_Row, Chunk]] = []
-        for row in self.rows:
+        for row in rows:
             if budget <= 0:
                 break
             if not row.prefilling:
@@ -415,11 +586,11 @@ class EngineCore:
             if row.cached + c.length == row.prompt_tokens:
                 sampling.append(row)
                 keep.append(c.start + c.length - 1)
-        if self.cache is None:
-            self.cache = SlotCache(self.cfg.max_batch, lm.n_positions)
+        if lane.cache is None:
+            lane.cache = SlotCache(self.cfg.max_batch, lm.n_positions)
         dev = lm.device
         plan = StepPlan(
-            cache=self.cache,
+            cache=lane.cache,
             slots=torch.tensor(slots, dtype=torch.long, device=dev),
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
             dec_slots=[r.slot for r in decoding],
@@ -449,15 +620,25 @@ class EngineCore:
         self.steps += 1
 
     def step(self) -> bool:
-        """One scheduling round: cancels, swap check, admissions, one forward pass. True if work remains."""
+        """One scheduling round: cancels, swap checks, admissions, one forward pass per model with running
+        requests. True if work remains."""
         self._drop_cancelled()
-        loaded_ref = self.loaded.ref if self.loaded else None
-        self._watch_live(force=any(r.model_ref and r.model_ref != loaded_ref for r in self.waiting))
-        if self.waiting and self._pending_ref is None:
+        stale = set()
+        for req in self.waiting:
+            lane = self.lanes.get(self._source(req))
+            if lane is not None and req.model_ref and req.model_ref != lane.loaded.ref:
+                stale.add(lane.source)
+        self._watch_live(force=stale)
+        if self.waiting:
             self._admit()
-        if self.rows:
-            self._forward_step()
+        for lane in list(self.lanes.values()):
+            if any(r.lm is lane.loaded for r in self.rows):
+                self._forward_step(lane)
         return bool(self.rows or self.waiting)
+
+    def pace_s(self) -> float:
+        """The slowest pacing (version metadata serving.min_step_s) among the models running requests."""
+        return max((r.lm.min_step_s for r in self.rows), default=0.0)
 
     def fail_all(self, code: str, message: str) -> None:
         for req in list(self.waiting):
@@ -465,7 +646,9 @@ class EngineCore:
         self.waiting.clear()
         for row in self.rows:
             self.emit(row.req.id, "error", {"code": code, "message": message})
-        self.rows, self.cache = [], None
+        self.rows = []
+        for lane in self.lanes.values():
+            lane.cache = None
 
     def run(
         self, inbox: Any, orphaned: Callable[[], bool] | None = None, flush: Callable[[], None] | None = None
@@ -477,12 +660,13 @@ class EngineCore:
             if flush is not None:
                 flush()
             timeout: float | None = None
+            pace = self.pace_s()
             if not (self.rows or self.waiting):
                 if orphaned is not None and orphaned():
                     return
                 timeout = self.cfg.swap_check_s
-            elif self.loaded is not None and self.loaded.min_step_s:
-                timeout = self.loaded.min_step_s - (time.perf_counter() - last_step)
+            elif pace:
+                timeout = pace - (time.perf_counter() - last_step)
             idle = not (self.rows or self.waiting)
             try:
                 cmd = inbox.get(timeout=timeout) if timeout is not None and timeout > 0 else inbox.get_nowait()
@@ -503,15 +687,12 @@ class EngineCore:
                     cmd = inbox.get(timeout=patience) if patience else inbox.get_nowait()
                 except queue.Empty:
                     cmd = None
-            if self.waiting and self.loaded is None:
-                try:
-                    self.ensure_model()
-                except Exception as exc:
-                    self.fail_all("model_unavailable", f"the chat model is not available: {exc}")
-                    continue
-            if self.loaded is None:
+            if not (self.rows or self.waiting or self.cancelled):
+                if self.lanes:
+                    self._watch_live()  # swap idle models too, so the next request starts on the new version
                 continue
-            if self.loaded.min_step_s and time.perf_counter() - last_step < self.loaded.min_step_s:
+            pace = self.pace_s()
+            if pace and time.perf_counter() - last_step < pace:
                 continue
             last_step = time.perf_counter()
             try:
@@ -560,14 +741,17 @@ class Engine:
         self._lock = threading.Lock()
         self._tickets: dict[str, _Ticket] = {}
         self._users: dict[str, str] = {}
-        self._tokenizers: dict[str, tuple[Any, int]] = {}
+        self._tokenizers: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # by ref, a few recent ones
+        self._tokenizer_lock = threading.Lock()
+        self._views: dict[str, EngineView] = {}
         self._started = False
         self._thread: threading.Thread | None = None
         self._reader: threading.Thread | None = None
         self._proc: Any = None
         self._inbox: Any = None
         self._outbox: Any = None
-        self.model_ref: str | None = None
+        self.model_ref: str | None = None  # the default model's loaded version
+        self.models: dict[str, str] = {}  # source -> loaded version, for every model the engine holds now
         self.closed = False
 
     # ---- lifecycle
@@ -655,8 +839,15 @@ class Engine:
 
     def _dispatch(self, rid: str | None, kind: str, data: dict[str, Any]) -> None:
         if rid is None:
+            source = str(data.get("source") or self.cfg.model)
             if kind == "model":
-                self.model_ref = data.get("model")
+                with self._lock:
+                    self.models[source] = str(data.get("model"))
+                if source == self.cfg.model:
+                    self.model_ref = data.get("model")
+            elif kind == "unloaded":
+                with self._lock:
+                    self.models.pop(source, None)
             return
         with self._lock:
             ticket = self._tickets.get(rid)
@@ -674,23 +865,32 @@ class Engine:
             log.exception("chat engine callback failed")
 
     # ---- requests
-    def tokenizer(self) -> tuple[str, Any, int]:
-        """(ref, tokenizer, context window) of the version new requests will run on."""
-        ref, _ = resolve_ref(self.cfg)
-        cached = self._tokenizers.get(ref)
-        if cached is None:
-            _, tok, n_pos = load_tokenizer(self.cfg)
-            self._tokenizers = {ref: (tok, n_pos)}
-            cached = (tok, n_pos)
+    def tokenizer(self, model: str | None = None) -> tuple[str, Any, int]:
+        """(ref, tokenizer, context window) of the version new requests for `model` (a source; default
+        the configured one) will run on."""
+        ref, _ = resolve_ref(self.cfg, model)
+        # One loader at a time: sockets arriving together used to import transformers concurrently (its lazy
+        # module raised ImportError in some threads) and to load the tokenizer once each.
+        with self._tokenizer_lock:
+            cached = self._tokenizers.get(ref)
+            if cached is None:
+                _, tok, n_pos = load_tokenizer(self.cfg, model)
+                cached = (tok, n_pos)
+                self._tokenizers[ref] = cached
+                while len(self._tokenizers) > TOKENIZERS_KEPT:
+                    self._tokenizers.popitem(last=False)
+            else:
+                self._tokenizers.move_to_end(ref)
         return ref, cached[0], cached[1]
 
     def prepare(
-        self, history: list[tuple[str, str]], user_text: str, params: GenerationParams
+        self, history: list[tuple[str, str]], user_text: str, params: GenerationParams, model: str | None = None
     ) -> tuple[str, ChatPrompt]:
-        """Builds the dialogue prompt for the live model, dropping old turns; raises PromptTooLong.
-        Room for max_new_tokens is reserved, but never more than half the window: a reply asked longer
-        than the window allows ends with reason "length" at its edge instead of refusing every prompt."""
-        ref, tok, n_pos = self.tokenizer()
+        """Builds the dialogue prompt for the live version of `model` (default: the configured one), dropping
+        old turns; raises PromptTooLong. Room for max_new_tokens is reserved, but never more than half the
+        window: a reply asked longer than the window allows ends with reason "length" at its edge instead
+        of refusing every prompt."""
+        ref, tok, n_pos = self.tokenizer(model)
         reserved = min(params.max_new_tokens, n_pos // 2)
 
         def encode(text: str) -> list[int]:
@@ -700,6 +900,16 @@ class Engine:
             history, user_text, encode, max(1, n_pos - reserved), window=n_pos, reserved=reserved
         )
         return ref, prompt
+
+    def bind(self, model: str | None) -> EngineView:
+        """This engine as a backend for one model source (what the chat consumer holds per conversation);
+        one view per source."""
+        model = model or self.cfg.model
+        with self._lock:
+            view = self._views.get(model)
+            if view is None:
+                view = self._views[model] = EngineView(self, model)
+        return view
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -715,9 +925,11 @@ class Engine:
         *,
         user_key: str | None = None,
         model_ref: str = "",
+        model: str | None = None,
     ) -> tuple[str, int]:
-        """Queues a request; returns (request id, queue position: 0 = starts now). Raises EngineBusy
-        when the wait queue is full and AlreadyStreaming when `user_key` has a live stream."""
+        """Queues a request for `model` (a source; default the configured one); returns (request id,
+        queue position: 0 = starts now). Raises EngineBusy when the wait queue is full and AlreadyStreaming
+        when `user_key` has a live stream."""
         if self.closed:
             raise ModelUnavailable("the chat engine is stopped")
         self.start()
@@ -732,7 +944,9 @@ class Engine:
             self._tickets[rid] = _Ticket(callback, user_key)
             if user_key is not None:
                 self._users[user_key] = rid
-        req = GenRequest(rid, list(prompt.ids), params, prompt_text=prompt.text, model_ref=model_ref)
+        req = GenRequest(
+            rid, list(prompt.ids), params, prompt_text=prompt.text, model_ref=model_ref, source=model or ""
+        )
         self._inbox.put(("submit", req))
         return rid, position
 
@@ -743,3 +957,38 @@ class Engine:
     def active_ids(self) -> list[str]:
         with self._lock:
             return list(self._tickets)
+
+
+class EngineView:
+    """An `Engine` seen as the backend of one model: the face the chat consumer uses for every backend
+    (prepare / submit / cancel / stats), with the model source filled in."""
+
+    def __init__(self, engine: Engine, model: str) -> None:
+        self.engine = engine
+        self.model = model
+
+    @property
+    def closed(self) -> bool:
+        return self.engine.closed
+
+    def prepare(
+        self, history: list[tuple[str, str]], user_text: str, params: GenerationParams
+    ) -> tuple[str, ChatPrompt]:
+        return self.engine.prepare(history, user_text, params, model=self.model)
+
+    def submit(
+        self,
+        prompt: ChatPrompt,
+        params: GenerationParams,
+        callback: EventCallback,
+        *,
+        user_key: str | None = None,
+        model_ref: str = "",
+    ) -> tuple[str, int]:
+        return self.engine.submit(prompt, params, callback, user_key=user_key, model_ref=model_ref, model=self.model)
+
+    def cancel(self, rid: str) -> None:
+        self.engine.cancel(rid)
+
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats()

@@ -339,7 +339,7 @@ def _convert_pickled_weights(src: Path, out: Path) -> str:
     import transformers
     from transformers import AutoConfig
 
-    conf = AutoConfig.from_pretrained(src, local_files_only=True)
+    conf = AutoConfig.from_pretrained(src, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     archs = getattr(conf, "architectures", None) or []
     cls = next((getattr(transformers, a) for a in archs if hasattr(transformers, a)), transformers.AutoModel)
     model = cls.from_pretrained(src, local_files_only=True, use_safetensors=False)
@@ -359,7 +359,7 @@ def _fix_wordpiece_lm(directory: Path, conf: Any, tok: Any) -> list[str]:
     cfg_path = directory / "config.json"
     raw = json.loads(cfg_path.read_text())
     gen_path = directory / "generation_config.json"
-    gen = GenerationConfig.from_pretrained(directory) if gen_path.exists() else GenerationConfig.from_model_config(conf)
+    gen = GenerationConfig.from_pretrained(directory) if gen_path.exists() else GenerationConfig.from_model_config(conf)  # nosec B615 - a local directory (a pinned snapshot already on disk)
     for key, value in wanted.items():
         if value is None:
             continue
@@ -458,11 +458,11 @@ def _stage_model(snap: Snapshot, pickles: bool, out: Path, notes: list[str]) -> 
             continue
         _place(snap.path / f, out / f, link=f.endswith(".safetensors"))
     try:
-        conf = AutoConfig.from_pretrained(out, local_files_only=True)
+        conf = AutoConfig.from_pretrained(out, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except Exception as exc:
         raise HubError(f"{label} has no usable config.json: {exc}") from exc
     try:
-        tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(out, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     except Exception as exc:  # weights without a tokenizer cannot be served: say so now, not at first use
         raise HubError(f"{label}: its tokenizer does not load ({type(exc).__name__}: {exc})") from exc
     info["family"] = getattr(conf, "model_type", None) or "unknown"
@@ -504,7 +504,7 @@ def pull_dataset(
     stage = Path(tempfile.mkdtemp(prefix=".pull-", dir=target.parent))
     try:
         try:  # a local folder: README.md `configs`, or splits inferred from file names (train/test/...)
-            ds = load_dataset(str(snap.path), cache_dir=str(stage / ".cache"))
+            ds = load_dataset(str(snap.path), cache_dir=str(stage / ".cache"))  # nosec B615 - a local snapshot folder fetched at a pinned commit by pull_dataset
         except Exception as exc:
             raise HubError(
                 f"dataset {repo_id!r} at {snap.commit[:12]} does not load: {type(exc).__name__}: {exc}"

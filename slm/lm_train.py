@@ -261,7 +261,7 @@ def _train_in_processes(run: _Run) -> TrainResult:
         handlers=handlers,
         should_stop=should_stop,
     ) as (out, result):
-        trained = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+        trained = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     model.load_state_dict(trained.state_dict())
     model.eval()
     return TrainResult(metrics=result["metrics"], history=result["history"], log=lines or result["log"])
@@ -272,8 +272,8 @@ def _process_main(workdir: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     init, spec = training.process_inputs(workdir)
-    model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(init, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+    tokenizer = AutoTokenizer.from_pretrained(init, local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
     result = train_causal_lm(
         model,
         tokenizer,

@@ -28,8 +28,10 @@ from typing import Any
 
 METADATA_FILE = "metadata.json"
 LIVE_FILE = "LIVE.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
+# Names and versions are checked against these (bounded) patterns before any path is built from them: an
+# over-long or malformed one from outside is "not found", never an OSError ("File name too long").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+_VERSION_RE = re.compile(r"v(\d{4,9})\Z")
 
 
 class RegistryError(Exception):
@@ -66,15 +68,34 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     return name, (version or None)
 
 
+def valid_name(name: object) -> bool:
+    """A registry model name: 1-100 of letters, digits, '.', '_', '-' (not starting with '.', '_' or '-')."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
+def valid_version(version: object) -> bool:
+    """A registry version: 'v' and 4 to 9 digits."""
+    return isinstance(version, str) and _VERSION_RE.fullmatch(version) is not None
+
+
+def shorten(value: object, limit: int = 40) -> str:
+    """repr() of a (possibly huge) value from outside, cut for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name):
-        raise RegistryError(f"invalid model name {name!r} (letters, digits, . _ - only)")
+    if not valid_name(name):
+        raise RegistryError(f"invalid model name {shorten(name)} (1-100 letters, digits, . _ - only)")
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, before_write: Callable[[], None] | None = None) -> None:
+        """`before_write` is called just before a version is published or a pointer moves; it may raise to
+        stop the write (the Django side passes a check that the job's RQ worker is still alive)."""
         self.root = Path(root)
         self._lock = threading.Lock()
+        self._before_write = before_write or (lambda: None)
 
     # ----------------------------------------------------------------- reading
     def names(self) -> list[str]:
@@ -89,7 +110,7 @@ class Registry:
             return []
         out = []
         for p in sorted(base.iterdir()):
-            if p.is_dir() and _VERSION_RE.match(p.name) and (p / METADATA_FILE).exists():
+            if p.is_dir() and _VERSION_RE.fullmatch(p.name) and (p / METADATA_FILE).exists():
                 out.append(ModelVersion(name, p.name, p, self._read_metadata(p)))
         return out
 
@@ -102,8 +123,8 @@ class Registry:
                 raise VersionNotFound(
                     f"model {name!r} has no live version (run `manage.py bootstrap_models` or promote one)"
                 )
-        if not _VERSION_RE.match(version):
-            raise VersionNotFound(f"invalid version {version!r} for model {name!r}")
+        if not valid_version(version):
+            raise VersionNotFound(f"invalid version {shorten(version)} for model {name!r} (v and 4-9 digits)")
         path = self.root / name / version
         if not (path / METADATA_FILE).exists():
             raise VersionNotFound(f"model {name!r} has no version {version!r}")
@@ -114,6 +135,7 @@ class Registry:
         return self.get(name, version)
 
     def live_state(self, name: str) -> dict[str, Any]:
+        _check_name(name)
         path = self.root / name / LIVE_FILE
         try:
             return json.loads(path.read_text())
@@ -158,7 +180,7 @@ class Registry:
                     pass
 
     def _next_version(self, name: str) -> str:
-        numbers = [int(m.group(1)) for p in (self.root / name).iterdir() if (m := _VERSION_RE.match(p.name))]
+        numbers = [int(m.group(1)) for p in (self.root / name).iterdir() if (m := _VERSION_RE.fullmatch(p.name))]
         return f"v{(max(numbers) + 1 if numbers else 1):04d}"
 
     def create_version(
@@ -181,6 +203,7 @@ class Registry:
         try:
             write(tmp)
             with self._name_lock(name):
+                self._before_write()
                 version = self._next_version(name)
                 meta = dict(metadata)
                 meta.update({"name": name, "version": version, "created": utcnow_iso()})
@@ -209,6 +232,7 @@ class Registry:
         """Makes `version` live (atomic pointer swap). Promoting the live version is a no-op."""
         mv = self.get(name, version)
         with self._name_lock(name):
+            self._before_write()
             state = self.live_state(name)
             if state.get("version") != version:
                 history = [v for v in state.get("history", []) if v != version] + [version]
@@ -217,7 +241,13 @@ class Registry:
 
     def rollback(self, name: str, version: str | None = None) -> ModelVersion:
         """Goes back to `version`, or to the version that was live before the current one."""
+        _check_name(name)
+        if not (self.root / name).is_dir():
+            raise RegistryError(f"no model {name!r} in the registry")
+        if version is not None:
+            self.get(name, version)  # checked before anything is locked or written
         with self._name_lock(name):
+            self._before_write()
             state = self.live_state(name)
             history: list[str] = list(state.get("history", []))
             current = state.get("version")

@@ -7,10 +7,11 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
-from ninja import NinjaAPI
+from django.views.decorators.csrf import csrf_exempt
 from ninja.errors import HttpError, ValidationError
 from ninja.security import HttpBearer, SessionAuth
 
+from slmsite.schemas import DocumentedAPI
 from slmsite.services import api_token_authenticate
 
 
@@ -33,7 +34,7 @@ class LoggedInSession(SessionAuth):
 
 
 # Bearer first: a token client never needs CSRF (session auth checks CSRF before it looks at the session).
-api = NinjaAPI(title="slm API", version="1", docs_url="/docs", auth=[BearerToken(), LoggedInSession()])
+api = DocumentedAPI(title="slm API", version="1", docs_url="/docs", auth=[BearerToken(), LoggedInSession()])
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> str:
@@ -53,6 +54,13 @@ def _on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResp
 @api.exception_handler(HttpError)
 def _on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return api.create_response(request, {"message": str(exc), "detail": str(exc)}, status=exc.status_code)
+
+
+@csrf_exempt  # answers every method with the same 404; a POST without a CSRF token is no reason for an HTML 403
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under /api/ (e.g. an id that is not one): a JSON 404, not Django's HTML page."""
+    msg = f"no such API endpoint: /api/{rest}"
+    return api.create_response(request, {"message": msg, "detail": msg}, status=404)
 
 
 @api.exception_handler(RequestDataTooBig)

@@ -93,7 +93,10 @@ class StatusWriter:
         return next(r for r in self.doc["builders"] if r["name"] == name)
 
     def update(self, name: str, *, force: bool = False, **fields: Any) -> None:
-        self._row(name).update(fields)
+        row = self._row(name)
+        if "fraction" in fields:  # throttled, but every 5% step is written (a fast stage is still seen)
+            force = force or int(20 * float(fields["fraction"])) != int(20 * float(row.get("fraction") or 0.0))
+        row.update(fields)
         self.write(force=force)
 
     def finish(self, state: str) -> None:

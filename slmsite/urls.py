@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from slmsite import views
-from slmsite.api import api
+from slmsite.api import api, not_found
 
 handler404 = "slmsite.errors.not_found"
 
@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/django-rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    re_path(r"^api/(?P<rest>(?s:.*))\Z", not_found),  # every other /api/ path, newlines included
     path("chat/", include("chat.urls")),
     path("sentiment/", include("sentiment.urls")),
     path("annotate/", include("annotate.urls")),

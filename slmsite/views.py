@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import psutil
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,6 +34,24 @@ def home(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _pool_use() -> dict[str, Any] | None:
+    """This process's PostgreSQL connection pool: bound, open connections, idle ones, waiting requests."""
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        return None
+    stats = pool.get_stats()
+    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    return {
+        "max": pool.max_size,
+        "min": pool.min_size,
+        "open": size,
+        "in_use": size - idle,
+        "idle": idle,
+        "waiting": stats.get("requests_waiting", 0),
+        "timeouts": stats.get("requests_errors", 0),
+    }
+
+
 @login_required
 @require_GET
 def building_status(request: HttpRequest, model: str) -> HttpResponse:
@@ -48,9 +69,24 @@ def _check_database() -> dict[str, Any]:
         with connection.cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
-        return {"ok": True, "vendor": connection.vendor}
+        out: dict[str, Any] = {"ok": True, "vendor": connection.vendor}
+        if (pool := _pool_use()) is not None:
+            out["pool"] = pool
+        return out
     except Exception as exc:  # pragma: no cover - exercised by the failure test
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _worker_alive(worker: Any, host: str) -> bool:
+    """A registered worker counts only while it lives: on this host its pid must exist (a `kill -9` leaves its
+    registration behind until the TTL); elsewhere its heartbeat must be within its TTL."""
+    if worker.hostname == host and worker.pid:
+        try:
+            return psutil.Process(worker.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    beat = worker.last_heartbeat
+    return beat is not None and (timezone.now() - beat).total_seconds() <= worker.worker_ttl + 60
 
 
 def _check_redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,9 +96,13 @@ def _check_redis_and_workers() -> tuple[dict[str, Any], dict[str, Any]]:
 
         conn = django_rq.get_connection("default")
         conn.ping()
-        workers = Worker.all(connection=conn)
+        host = socket.gethostname()
+        workers = [w for w in Worker.all(connection=conn) if _worker_alive(w, host)]
         queues = {name: len(django_rq.get_queue(name)) for name in settings.RQ_QUEUES}
-        info = [{"name": w.name, "queues": w.queue_names(), "state": w.get_state()} for w in workers]
+        info = [
+            {"name": w.name, "queues": w.queue_names(), "state": w.get_state(), "pid": w.pid, "host": w.hostname}
+            for w in workers
+        ]
         return {"ok": True}, {"ok": bool(workers), "count": len(workers), "workers": info, "queued": queues}
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, {"ok": False, "count": 0}

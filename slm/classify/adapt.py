@@ -248,6 +248,23 @@ class StoredRowsNgramClassifier(NgramClassifier):
         write_training_rows(directory, getattr(self, "stored_rows", []))
 
 
+class WithTrainingRows:
+    """Any classifier (e.g. a TransformerClassifier) whose `save` also writes `rows` ({"text", "label",
+    "weight"}) as TRAINING_DATA_FILE, so the version can be warm-started from later; everything else is the
+    wrapped model's."""
+
+    def __init__(self, model: Any, rows: Sequence[dict[str, Any]]) -> None:
+        self.model = model
+        self.rows = list(rows)
+
+    def save(self, directory: str | Path) -> None:
+        self.model.save(directory)
+        write_training_rows(directory, self.rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
 def adapt_ngram(
     parent_dir: str | Path,
     parent_meta: dict[str, Any],

@@ -105,7 +105,7 @@ class OnnxClassifier:
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
         config = json.loads((directory / "config.json").read_text())
         return cls(session, tokenizer, config)
 

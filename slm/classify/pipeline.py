@@ -95,12 +95,27 @@ def fit_transformer(
     *,
     progress: Progress | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    teacher: Any = None,
+    teacher_ref: str = "",
 ) -> Candidate:
+    """Trains a transformer classifier on the split's training texts and scores it on its test texts.
+
+    With a `teacher` (any classifier family) the model is distilled: it learns from the teacher's
+    probabilities on the training texts as well as from the labels (TrainConfig.distill_alpha /
+    distill_temperature). Pruning settings in the config apply before the training."""
     from slm.classify.train import train_transformer
+    from slm.classify.versions import probabilities
 
     started = time.perf_counter()
+    teacher_probs = probabilities(teacher, split.train_texts, model.labels) if teacher is not None else None
     result = train_transformer(
-        model, split.train_texts, split.train_labels, train_config, progress=progress, on_epoch=on_epoch
+        model,
+        split.train_texts,
+        split.train_labels,
+        train_config,
+        progress=progress,
+        on_epoch=on_epoch,
+        teacher_probs=teacher_probs,
     )
     train_s = time.perf_counter() - started
     metrics = _test_metrics(model, split)
@@ -116,6 +131,23 @@ def fit_transformer(
         "n_val": result.n_val,
     }
     n_params = sum(p.numel() for p in model.parameters())
+    description = (
+        f"{train_config.mode} {model.encoder_source}, {n_params / 1e6:.1f}M params, {result.epochs_run} epochs"
+    )
+    compression: dict[str, Any] = {}
+    if teacher is not None:
+        t, a = train_config.distill_temperature, train_config.distill_alpha
+        compression["distilled_from"] = {"ref": teacher_ref, "temperature": t, "alpha": a}
+        description += f", distilled from {teacher_ref or 'a teacher'} (T={t:g}, alpha={a:g})"
+    if result.pruning:
+        compression["pruning"] = result.pruning
+        if "heads_removed" in result.pruning:
+            description += f", {result.pruning['heads_removed']}/{result.pruning['heads_total']} heads pruned"
+        if "weight_sparsity" in result.pruning:
+            description += f", {100 * result.pruning['weight_sparsity']:.0f}% of encoder weights zero"
+    if compression:
+        compression["params"] = n_params
+        config["compression"] = compression
     return Candidate(
         family="transformer",
         model=model,
@@ -123,8 +155,7 @@ def fit_transformer(
         config=config,
         curves=curves,
         timings={"train_s": round(train_s, 2), "eval_s": metrics.get("eval_s", 0.0), **result.timings},
-        description=f"{train_config.mode} {model.encoder_source}, {n_params / 1e6:.1f}M params, "
-        f"{result.epochs_run} epochs",
+        description=description,
     )
 
 

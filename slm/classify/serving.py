@@ -36,7 +36,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from slm.classify.base import Classifier, load_classifier
-from slm.registry import ModelVersion, Registry, RegistryError, VersionNotFound, parse_ref
+from slm.registry import ModelVersion, Registry, RegistryError, VersionNotFound, parse_ref, shorten, valid_version
 
 log = logging.getLogger(__name__)
 
@@ -281,14 +281,16 @@ class InferenceService:
         model = model.strip()
         if model in ("", "live", self.name):
             return None
+        version: str | None = model
         if "@" in model:
             name, version = parse_ref(model)
             if name != self.name:
-                raise UnknownVersion(f"unknown model {name!r}: this service serves {self.name!r}")
+                raise UnknownVersion(f"unknown model {shorten(name)}: this service serves {self.name!r}")
             if version in (None, "live"):
                 return None
-            return version
-        return model
+        if not valid_version(version):  # checked before any path, lock or cache entry exists for it
+            raise UnknownVersion(f"model {self.name!r} has no version {shorten(version)} (versions look like v0003)")
+        return version
 
     def resolve(self, model: str | None = None) -> tuple[ModelVersion, Classifier]:
         version = self.normalise_version(model)
@@ -324,16 +326,17 @@ class InferenceService:
             if hit is not None:
                 self._cache.move_to_end(version)
                 return hit
+        try:  # only versions that exist get a load lock (their number is bounded by the registry)
+            mv = self.registry.get(self.name, version)
+        except RegistryError as exc:
+            raise UnknownVersion(f"model {self.name!r} has no version {version!r}") from exc
+        with self._cache_lock:
             lock = self._load_locks.setdefault(version, threading.Lock())
         with lock:
             with self._cache_lock:
                 hit = self._cache.get(version)
                 if hit is not None:
                     return hit
-            try:
-                mv = self.registry.get(self.name, version)
-            except RegistryError as exc:
-                raise UnknownVersion(f"model {self.name!r} has no version {version!r}") from exc
             try:
                 clf = self.loader(mv)
             except Exception as exc:

@@ -239,10 +239,10 @@ class TransformerClassifier(nn.Module):
         if cfg.get("pruned_heads"):  # smaller attention layers than the encoder's config says: rebuild them
             from transformers import AutoConfig
 
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(directory / "encoder")))
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(directory / "encoder")))  # nosec B615 - a local directory (a saved version)
         else:
-            encoder = AutoModel.from_pretrained(str(directory / "encoder"), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory / "encoder"), local_files_only=True)
+            encoder = AutoModel.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
+        tokenizer = AutoTokenizer.from_pretrained(str(directory / "encoder"), local_files_only=True)  # nosec B615 - local_files_only: reads a local directory, never downloads
         model = cls(
             encoder,
             tokenizer,

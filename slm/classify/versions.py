@@ -60,9 +60,7 @@ def evaluate(
     if unknown:
         raise ValueError(f"labels {unknown} are not known to the model (its labels: {model_labels})")
     started = time.perf_counter()
-    parts = [model.predict_proba(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-    probs = np.concatenate(parts) if parts else np.zeros((0, len(names)))
-    probs = probs[:, [model_labels.index(lab) for lab in names]]
+    probs = probabilities(model, texts, names, batch_size=batch_size)
     metrics = compute_metrics([index[str(x)] for x in labels], probs, labels=names)
     metrics["eval_s"] = round(time.perf_counter() - started, 3)
     metrics["ms_per_text"] = round(1000 * metrics["eval_s"] / max(1, len(texts)), 3)
@@ -86,6 +84,18 @@ def normalize_languages(languages: Sequence[str] | str) -> list[str]:
         if code not in out:
             out.append(code)
     return out
+
+
+def probabilities(
+    model: Classifier, texts: Sequence[str], label_order: Sequence[str], *, batch_size: int = 256
+) -> np.ndarray:
+    """model.predict_proba in batches, columns in `label_order` (the same label set as the model's)."""
+    model_labels = [str(x) for x in model.labels]
+    if sorted(model_labels) != sorted(str(x) for x in label_order):
+        raise ValueError(f"model labels {model_labels} differ from {list(label_order)}")
+    parts = [model.predict_proba(list(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(model_labels)))
+    return probs[:, [model_labels.index(str(lab)) for lab in label_order]]
 
 
 def build_metadata(

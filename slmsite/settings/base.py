@@ -97,8 +97,28 @@ TEMPLATES = [
 
 # --- Database: SQLite (WAL, busy timeout) unless DATABASE_URL is set -------------
 SQLITE_PATH = Path(os.environ.get("SQLITE_PATH", VAR_DIR / "db.sqlite3"))
+# PostgreSQL: each process (daphne, a job) borrows connections from one bounded psycopg pool and gives them
+# back when a request or a sync_to_async call ends (CONN_MAX_AGE must be 0 with a pool). Without a pool
+# (DB_POOL_MAX_SIZE=0), connections are not persistent. Under ASGI every request runs in a thread of its own,
+# so a persistent per-thread connection (the old conn_max_age=60) grew without bound.
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", 1)
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 8)
+DB_POOL_TIMEOUT_S = env_float("DB_POOL_TIMEOUT_S", 30.0)
+DB_APPLICATION_NAME = os.environ.get("DB_APPLICATION_NAME", "slm")
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        DATABASES["default"]["OPTIONS"] = {
+            **DATABASES["default"].get("OPTIONS", {}),
+            "application_name": DB_APPLICATION_NAME,
+        }
+        if DB_POOL_MAX_SIZE > 0:
+            DATABASES["default"]["OPTIONS"]["pool"] = {
+                "min_size": min(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE),
+                "max_size": DB_POOL_MAX_SIZE,
+                "timeout": DB_POOL_TIMEOUT_S,
+                "max_idle": 60.0,
+            }
 else:
     DATABASES = {
         "default": {
@@ -130,11 +150,20 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Periodic jobs (slmsite/cron.py, `rqcron`) go to their own queue with its own worker, so they never wait
+# behind a training run.
+SLM_MAINTENANCE_QUEUE = os.environ.get("SLM_MAINTENANCE_QUEUE", "maintenance")
 RQ_QUEUES = {
     "gpu": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_GPU_JOB_TIMEOUT_S", 6 * 3600)},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": env_int("SLM_JOB_TIMEOUT_S", 3600)},
+    SLM_MAINTENANCE_QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
+# Every worker forks its work horse and scheduler so that they die with it (slmsite/worker.py).
+RQ = {"WORKER_CLASS": "slmsite.worker.Worker"}
 RQ_SHOW_ADMIN_LINK = True
+# `serve` restarts a child that died after this many seconds, doubling up to the maximum while it keeps dying.
+SLM_RESTART_BACKOFF_S = env_float("SLM_RESTART_BACKOFF_S", 1.0)
+SLM_RESTART_BACKOFF_MAX_S = env_float("SLM_RESTART_BACKOFF_MAX_S", 30.0)
 # Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes;
 # `rqworker` (and `serve`) listen on them, so other names get the settings of "gpu" / "default".
 SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
@@ -169,10 +198,14 @@ STORAGES = {
 # the same text in all its job-list templates of django-rq 4.2.0; static/js/admin_compat.js makes that
 # call a no-op, Django's actions.js starts itself); nothing else inline runs.
 DJANGO_RQ_ADMIN_SCRIPT_HASH = "'sha256-1kZe1KRxelr3ptMPsod17Z6BDvbtm4WcufgsZGvsErM='"
+# Pages may connect (fetch, WebSocket) to their own origin only ('self' covers ws:/wss: of the same host and
+# port), plus CHAT_WS_ORIGIN when the chat socket is served from another origin (e.g. wss://ws.example.com).
+CHAT_WS_ORIGIN = os.environ.get("CHAT_WS_ORIGIN", "").strip()
+_CONNECT_SRC = " ".join(["'self'", CHAT_WS_ORIGIN]).strip()
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
     f"default-src 'self'; script-src 'self' {DJANGO_RQ_ADMIN_SCRIPT_HASH}; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self' ws: wss:; font-src 'self'; "
+    f"img-src 'self' data:; connect-src {_CONNECT_SRC}; font-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
 )
 
@@ -203,9 +236,18 @@ CHAT_REMOTE_MODEL = os.environ.get("CHAT_REMOTE_MODEL", "")  # openai backend: "
 # openai backend: also send top_k / repetition_penalty (vLLM, llama.cpp accept them; api.openai.com does not)
 CHAT_REMOTE_SAMPLING_EXTRAS = env_bool("CHAT_REMOTE_SAMPLING_EXTRAS", True)
 CHAT_PRECISION = os.environ.get("CHAT_PRECISION", "int8")  # fp32 | int8 | bf16 | fp16
+# The chat page's model picker offers the model configured above (as "default") plus the enabled chat models
+# an admin lists (admin: Chat models). New conversations start with CHAT_DEFAULT_MODEL (a name offered).
+CHAT_DEFAULT_MODEL = os.environ.get("CHAT_DEFAULT_MODEL", "default")
+# The local engine keeps several models loaded up to this many MB of weights (after CHAT_PRECISION); to load
+# another it unloads the least recently used ones without running streams. 0 = no bound.
+CHAT_MODELS_MEMORY_MB = env_int("CHAT_MODELS_MEMORY_MB", 4096)
 CHAT_MAX_BATCH = env_int("CHAT_MAX_BATCH", 8)
 CHAT_QUEUE_SIZE = env_int("CHAT_QUEUE_SIZE", 32)
 CHAT_MAX_PROMPT_CHARS = env_int("CHAT_MAX_PROMPT_CHARS", 4000)
+# A chat frame longer than this is answered with an error frame (frame_too_large). Messages over daphne's own
+# limit (--websocket-max-message-size, 1 MiB) are refused by the server with a close 1009 (slmsite/server.py).
+CHAT_MAX_FRAME_CHARS = env_int("CHAT_MAX_FRAME_CHARS", max(65_536, 8 * CHAT_MAX_PROMPT_CHARS))
 CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
 # Chat engine: "process" = a spawned child process owns the model (torch runs in its main thread at full
 # speed); "thread" = a dedicated thread in the server process. CHAT_ENGINE_THREADS: torch threads of the engine
@@ -218,6 +260,10 @@ CHAT_STEP_TOKENS = env_int("CHAT_STEP_TOKENS", 32)
 CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 # A page reload mid-reply detaches its stream: generation goes on while the reloaded page polls it.
 CHAT_DETACH_GRACE_S = env_float("CHAT_DETACH_GRACE_S", 5.0)
+# chat/streams.py keeps the rate limit, the one-stream-per-user claim and detached streams in Redis under this
+# prefix (shared by every daphne process); a claim of a process that died expires after this TTL.
+CHAT_STREAMS_PREFIX = os.environ.get("CHAT_STREAMS_PREFIX", "slm:chat")
+CHAT_STREAM_CLAIM_TTL_S = env_float("CHAT_STREAM_CLAIM_TTL_S", 30.0)
 # Start the engine (load the model) when the chat page is rendered rather than on the first message.
 CHAT_ENGINE_WARM = env_bool("CHAT_ENGINE_WARM", True)
 CHAT_DEFAULT_PARAMS = {
@@ -277,6 +323,8 @@ ANNOTATE_RETRAIN_TIMEOUT_S = env_int("ANNOTATE_RETRAIN_TIMEOUT_S", 2 * 3600)
 ANNOTATE_RETRAIN_RETRIES = env_int("ANNOTATE_RETRAIN_RETRIES", 1)
 ANNOTATE_RUN_HEARTBEAT_S = env_float("ANNOTATE_RUN_HEARTBEAT_S", 5.0)
 ANNOTATE_RUN_STALE_S = env_int("ANNOTATE_RUN_STALE_S", 60)
+# How often the scheduled reaper (annotate/cron.py) looks for runs whose worker died.
+ANNOTATE_REAP_INTERVAL_S = env_int("ANNOTATE_REAP_INTERVAL_S", 10)
 ANNOTATE_DEMO_PROJECT = os.environ.get("ANNOTATE_DEMO_PROJECT", "Demo: Chinese review sentiment")
 # Test hook only: while this file exists a retrain job waits (heartbeating) before training.
 ANNOTATE_TRAIN_PAUSE_FILE = os.environ.get("ANNOTATE_TRAIN_PAUSE_FILE", "")

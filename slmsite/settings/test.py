@@ -7,7 +7,7 @@ from pathlib import Path
 from slmsite import embedded_redis
 
 from .base import *  # noqa: F403
-from .base import DATABASES, VAR_DIR
+from .base import DATABASES, SLM_MAINTENANCE_QUEUE, VAR_DIR, env_int
 
 TEST_VAR_DIR = Path(os.environ.setdefault("SLM_TEST_VAR_DIR", tempfile.mkdtemp(prefix="slm-test-")))
 # Real Redis when REDIS_URL is set (CI's second pass), otherwise a private embedded server for this run.
@@ -18,7 +18,7 @@ SECRET_KEY = "test-secret-key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ALLOWED_HOSTS = ["*"]
 
-SLM_REGISTRY_DIR = TEST_VAR_DIR / "registry"
+SLM_REGISTRY_DIR = Path(os.environ.get("SLM_TEST_REGISTRY_DIR") or TEST_VAR_DIR / "registry")  # subprocesses of a test
 SLM_DATA_CACHE_DIR = VAR_DIR / "datasets"  # shared cache of prepared bundled data is fine
 MEDIA_ROOT = TEST_VAR_DIR / "media"
 STORAGES = {
@@ -38,5 +38,6 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 RQ_QUEUES = {
     "gpu": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    SLM_MAINTENANCE_QUEUE: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
-CHAT_RATE_LIMIT_PER_MIN = 1000
+CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 1000)

@@ -11,6 +11,8 @@ const stopBtn = document.getElementById("stop-btn");
 const statusEl = document.getElementById("chat-status");
 const titleEl = document.getElementById("chat-title");
 const presets = JSON.parse(document.getElementById("chat-presets")?.textContent || "[]");
+const modelSel = document.getElementById("chat-model");
+const demoNotice = document.getElementById("demo-notice");
 
 let socket = null;
 let streaming = null; // {message: id, el: text element}
@@ -90,6 +92,40 @@ function applyPreset(name) {
     if (el.type === "checkbox") el.checked = Boolean(v);
     else el.value = v;
   }
+}
+
+// The picked model's facts: the demo notice, and how long a reply it can give (its context window).
+function applyModel() {
+  const opt = modelSel?.selectedOptions[0];
+  if (!opt) return;
+  if (demoNotice) demoNotice.hidden = !opt.dataset.demo;
+  const box = document.getElementById("p-max_new_tokens");
+  const cap = Number(root.dataset.maxNewTokens) || Number(box.max);
+  const window = Number(opt.dataset.window || 0);
+  box.max = String(window ? Math.min(cap, window) : cap);
+  if (window) box.dataset.why = `this model reads ${window} tokens at a time, your message and its reply together`;
+  else delete box.dataset.why;
+  const note = document.getElementById("p-window");
+  if (note) note.textContent = window ? `Message and reply share ${window} tokens.` : "";
+}
+
+function pickModel() {
+  applyModel();
+  const label = modelSel.selectedOptions[0]?.textContent || modelSel.value;
+  const conv = root.dataset.conversation;
+  if (!conv) { // a new chat: the first message carries the choice
+    setStatus(`New chat with ${label}.`);
+    return;
+  }
+  fetch(urlFor(root.dataset.modelUrl, conv), {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "X-CSRFToken": window.slmCsrfToken(), Accept: "application/json" },
+    body: new URLSearchParams({ model: modelSel.value }),
+  }).then((r) => {
+    if (r.ok) setStatus(`Replies in this chat now use ${label}.`);
+    else setStatus("Could not switch the model; reload the page.", "error");
+  }, () => setStatus("Could not switch the model; reload the page.", "error"));
 }
 
 function isLive(article) {
@@ -317,6 +353,7 @@ function send() {
     conversation: conv ? Number(conv) : null,
     prompt: text,
     params: paramsFromPanel(),
+    model: modelSel?.value || undefined,
   }));
   pending = { text, bubble: bubble("user", text) };
   setBusy(true);
@@ -365,6 +402,8 @@ if (root) {
     setStatus("Reconnecting to the reply in progress…");
   }
   stopBtn.addEventListener("click", stop);
+  modelSel?.addEventListener("change", pickModel);
+  applyModel();
   const presetSel = document.getElementById("p-preset");
   presetSel.addEventListener("change", () => applyPreset(presetSel.value));
   document.getElementById("chat-params").addEventListener("input", (event) => {

@@ -36,6 +36,17 @@ def _label_all(project, user) -> int:  # type: ignore[no-untyped-def]
     return n
 
 
+def paused_run(registry, admin_user, annotator_user, tmp_path):  # type: ignore[no-untyped-def]
+    """A live tiny version, a labelled project and a triggered run whose job holds while `pause` exists."""
+    live0 = make_tiny_version(registry)
+    project = make_project(gold_fraction=0.35)
+    _label_all(project, annotator_user)
+    pause = tmp_path / "pause"
+    pause.write_text("hold")
+    run, _ = services.run_trigger(project=project, user=admin_user)
+    return live0, project, pause, run
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -188,12 +199,7 @@ SimpleWorker([Queue(%r, connection=conn)], connection=conn).work(burst=True, wit
 def test_worker_killed_mid_run_fails_the_run_and_keeps_live(
     registry, admin_user, annotator_user, queues, settings, tmp_path
 ):
-    live0 = make_tiny_version(registry)
-    project = make_project(gold_fraction=0.35)
-    _label_all(project, annotator_user)
-    pause = tmp_path / "pause"
-    pause.write_text("hold")
-    run, _ = services.run_trigger(project=project, user=admin_user)
+    live0, project, pause, run = paused_run(registry, admin_user, annotator_user, tmp_path)
     env = {
         **os.environ,
         **_db_env(),

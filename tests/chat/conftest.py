@@ -10,7 +10,7 @@ from tests.chat.tiny import add_tiny_chat_version
 
 @pytest.fixture
 def chat_settings(registry, settings):  # type: ignore[no-untyped-def]
-    from chat import consumers, engine_client
+    from chat import engine_client, streams
 
     settings.CHAT_BACKEND = "local"
     settings.CHAT_MODEL = "registry:chat"
@@ -18,10 +18,10 @@ def chat_settings(registry, settings):  # type: ignore[no-untyped-def]
     settings.CHAT_ENGINE_THREADS = 1
     settings.CHAT_PRECISION = "fp32"
     settings.CHAT_RATE_LIMIT_PER_MIN = 1000
-    consumers.reset_rate_limits()
+    streams.reset()
     yield settings
     engine_client.shutdown()
-    consumers.reset_rate_limits()
+    streams.reset()
 
 
 @pytest.fixture

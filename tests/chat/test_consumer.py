@@ -68,7 +68,8 @@ GREEDY = {"do_sample": False, "max_new_tokens": 12, "repetition_penalty": 1.2, "
 async def test_not_authenticated_gets_error_and_close(chat_model) -> None:  # type: ignore[no-untyped-def]
     from slmsite.asgi import application
 
-    comm = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://127.0.0.1")])
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]  # a page of the site itself
+    comm = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await comm.connect(timeout=TIMEOUT)
     assert connected
     frame = await recv(comm)
@@ -371,7 +372,7 @@ async def generate_then_detach(user: Any, max_new_tokens: int) -> int:
 
 
 async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
-    from chat.consumers import keep_detached_alive
+    from chat.streams import keep_detached_alive
 
     chat_settings.CHAT_DETACH_GRACE_S = 2.0
     mid = await generate_then_detach(plain_user, 30)
@@ -382,7 +383,7 @@ async def test_reload_mid_reply_keeps_generating_while_polled(paced_chat_model, 
         if agent.status not in ("queued", "streaming"):
             break
         assert loop.time() < deadline
-        keep_detached_alive(mid)
+        await database_sync_to_async(keep_detached_alive)(mid)  # the poll view, in a thread
         await asyncio.sleep(0.1)  # poll interval of the page (a condition wait, bounded by the deadline)
     assert agent.status == "done" and agent.finish_reason in ("length", "eos")
     assert agent.completion_tokens == 30 or agent.finish_reason == "eos"
@@ -404,8 +405,8 @@ async def test_detached_stream_without_polls_is_cancelled(paced_chat_model, plai
 
 async def test_a_followed_detached_stream_stops_on_request(paced_chat_model, plain_user, chat_settings) -> None:  # type: ignore[no-untyped-def]
     """The Stop button of a reloaded page that polls the reply (no socket of its own): stop_detached."""
-    from chat.consumers import keep_detached_alive, stop_detached
     from chat.engine_client import peek_backend
+    from chat.streams import keep_detached_alive, stop_detached
 
     chat_settings.CHAT_DETACH_GRACE_S = 5.0
     mid = await generate_then_detach(plain_user, 100)
@@ -517,4 +518,44 @@ async def test_lone_surrogate_escapes_are_bad_json(chat_model, plain_user) -> No
     await comm.send_json_to({"type": "generate", "prompt": "hi 😀 there", "params": {**GREEDY, "max_new_tokens": 3}})
     _, tokens, end = await collect(comm)
     assert "".join(tokens) == end["text"]
+    await comm.disconnect()
+
+
+async def test_deeply_nested_frames_are_bad_json_and_logged(chat_model, plain_user, caplog) -> None:  # type: ignore[no-untyped-def]
+    """999 levels of nesting raised an uncaught RecursionError: the socket closed with 1011."""
+    comm = await connect(plain_user)
+    for depth in (999, 30_000):
+        frame = '{"type": "generate", "prompt": "hi", "params": ' + "[" * depth + "]" * depth + "}"
+        with caplog.at_level("WARNING", logger="chat.consumers"):
+            await expect_error(comm, frame, "bad_json")
+        assert "nested deeper" in caplog.text
+    await expect_error(comm, {"type": "generate", "prompt": "hi", "params": {"stop": [[[[[[[["x"]]]]]]]]}}, "bad_json")
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
+    await collect(comm)  # still usable
+    await comm.disconnect()
+
+
+async def test_oversized_frames_get_an_error_frame_and_a_log_line(chat_model, plain_user, settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    comm = await connect(plain_user)
+    big = {"type": "generate", "prompt": "hi", "pad": "x" * settings.CHAT_MAX_FRAME_CHARS}
+    with caplog.at_level("WARNING", logger="chat.consumers"):
+        await expect_error(comm, big, "frame_too_large")
+    assert "sent a frame of" in caplog.text
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
+    await collect(comm)
+    await comm.disconnect()
+
+
+async def test_an_unexpected_failure_while_starting_is_an_error_frame(chat_model, plain_user, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Any exception below generate (here: the backend's prepare) costs one error frame, not the socket."""
+    from chat import engine_client
+
+    backend = engine_client.get_backend()
+    real = backend.prepare
+    monkeypatch.setattr(backend, "prepare", lambda *a, **k: (_ for _ in ()).throw(ImportError("racy import")))
+    comm = await connect(plain_user)
+    await expect_error(comm, {"type": "generate", "prompt": "hi"}, "server_error")
+    monkeypatch.setattr(backend, "prepare", real)
+    await comm.send_json_to({"type": "generate", "prompt": "hello", "params": {**GREEDY, "max_new_tokens": 2}})
+    await collect(comm)
     await comm.disconnect()

@@ -196,3 +196,44 @@ def test_train_records_languages_and_reproducible_training_data(registry, labell
     assert bundled.metadata["languages"] == ["zh"] and bundled.metadata["training_data"]["bundled"]
     texts, labels = parent_training_data(bundled.metadata)
     assert len(texts) == bundled.metadata["data"]["n_train"] == 150
+
+
+def test_distill_and_prune_register_versions_with_their_parent(registry, labelled_csv: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--distill-from`: a smaller student on the teacher's soft labels; `--prune-from`: heads removed
+    from a transformer version, then trained again; each is a version whose parent is its source."""
+    from slm.classify.base import load_classifier
+    from slm.classify.prune import count_heads
+
+    make_tiny_version(registry)  # v0001: an n-gram model (live)
+    data = ["--data", str(labelled_csv), "--text-column", "review", "--label-column", "y", "--test-size", "0.3"]
+    small = ["--epochs", "2", "--max-length", "24", "--batch-size", "8", "--lr", "1e-3"]
+    run("train_sentiment", *data, *small, "--family", "transformer", "--hidden-size", "16", "--num-layers", "1")
+    teacher = registry.get("sentiment", "v0002")
+    assert teacher.metadata["family"] == "transformer"
+
+    out = run(
+        "train_sentiment", *data, *small, "--distill-from", "v0002", "--hidden-size", "8", "--distill-alpha", "0.8"
+    )
+    student = registry.get("sentiment", "v0003")
+    compression = student.metadata["config"]["compression"]
+    assert student.metadata["parent"] == "v0002" and student.metadata["config"]["mode"] == "full"
+    assert compression["distilled_from"] == {"ref": "sentiment@v0002", "temperature": 2.0, "alpha": 0.8}
+    assert set(compression["teacher_metrics"]) == {"accuracy", "macro_f1", "ms_per_text"}
+    assert compression["params"] < sum(p.numel() for p in load_classifier(teacher.path).parameters())
+    assert "teacher v0002" in out and "distilled from sentiment@v0002" in student.metadata["description"]
+
+    run("train_sentiment", *data, *small, "--prune-from", "sentiment@v0002", "--prune-heads", "0.5")
+    pruned = registry.get("sentiment", "v0004")
+    assert pruned.metadata["parent"] == "v0002"
+    assert pruned.metadata["config"]["compression"]["pruning"]["heads_removed"] == 2
+    model = load_classifier(pruned.path)
+    assert count_heads(model.encoder) == 2 and model.predict_proba(["很好"]).shape == (1, 2)
+
+    with pytest.raises(CommandError, match="pruning needs a transformer version"):
+        run("train_sentiment", *data, *small, "--prune-from", "v0001", "--prune-heads", "0.5")
+    with pytest.raises(CommandError, match="needs --prune-heads"):
+        run("train_sentiment", *data, *small, "--prune-from", "v0002")
+    with pytest.raises(CommandError, match="not ngram"):
+        run("train_sentiment", *data, "--family", "ngram", "--distill-from", "v0002")
+    with pytest.raises(CommandError, match="no model version"):
+        run("train_sentiment", *data, *small, "--distill-from", "v0042")

