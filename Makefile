@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/chat_models.py
 	$(PY) bench/sentiment.py
 	$(PY) bench/annotate.py
+	$(PY) bench/annotate_loop.py
 	$(PY) bench/remote.py
 
 # The production path under load and faults (bench/soak.py): needs DATABASE_URL (PostgreSQL) and REDIS_URL.

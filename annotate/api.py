@@ -69,6 +69,8 @@ class ProjectOut(Schema):
     gold: int
     model: str
     live_version: str | None
+    pool_version: str | None = Field(None, description="the version whose predictions order the queue now")
+    pool_error: str = Field("", description="why the pool could not be scored by the project's strategy")
     base: str
     retrain_from: str
     family: str

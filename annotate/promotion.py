@@ -24,8 +24,16 @@ class Decision:
     text: str
 
 
-def _f(x: Any) -> str:
-    return f"{float(x):.3f}"
+def _f(x: Any, digits: int = 3) -> str:
+    return f"{float(x):.{digits}f}"
+
+
+def _digits(a: float, b: float) -> int:
+    """3 decimals, or as many more (up to 6) as it takes to show two different figures differently."""
+    digits = 3
+    while digits < 6 and a != b and _f(a, digits) == _f(b, digits):
+        digits += 1
+    return digits
 
 
 def decide(
@@ -52,7 +60,8 @@ def decide(
         comparison = f"{METRIC_NAME} {_f(new_f1)}; {role} {ref_name} could not be scored on gold{why}"
     else:
         sign = "≥" if new_f1 >= ref_f1 else "<"
-        comparison = f"{version}'s {METRIC_NAME} {_f(new_f1)} {sign} {ref_name}'s {_f(ref_f1)}"
+        d = _digits(new_f1, ref_f1)
+        comparison = f"{version}'s {METRIC_NAME} {_f(new_f1, d)} {sign} {ref_name}'s {_f(ref_f1, d)}"
     if not auto:
         kept = f"kept {ref_name} live" if reference_is_live else "not promoted"
         return Decision(False, f"{kept}: this project promotes by hand ({comparison})")

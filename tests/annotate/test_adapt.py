@@ -34,8 +34,14 @@ def test_ngram_adaptation_end_to_end_base_first_then_the_projects_live_version(
 ):
     settings.MEDIA_ROOT = tmp_path
     base = make_tiny_version(registry)  # sentiment@v0001: knows the tiny reviews
-    project = make_project(n_extra=4, gold_fraction=0.35, model_name="books", base=base.ref)
+    # weight 1: the ~13 new labels do not outweigh the parent's ~20 texts, so its knowledge must survive
+    project = make_project(n_extra=4, gold_fraction=0.35, model_name="books", base=base.ref, new_label_weight=1.0)
     assert project.retrain_from == "parent" and project.family == "ngram" and project.base == "sentiment@v0001"
+    from slm.classify.adapt import parent_training_data
+
+    parent_data, parent_labels = parent_training_data(base.metadata, base.path)
+    # one of the parent's own training texts is a gold item here: it must leave the adapted model's data
+    services.items_add(project=project, rows=[services.NewItem(parent_data[0], parent_labels[0], gold=True)])
     _label_all(project, annotator_user)
     run = _retrain(project)
     assert run.status == "succeeded", (run.error, run.log)
@@ -45,14 +51,12 @@ def test_ngram_adaptation_end_to_end_base_first_then_the_projects_live_version(
     assert mv.metadata["parent"] == "sentiment@v0001"
     adaptation = mv.metadata["adaptation"]
     assert adaptation["parent"] == "sentiment@v0001" and adaptation["n_new"] == run.n_train
-    assert adaptation["weight"] > 1 and adaptation["weight_is_default"]
+    assert adaptation["weight"] == 1.0
     gold_texts = set(Item.objects.filter(project=project, is_gold=True).values_list("text", flat=True))
-    from slm.classify.adapt import parent_training_data
-
+    assert parent_data[0] in gold_texts
     trained_on, _ = parent_training_data(mv.metadata, mv.path)
-    assert not gold_texts & set(trained_on)  # gold is never trained on
-    parent_data, _ = parent_training_data(base.metadata, base.path)
-    assert set(trained_on) >= set(parent_data)  # the parent's data is kept, not thrown away
+    assert not gold_texts & set(trained_on)  # gold is never trained on, not even the parent's copy
+    assert set(trained_on) >= set(parent_data[1:])  # the rest of the parent's data is kept
     # it keeps the parent's knowledge: the parent's training texts are still classified as the parent does
     parent_texts = tiny_dataset()[0]
     child, parent = load_classifier(mv.path), load_classifier(base.path)
@@ -71,13 +75,17 @@ def test_ngram_adaptation_end_to_end_base_first_then_the_projects_live_version(
 
 @pytest.mark.django_db(transaction=True)
 def test_new_label_weight_is_the_projects_setting(registry, annotator_user):
+    from slm.classify.adapt import DEFAULT_NEW_LABEL_WEIGHT
+
     make_tiny_version(registry)
-    project = make_project(new_label_weight=3.5)
-    _label_all(project, annotator_user)
-    run = _retrain(project)
-    assert run.status == "succeeded", run.error
-    adaptation = registry.get("sentiment", run.version).metadata["adaptation"]
-    assert adaptation["weight"] == 3.5 and not adaptation["weight_is_default"]
+    weighted = make_project(new_label_weight=3.5)
+    default = make_project()
+    for project, weight in ((weighted, 3.5), (default, DEFAULT_NEW_LABEL_WEIGHT)):
+        _label_all(project, annotator_user)
+        run = _retrain(project)
+        assert run.status == "succeeded", run.error
+        adaptation = registry.get("sentiment", run.version).metadata["adaptation"]
+        assert adaptation["weight"] == weight and adaptation["weight_is_default"] == (project is default)
 
 
 @pytest.mark.django_db(transaction=True)

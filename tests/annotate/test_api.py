@@ -69,6 +69,7 @@ def test_labeling_api_end_to_end_through_redis_and_a_worker(
     assert r.status_code == 201 and r.json() == {"created": 20, "duplicates": 1, "empty": 0, "gold": 6}
     assert _post(admin, items_url, {"items": [{"text": "t"}] * 10_001}).status_code == 422  # the cap
     run_worker()  # the import queued a pool refresh: suggestions come from the live model
+    assert ann.get(f"{base}/{pid}").json()["pool_version"] == "v0001"
     assert not Item.objects.filter(project_id=pid, is_gold=False, pred_label="").exists()
 
     # next + labels: the annotator labels everything; `next` never says which items are gold

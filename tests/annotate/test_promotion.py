@@ -26,6 +26,11 @@ def test_decide_promote_keep_manual_and_no_gold() -> None:
     )  # fmt: skip
     assert d == promotion.Decision(False, "kept v0001 live: v0002's gold macro-F1 0.548 < v0001's 0.971")
     d = promotion.decide(
+        auto=True, version="v0005", new={"macro_f1": 0.82974}, reference="v0004",
+        reference_metrics={"macro_f1": 0.83012}, reference_is_live=True,
+    )  # fmt: skip
+    assert d.text == "kept v0004 live: v0005's gold macro-F1 0.8297 < v0004's 0.8301"  # never "0.830 < 0.830"
+    d = promotion.decide(
         auto=False, version="v0002", new={"macro_f1": 0.9}, reference="v0001", reference_metrics={"macro_f1": 0.7},
         reference_is_live=True,
     )  # fmt: skip

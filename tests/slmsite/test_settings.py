@@ -72,3 +72,26 @@ def test_dev_settings_env_overrides(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "True ['a.test', 'b.test'] redis://127.0.0.1:6399/3 3"
+
+
+def test_custom_queue_names_are_queues_rqworker_can_listen_on(tmp_path):
+    """SLM_GPU_QUEUE / SLM_DEFAULT_QUEUE name the queues jobs go to; rqworker (and serve) must accept them."""
+    import json
+
+    code = (
+        "import json, django; django.setup(); from django.conf import settings as s; "
+        "print(json.dumps([s.SLM_GPU_QUEUE, s.SLM_DEFAULT_QUEUE, sorted(s.RQ_QUEUES), "
+        "s.RQ_QUEUES['training'] == s.RQ_QUEUES['gpu'], s.RQ_QUEUES['io'] == s.RQ_QUEUES['default']]))"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "slmsite.settings.dev",
+        "SLM_VAR_DIR": str(tmp_path),
+        "SLM_GPU_QUEUE": "training",
+        "SLM_DEFAULT_QUEUE": "io",
+    }
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    gpu, default, queues, same_gpu, same_default = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (gpu, default, same_gpu, same_default) == ("training", "io", True, True)
+    assert {"gpu", "default", "training", "io"} <= set(queues)

@@ -78,7 +78,13 @@ class Command(BaseCommand):
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         specs = []
         if not opts["no_worker"]:
-            specs.append(ChildSpec("worker", [*manage, "rqworker", "gpu", "default", "--with-scheduler"], env=env))
+            specs.append(
+                ChildSpec(
+                    "worker",
+                    [*manage, "rqworker", settings.SLM_GPU_QUEUE, settings.SLM_DEFAULT_QUEUE, "--with-scheduler"],
+                    env=env,
+                )
+            )
         specs.append(ChildSpec("cron", [*manage, "rqcron", "slmsite.cron"], env=env))
         specs.append(ChildSpec("maintenance", [*manage, "rqworker", settings.SLM_MAINTENANCE_QUEUE], env=env))
         # daphne, with WebSocket messages over its size limit refused by a close 1009 (slmsite/server.py)
