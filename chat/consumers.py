@@ -275,7 +275,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("prompt_too_long", str(exc))
             return
         except ModelUnavailable as exc:
-            await self.send_error("model_unavailable", str(exc))
+            state = await sync_to_async(selectors.model_building, thread_sensitive=False)(entry)
+            if state is not None and state["state"] in ("waiting", "running"):
+                message = f"the chat model is still being built ({state['percent']}%); try again in a few minutes"
+            else:
+                message = str(exc)
+            await self.send_error("model_unavailable", message)
             return
         await self._start(backend, conversation, prompt, params, model_ref, chat_prompt, entry.name)
 
