@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 
 from sentiment.models import BatchPrediction
 from slm.registry import ModelVersion, Registry
+from slmsite.bootstrap import building
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 
@@ -36,6 +37,24 @@ def split_figures(meta: dict[str, Any]) -> dict[str, Any]:
         gold = gold or metrics
         metrics = {}
     return {"test": metrics, "test_split": split if metrics else "", "gold": gold}
+
+
+def unavailable_message(message: str, *, page: bool = False) -> str:
+    """What to say when the live model cannot answer (503): while `make run` is still building the default
+    model, that it is being built and how far it is, instead of the generic "no live version" (whose advice,
+    run bootstrap_models, is what is already happening). `page`: the sentence for the playground."""
+    state = building(get_registry(), settings.SENTIMENT_MODEL)
+    if state is None or state["state"] not in ("waiting", "running"):
+        return message
+    if page:
+        return (
+            f"The sentiment model is still being built ({state['percent']}%, see above); your text is kept, "
+            "classify it again when the model is ready."
+        )
+    return (
+        f"the default sentiment model is still being built ({state['percent']}%: {state['message'] or 'starting'}); "
+        "try again in a few minutes"
+    )
 
 
 def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:

@@ -45,6 +45,16 @@ def test_healthz_and_predict_say_the_default_model_is_building(client, registry:
     ]
     r = client.post("/api/sentiment/predict", {"texts": ["好"]}, content_type="application/json", **api_headers)
     assert r.status_code == 503 and "still being built (37%: epoch 1/4)" in r.json()["message"]
+    # the playground says the same in words, not "no live version (build one with bootstrap_models)"
+    client.force_login(plain_user)
+    page = client.get("/sentiment/", {"text": "好"})
+    html = page.content.decode()
+    assert page.status_code == 503
+    assert "The sentiment model is still being built (37%, see above); your text is kept" in html
+    assert "No versions yet: the default model is being built" in html
+    assert "bootstrap_models" not in html and "has no live version" not in html
+    r = client.post("/sentiment/classify/", {"text": "好"}, HTTP_HX_REQUEST="true")
+    assert "still being built (37%" in r.content.decode()
     writer.finish("done")
     assert client.get("/healthz").json()["bootstrap"]["state"] == "done"
 
