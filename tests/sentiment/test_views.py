@@ -197,3 +197,17 @@ def test_compare_defaults_to_live_versus_newest_other(client_user, registry):
     b = html.split('name="b"')[1].split("</select>")[0]
     assert 'value="v0001" selected' in a
     assert 'value="v0003" selected' in b
+
+
+def test_result_headline_and_bars_show_the_same_figure():
+    """0.997 is "99.7%" in the headline as on its bar, never "100%" above "99.7%"."""
+    from django.template.loader import render_to_string
+
+    bars = [
+        {"label": "positive", "p": 0.997, "pct": 99.7, "top": True},
+        {"label": "negative", "p": 0.003, "pct": 0.3, "top": False},
+    ]
+    result = {"label": "positive", "score": 0.997, "bars": bars, "ref": "sentiment@v0001", "family": "ngram"}
+    html = render_to_string("sentiment/playground.html#result", {"result": result})
+    assert '<span class="s-score" title="the model\'s probability for this label">99.7%</span>' in html
+    assert "100%" not in html
