@@ -210,10 +210,13 @@ def _value_text(key: str, v: Any) -> str:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    unit = " s" if key.endswith("_s") else ""  # timings: train_s, eval_s, ...
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 and not unit:
+        v = int(v)  # a count or a setting stored as a float: "4", not "4.00"
     if isinstance(v, float):
-        return sig3(v)
+        return sig3(v) + unit
     if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+        return f"{v:,}{unit}"
     if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) and "gram" in key:
         return f"{v[0]}–{v[1]}"
     if isinstance(v, list) and all(isinstance(x, int | float | str) and not isinstance(x, bool) for x in v):
@@ -311,7 +314,8 @@ def version_card(version: str, *, registry: Registry | None = None, name: str | 
         },
         "config_rows": _flat(config),
         "quality_rows": _flat(quality),
-        "timing_rows": _flat(timings),
+        # times first (train_s, eval_s, ...), then what the trainer reported (features, calibration, ...)
+        "timing_rows": sorted(_flat(timings), key=lambda row: not row[0].endswith("_s")),
         "extra_rows": _flat(extra),
     }
 

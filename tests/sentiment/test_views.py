@@ -211,3 +211,17 @@ def test_result_headline_and_bars_show_the_same_figure():
     html = render_to_string("sentiment/playground.html#result", {"result": result})
     assert '<span class="s-score" title="the model\'s probability for this label">99.7%</span>' in html
     assert "100%" not in html
+
+
+def test_model_card_metadata_reads_as_numbers_and_words():
+    from sentiment.selectors import _value_text
+    from slm.classify.pipeline import _ngram_description
+
+    assert _value_text("length.min", 4.0) == "4"  # a count stored as a float
+    assert _value_text("C", 16.0) == "16" and _value_text("test_size", 0.2) == "0.200"
+    assert _value_text("label_counts.negative", 9013) == "9,013"  # like 11,212 in the same table
+    assert _value_text("train_s", 6.652) == "6.65 s" and _value_text("eval_s", 1.0) == "1.00 s"
+    assert _value_text("char_ngram", [1, 3]) == "1–3"
+    description = _ngram_description("svm", (1, 3), None, 120799)
+    assert description == "n-gram svm on character 1–3-grams: 120,799 features"
+    assert "[" not in _ngram_description("lr", [1, 4], [1, 2], 5)
