@@ -22,7 +22,9 @@ def test_healthz_reports_database_redis_worker_models(client, registry: Registry
 
 
 @pytest.mark.django_db
-def test_healthz_and_predict_say_the_default_model_is_building(client, registry: Registry, settings, plain_user):
+def test_healthz_and_predict_say_the_default_model_is_building(
+    client, registry: Registry, settings, plain_user, annotator_user
+):
     import sentiment.inference
     from slmsite import bootstrap
     from slmsite.services import api_token_create
@@ -55,6 +57,12 @@ def test_healthz_and_predict_say_the_default_model_is_building(client, registry:
     assert "bootstrap_models" not in html and "has no live version" not in html
     r = client.post("/sentiment/classify/", {"text": "好"}, HTTP_HX_REQUEST="true")
     assert "still being built (37%" in r.content.decode()
+    home = client.get("/").content.decode()
+    assert "Sentiment model building (37%)" in home and "no live model yet" in home and "model —" not in home
+    client.force_login(annotator_user)
+    projects = client.get("/annotate/").content.decode()
+    assert "The demo project appears here when the sentiment model is built." in projects
+    assert "Ask an admin" not in projects
     writer.finish("done")
     assert client.get("/healthz").json()["bootstrap"]["state"] == "done"
 
