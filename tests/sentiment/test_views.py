@@ -67,9 +67,14 @@ def test_playground_renders_with_empty_registry(client_user, registry):
     assert "no live version" in resp.content.decode()
 
 
-def test_classify_htmx_returns_fragment_with_bars_and_fix_form(client_user, registry):
+def test_classify_htmx_returns_fragment_with_bars_and_fix_form(client_user, registry, annotator_user, password):
     make_fake_version(registry)
-    resp = client_user.post(reverse("sentiment:classify"), {"text": "这家酒店很好"}, HTTP_HX_REQUEST="true")
+    # a user without the annotator role gets a sentence, not a form that answers 403
+    html = client_user.post(reverse("sentiment:classify"), {"text": "好"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "needs the annotator role" in html and "Send to annotation" not in html
+    client_annotator = Client()
+    assert client_annotator.login(username=annotator_user.username, password=password)
+    resp = client_annotator.post(reverse("sentiment:classify"), {"text": "这家酒店很好"}, HTTP_HX_REQUEST="true")
     html = resp.content.decode()
     assert resp.status_code == 200
     assert "<html" not in html and 'id="result"' in html

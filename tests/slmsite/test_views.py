@@ -94,7 +94,7 @@ def test_pages_need_login_and_have_csp(client, plain_user, password):
     home = client.get("/")
     assert home.status_code == 200
     html = home.content.decode()
-    for label in ["Chat", "Playground", "Annotate", "Runs"]:
+    for label in ["Chat", "Playground"]:  # Annotate and Runs need the annotator role (test below)
         assert f">{label}</a>" in html
     assert ">Admin</a>" not in html
     assert 'hx-headers=\'{"X-CSRFToken"' in html
@@ -173,3 +173,16 @@ def test_csp_connects_only_to_the_own_origin(client):
         check=True,
     ).stdout
     assert "connect-src 'self' wss://ws.example.com;" in out
+
+
+@pytest.mark.django_db
+def test_a_user_without_a_role_sees_no_annotate_links_and_a_403_in_words(client, plain_user, annotator_user):
+    client.force_login(plain_user)
+    home = client.get("/").content.decode()
+    assert "/annotate/" not in home and ">Chat</a>" in home and ">Playground</a>" in home
+    r = client.get("/annotate/")  # typed by hand: the app's page, saying why
+    html = r.content.decode()
+    assert r.status_code == 403 and 'class="topbar"' in html and "Labelling needs the annotator role" in html
+    client.force_login(annotator_user)
+    home = client.get("/").content.decode()
+    assert ">Annotate</a>" in home and ">Runs</a>" in home
