@@ -130,14 +130,9 @@ class OnnxClassifier:
 def quantize_int8(model: TransformerClassifier) -> TransformerClassifier:
     """A CPU copy whose nn.Linear layers are int8 (weights per channel, activations per row) on oneDNN,
     through the same `Int8Linear` the chat engine serves with. Raises where torch has no oneDNN int8."""
-    from slm.precision import Int8Linear, _reduce_range, int8_available
+    from slm.precision import int8_available
+    from slm.precision import quantize_int8 as int8_in_place
 
     if not int8_available():
         raise RuntimeError("int8 needs torch built with oneDNN (x86 or ARM); this build has none")
-    cpu = copy.deepcopy(model).to("cpu").eval()
-    reduce = _reduce_range()
-    for module in list(cpu.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child, reduce_range=reduce))
-    return cpu
+    return int8_in_place(copy.deepcopy(model).to("cpu").eval())
