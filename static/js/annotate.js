@@ -205,6 +205,11 @@
     new window.Chart(el, config);
   }
 
+  // counts: whole-number ticks from 0 (never "0.2 items")
+  function countAxis(title) {
+    return { beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: title } };
+  }
+
   function emptyNote(id, text) {
     const el = document.getElementById(id);
     if (!el) return;
@@ -234,12 +239,12 @@
 
     const dist = d.distribution || {};
     if (Object.values(dist).some((v) => v > 0)) {
-      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map(labelColor) }] }, options: { plugins: { legend: { display: false } } } });
+      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map(labelColor) }] }, options: { scales: { y: countAxis("items") }, plugins: { legend: { display: false } } } });
     } else emptyNote("chart-dist", "No labels yet.");
 
     const tp = d.throughput || [];
     if (tp.length) {
-      chart("chart-throughput", { type: "bar", data: { labels: tp.map((p) => p.day), datasets: [{ label: "labels", data: tp.map((p) => p.n), backgroundColor: palette[2] }] }, options: { plugins: { legend: { display: false } } } });
+      chart("chart-throughput", { type: "bar", data: { labels: tp.map((p) => p.day), datasets: [{ label: "labels", data: tp.map((p) => p.n), backgroundColor: palette[2] }] }, options: { scales: { y: countAxis("labels") }, plugins: { legend: { display: false } } } });
     } else emptyNote("chart-throughput", "No labels yet.");
 
     const st = d.stability || [];

@@ -346,3 +346,16 @@ def test_simulation_card_shows_progress_polls_and_then_the_chart_data(client, ad
     Simulation.objects.filter(status="queued").update(status="failed", error="worker died")
     html = client.get(card_url).content.decode()
     assert "The last simulation failed: worker died" in html and '"entropy"' in html
+
+
+def test_annotators_table_reads_in_words_and_three_digits(client, admin_user, annotator_user, password, project):
+    for _ in range(3):
+        lease = services.lease_next(project=project, user=annotator_user)
+        assert lease is not None
+        services.label_submit(project=project, user=annotator_user, item_id=lease.item_id, label="positive")
+    client.login(username=admin_user.username, password=password)
+    html = client.get(reverse("annotate:project", kwargs={"pk": project.pk})).content.decode()
+    assert "<th>labels per hour</th>" in html and ">time per label</th>" in html and ">gold accuracy</th>" in html
+    row = html[html.index(f"<td>{annotator_user.username}</td>") :].split("</tr>")[0]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    assert cells[1] == "3" and not cells[2].endswith(".0"), cells  # per hour: 3 digits, not "300.0"
