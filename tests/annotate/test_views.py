@@ -359,3 +359,11 @@ def test_annotators_table_reads_in_words_and_three_digits(client, admin_user, an
     row = html[html.index(f"<td>{annotator_user.username}</td>") :].split("</tr>")[0]
     cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
     assert cells[1] == "3" and not cells[2].endswith(".0"), cells  # per hour: 3 digits, not "300.0"
+
+
+def test_a_queued_run_does_not_claim_zero_labels(client, admin_user, password, project):
+    run = TrainingRun.objects.create(project=project, status="queued")
+    client.login(username=admin_user.username, password=password)
+    html = client.get(reverse("annotate:run", kwargs={"pk": run.pk})).content.decode()
+    assert "waiting for a worker: the labels are counted when it starts" in html
+    assert "attempt 0" not in html and "0 training labels" not in html
