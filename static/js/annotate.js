@@ -225,7 +225,7 @@
       chart("chart-learning", {
         type: "line",
         data: { datasets: [{ label: "gold macro-F1", data: lc.map((p) => ({ x: p.labels, y: p.macro_f1, v: p.version })), borderColor: palette[0], backgroundColor: palette[0] }] },
-        options: { scales: { x: { type: "linear", title: { display: true, text: "labels" } }, y: { min: 0, max: 1, title: { display: true, text: "macro-F1" } } },
+        options: { scales: { x: { type: "linear", min: 0, ticks: { precision: 0 }, title: { display: true, text: "labels" } }, y: { min: 0, max: 1, title: { display: true, text: "macro-F1" } } },
           plugins: { tooltip: { callbacks: { label: (c) => c.raw.v + ": " + c.raw.y.toFixed(3) + " at " + c.raw.x + " labels" } } } },
       });
     } else emptyNote("chart-learning", "No trained versions yet.");

@@ -367,3 +367,11 @@ def test_a_queued_run_does_not_claim_zero_labels(client, admin_user, password, p
     html = client.get(reverse("annotate:run", kwargs={"pk": run.pk})).content.decode()
     assert "waiting for a worker: the labels are counted when it starts" in html
     assert "attempt 0" not in html and "0 training labels" not in html
+
+
+def test_recent_runs_say_just_now_not_0_minutes_ago(client, admin_user, password, project):
+    TrainingRun.objects.create(project=project, status="failed")
+    client.login(username=admin_user.username, password=password)
+    for url in (reverse("annotate:project", kwargs={"pk": project.pk}), reverse("annotate:runs")):
+        html = client.get(url).content.decode()
+        assert "0 minutes ago" not in html and "now" in html, url
