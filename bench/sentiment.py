@@ -8,7 +8,7 @@
    runs the frozen encoder on every batch of every epoch, same batches/seed, so equal accuracy is
    checked, not assumed (target >= 20x). Encoder: the live/best transformer version's encoder (a
    trained char-BERT), else a fresh one.
-2. latency: fp32 torch vs dynamic-int8 torch vs ONNX Runtime (fp32 and int8) for the transformer
+2. latency: fp32 torch vs int8 torch (oneDNN, slm.precision.Int8Linear) vs ONNX Runtime (fp32 and int8) for the transformer
    version — one text at a time (p50/p95 ms) and a batch of 64; the n-gram model for reference.
 3. gap: held-out accuracy / macro-F1 of the ngram, transformer and ensemble versions of the same
    bootstrap run (same split: checked through the stored test-set hash) and the transformer's gap.

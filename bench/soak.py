@@ -159,7 +159,11 @@ class Stack:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited: {(self.tmp / 'serve.log').read_text()[-3000:]}")
             health = self.health()
-            if health and health.get("status") == "ok" and self.gpu_workers(health):
+            built = (health or {}).get("bootstrap") or {}
+            if built.get("state") in ("failed", "stopped"):
+                raise RuntimeError(f"building the default models {built['state']}: {built}")
+            # serve answers at once and builds the default models beside the site: wait for them (and the demo)
+            if health and health.get("status") == "ok" and self.gpu_workers(health) and built.get("state") == "done":
                 return
             time.sleep(1)
         raise RuntimeError(f"the stack did not come up: {(self.tmp / 'serve.log').read_text()[-3000:]}")

@@ -275,7 +275,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_error("prompt_too_long", str(exc))
             return
         except ModelUnavailable as exc:
-            await self.send_error("model_unavailable", str(exc))
+            state = await sync_to_async(selectors.model_building, thread_sensitive=False)(entry)
+            if state is not None and state["state"] in ("waiting", "running"):
+                message = f"the chat model is still being built ({state['percent']}%); try again in a few minutes"
+            else:
+                message = str(exc)
+            await self.send_error("model_unavailable", message)
             return
         await self._start(backend, conversation, prompt, params, model_ref, chat_prompt, entry.name)
 
@@ -362,6 +367,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         last_save = last_claim = time.monotonic()
         refresh_s = settings.CHAT_STREAM_CLAIM_TTL_S / 3
         mid = stream.message_id
+        # The partial reply is written in the background (one write in flight at most), never between two
+        # tokens: a slow database does not delay the stream. It is awaited before the final write.
+        saving: asyncio.Task[None] | None = None
         try:
             while True:
                 if time.monotonic() - last_claim >= refresh_s:  # a long queue wait or reply keeps its claim
@@ -379,13 +387,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 elif kind == "token":
                     text += data["text"]
                     await self.send_json({"type": "token", "message": mid, "text": data["text"]})
-                    if time.monotonic() - last_save >= PROGRESS_SAVE_S:
+                    if saving is not None and saving.done():
+                        saving, done = None, saving
+                        done.result()  # a failed write ends the stream (below), as an inline one did
+                    if saving is None and time.monotonic() - last_save >= PROGRESS_SAVE_S:
                         last_save = time.monotonic()
-                        await database_sync_to_async(services.message_progress)(message_id=mid, text=text)
+                        saving = asyncio.create_task(
+                            database_sync_to_async(services.message_progress)(message_id=mid, text=text)
+                        )
                 elif kind == "end":
+                    if saving is not None:
+                        saving, pending = None, saving
+                        await pending
                     await self._finish(stream, data)
                     return
                 elif kind == "error":
+                    if saving is not None:
+                        saving, pending = None, saving
+                        await asyncio.gather(pending, return_exceptions=True)
                     await database_sync_to_async(services.message_finish)(
                         message_id=mid, text=text, reason="error", error=True
                     )
@@ -400,6 +419,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await stream.release(self.user.pk)
             await self.send_error("server_error", "the reply could not be saved; try again")
         finally:
+            if saving is not None:  # let the last partial write land (or fail) before the stream goes
+                await asyncio.gather(saving, return_exceptions=True)
             metrics.ACTIVE.dec()
             metrics.QUEUE_DEPTH.set(stream.backend.stats()["queued"])
             await stream.release(self.user.pk)

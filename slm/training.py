@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from slm.device import amp_dtype, pick_device, supports_dtype
+from slm.procs import die_with_parent
 
 StepCallback = Callable[[dict[str, Any]], None]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -539,7 +540,7 @@ def launch(
     events: queue.Queue[Event | None] = queue.Queue()
     with open(log_path, "wb") as err:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True, preexec_fn=_die_with_parent
+            cmd, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True, preexec_fn=die_with_parent
         )
 
         def read() -> None:
@@ -632,18 +633,6 @@ def process_outputs(workdir: str | os.PathLike[str], write_out: Callable[[Any], 
     write_out(work / "out")
     text = json.dumps(result, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     (work / "result.json").write_text(text, encoding="utf-8")
-
-
-def _die_with_parent() -> None:
-    """In the launched torchrun agent (Linux): a SIGTERM when the launching process dies, even by
-    SIGKILL (a killed RQ work horse), so that no training processes are left behind."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _kill_group(pid: int) -> None:

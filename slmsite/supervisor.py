@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmsite.worker import die_with_parent
+from slm.procs import die_with_parent
 
 
 @dataclass

@@ -122,8 +122,24 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "redis": redis_status,
         "worker": worker,
         "models": models,
+        "bootstrap": _bootstrap_summary(reg),
     }
     return JsonResponse(body, status=200 if ok else 503)
+
+
+def _bootstrap_summary(reg: Any) -> dict[str, Any] | None:
+    """The default-model build `make run` starts beside the site: its state ("running", "done", "failed",
+    "stopped") and each model's progress; None when none ever ran here."""
+    doc = bootstrap.read_status(reg)
+    if doc is None:
+        return None
+    return {
+        "state": doc.get("state"),
+        "models": [
+            {"model": row["model"], "state": row["state"], "percent": row["percent"], "live": row["live"]}
+            for row in bootstrap.overview(reg)
+        ],
+    }
 
 
 @require_GET

@@ -12,7 +12,6 @@ work horse. Jobs also call `ensure_worker_alive()` before a step that must not h
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -20,7 +19,8 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
-_PR_SET_PDEATHSIG = 1
+from slm.procs import die_with_parent
+
 _fork_hook_installed = False
 # In a process forked by the worker (or by one of its descendants): the pid of the process that forked it;
 # None elsewhere (the worker itself, a SimpleWorker, a test).
@@ -31,18 +31,6 @@ _inherited_db: list[Any] = []  # the parent's DB connections/pools, kept referen
 
 class WorkerGone(RuntimeError):
     """The RQ worker that started this job has died; the job must stop without side effects."""
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Asks the kernel to send `sig` to this process when its parent dies (Linux; a no-op elsewhere).
-    Usable as `subprocess.Popen(preexec_fn=...)` in a single-threaded parent."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
-        pass
 
 
 def parent_alive(expected_ppid: int | None) -> bool:

@@ -4,7 +4,8 @@
     dynamic batch and sequence axes) + the tokenizer + config.json; `OnnxClassifier.load(dir)` predicts
     with onnxruntime behind the usual predict interface. With `int8=True` it also writes
     model.int8.onnx (onnxruntime dynamic quantisation of the MatMul weights).
-  * `quantize_int8(model)` returns a copy whose nn.Linear layers are torch dynamic-int8 (CPU).
+  * `quantize_int8(model)` returns a CPU copy whose nn.Linear layers are int8 on oneDNN (slm.precision's
+    `Int8Linear`, the chat engine's kernel; not the deprecated torch.ao quantized tensors).
 
 Why not optimum: our saved model is encoder + our own head (not an AutoModelForSequenceClassification),
 so optimum's exporters do not apply; torch.onnx's TorchScript exporter handles it directly (checked
@@ -127,8 +128,11 @@ class OnnxClassifier:
 
 
 def quantize_int8(model: TransformerClassifier) -> TransformerClassifier:
-    """A CPU copy with dynamic int8 nn.Linear layers (torch.ao quantize_dynamic)."""
-    from torch.ao.quantization import quantize_dynamic
+    """A CPU copy whose nn.Linear layers are int8 (weights per channel, activations per row) on oneDNN,
+    through the same `Int8Linear` the chat engine serves with. Raises where torch has no oneDNN int8."""
+    from slm.precision import int8_available
+    from slm.precision import quantize_int8 as int8_in_place
 
-    cpu = copy.deepcopy(model).to("cpu").eval()
-    return quantize_dynamic(cpu, {nn.Linear}, dtype=torch.qint8)
+    if not int8_available():
+        raise RuntimeError("int8 needs torch built with oneDNN (x86 or ARM); this build has none")
+    return int8_in_place(copy.deepcopy(model).to("cpu").eval())

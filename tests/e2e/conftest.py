@@ -75,7 +75,7 @@ def live_stack(django_db_setup, django_db_blocker, artifacts_dir_session) -> Ite
     daphne_log = open(log_dir / "daphne.log", "wb")
     worker_log = open(log_dir / "worker.log", "wb")
     procs["daphne"] = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "slmsite.asgi:application"],
+        [sys.executable, "-m", "slmsite.server", "-b", "127.0.0.1", "-p", str(port), "slmsite.asgi:application"],
         cwd=ROOT,
         env=env,
         stdout=daphne_log,

@@ -177,3 +177,25 @@ def test_epoch_metrics_match_sklearn() -> None:
     ref = compute_metrics(y.numpy(), torch.softmax(logits, -1).numpy(), labels=["a", "b", "c"])
     assert row["val_accuracy"] == pytest.approx(ref["accuracy"])
     assert row["val_macro_f1"] == pytest.approx(ref["macro_f1"])
+
+
+def test_int8_copy_is_on_onednn_close_to_fp32_and_warning_free() -> None:
+    """bench/sentiment.py's int8 row: every nn.Linear of a copy becomes slm.precision.Int8Linear (no deprecated
+    torch.ao quantized tensors, no warnings); the original is untouched; probabilities stay close."""
+    import warnings
+
+    from torch import nn
+
+    from slm.classify.export import quantize_int8
+    from slm.precision import Int8Linear
+
+    model = tiny().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = quantize_int8(model)
+        fp = model.predict_proba(TEXTS)
+        p8 = q.predict_proba(TEXTS)
+    assert not any(isinstance(m, nn.Linear) for m in q.modules())
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) >= 4
+    assert any(isinstance(m, nn.Linear) for m in model.modules())
+    assert np.abs(fp - p8).max() < 0.05 and (fp.argmax(1) == p8.argmax(1)).mean() >= 0.95

@@ -72,3 +72,46 @@ def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
         log.close()
     out = (tmp_path / "serve.log").read_text(errors="replace")
     assert "died with signal SIGKILL; restarting it" in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_first_run_answers_at_once_while_the_default_models_build(tmp_path):
+    """#13.8: on a fresh machine the default models take minutes to build; the site answers meanwhile and
+    /healthz says what is building. Stopping serve mid-build stops the builder too (the status says so)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = stack_env(
+        SLM_VAR_DIR=str(tmp_path / "var"),
+        SLM_MAINTENANCE_QUEUE=f"test-maint-{uuid.uuid4().hex[:8]}",
+        CHAT_ENGINE_MODE="thread",
+    )
+    log = open(tmp_path / "serve.log", "wb")
+    started = time.monotonic()
+    serve = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--no-worker", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: ((_health(url) or {}).get("bootstrap") or {}).get("state") == "running", 60, "building")
+        assert time.monotonic() - started < 60
+        body = _health(url)
+        assert body is not None and body["status"] == "ok"
+        models = {m["model"]: m for m in body["bootstrap"]["models"]}
+        assert {"chat", "sentiment"} <= set(models) and not any(m["live"] for m in models.values())
+        with urlopen(url + "/accounts/login/", timeout=10) as r:
+            assert r.status == 200
+        builder = [p for p in psutil.Process(serve.pid).children() if "bootstrap_models" in " ".join(p.cmdline())]
+        assert len(builder) == 1
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+        wait_until(lambda: not pid_alive(builder[0].pid), 20, "the builder to stop")
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+        log.close()
+    out = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "slm is up" in out and "building in the background" in out

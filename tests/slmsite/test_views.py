@@ -18,6 +18,35 @@ def test_healthz_reports_database_redis_worker_models(client, registry: Registry
     assert body["redis"]["ok"] is True
     assert body["worker"]["count"] == 0 and body["worker"]["ok"] is False
     assert body["models"] == {"chat": "v0001"}
+    assert body["bootstrap"] is None  # no first-run build ever ran here
+
+
+@pytest.mark.django_db
+def test_healthz_and_predict_say_the_default_model_is_building(client, registry: Registry, settings, plain_user):
+    import sentiment.inference
+    from slmsite import bootstrap
+    from slmsite.services import api_token_create
+
+    sentiment.inference.reset_services()
+    api_headers = {"HTTP_AUTHORIZATION": f"Bearer {api_token_create(user=plain_user)}"}
+
+    settings.SENTIMENT_MODEL = "sentiment"
+    builders = [bootstrap.Builder(name=n, model_name=n, build=lambda r, p: None) for n in ("chat", "sentiment")]
+    writer = bootstrap.StatusWriter(registry, builders)
+    writer.update("chat", state="done", fraction=1.0, force=True)
+    registry.create_version("chat", lambda d: (d / "w").write_text("x"), {})
+    registry.promote("chat", "v0001")
+    writer.update("sentiment", state="running", fraction=0.37, message="epoch 1/4", force=True)
+    body = client.get("/healthz").json()
+    assert body["bootstrap"]["state"] == "running"
+    assert body["bootstrap"]["models"] == [
+        {"model": "chat", "state": "done", "percent": 100, "live": "v0001"},
+        {"model": "sentiment", "state": "running", "percent": 37, "live": None},
+    ]
+    r = client.post("/api/sentiment/predict", {"texts": ["好"]}, content_type="application/json", **api_headers)
+    assert r.status_code == 503 and "still being built (37%: epoch 1/4)" in r.json()["message"]
+    writer.finish("done")
+    assert client.get("/healthz").json()["bootstrap"]["state"] == "done"
 
 
 @pytest.mark.django_db

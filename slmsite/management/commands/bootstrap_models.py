@@ -70,8 +70,8 @@ class Command(BaseCommand):
             status.update(b.name, state="done", fraction=1.0, force=True)
             live = registry.live_version(b.model_name)
             self.stdout.write(f"[{b.name}] built in {time.monotonic() - started:.0f}s; live: {b.model_name}@{live}")
+        if opts["demo"] and not failed:
+            call_command("create_demo_project")  # before "done": a client waiting on /healthz finds it
         status.finish("failed" if failed else "done")
         if failed:
             raise CommandError(f"default model build failed: {', '.join(failed)} (see the messages above)")
-        if opts["demo"]:
-            call_command("create_demo_project")

@@ -1,7 +1,10 @@
-"""`make run`: migrate, ensure an admin, bootstrap default models, then run Redis (embedded unless
-REDIS_URL is set), an RQ worker (queues gpu, default; with scheduler), the periodic-job scheduler (`rqcron`)
-with its own small worker (queue SLM_MAINTENANCE_QUEUE, never stuck behind a training job) and daphne.
-A child that dies is restarted with backoff (slmsite/supervisor.py); Ctrl-C or SIGTERM stops all."""
+"""`make run`: migrate, ensure an admin, then run Redis (embedded unless REDIS_URL is set), an RQ worker
+(queues gpu, default; with scheduler), the periodic-job scheduler (`rqcron`) with its own small worker
+(queue SLM_MAINTENANCE_QUEUE, never stuck behind a training job), daphne, and, when default models are
+missing, a one-shot `bootstrap_models --demo` beside them: the site answers within seconds and its pages
+say "model building (x%)" until each default model is live (minutes on a fresh machine), instead of a
+blank wait. A child that dies is restarted with backoff (slmsite/supervisor.py); Ctrl-C or SIGTERM stops
+all."""
 
 from __future__ import annotations
 
@@ -44,9 +47,6 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             call_command("ensure_admin")
             call_command("collectstatic", interactive=False, verbosity=0)
-            if not opts["no_bootstrap"]:
-                call_command("bootstrap_models")
-                call_command("create_demo_project")
             supervisor = Supervisor(
                 self.children(opts),
                 log=lambda line: self.stderr.write(line),
@@ -57,6 +57,11 @@ class Command(BaseCommand):
             pids = ", ".join(f"{name} {pid}" for name, pid in supervisor.pids().items())
             self.stdout.write(f"started: {pids}")
             self.stdout.write(self.style.SUCCESS(f"slm is up: http://{opts['host']}:{opts['port']}/  (Ctrl-C stops)"))
+            if "bootstrap" in supervisor.pids():
+                self.stdout.write(
+                    "default models are building in the background: the pages and /healthz show progress "
+                    '("bootstrap": {"state": "done"} when they are live)'
+                )
             supervisor.run()
         except KeyboardInterrupt:
             pass
@@ -77,6 +82,9 @@ class Command(BaseCommand):
         }
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         specs = []
+        if not opts["no_bootstrap"]:
+            # one-shot: builds what is missing (seconds when every default model is live), then the demo
+            specs.append(ChildSpec("bootstrap", [*manage, "bootstrap_models", "--demo"], env=env, restart=False))
         if not opts["no_worker"]:
             specs.append(
                 ChildSpec(
