@@ -12,7 +12,8 @@
    Why not oneDNN: on AVX2 CPUs without VNNI, oneDNN's int8 matmul is its jit gemm, which repacks the
    weight matrix on every call; for the few rows of a decode step that costs 2-3x the weight reads. Here
    the weights are read once per call, straight from their row-major layout, 64 output rows at a time
-   (kept in L2 while every activation row passes). Single-threaded (the engine runs one torch thread). */
+   (kept in L2 while every activation row passes). One call is single-threaded; slm.cpu_int8 splits large
+   products by output columns over torch's thread count. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -93,16 +94,22 @@ static inline float epilogue(int32_t acc, int32_t wsum, float wscale, float xsca
     return bias + dot * wscale * xscale;
 }
 
-int slm_int8_abi(void) { return 1; }
+int slm_int8_abi(void) { return 2; }
 
-void slm_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, const int32_t *wsum,
-                     const float *wscale, const float *bias, int64_t N, float *y, uint8_t *qbuf, float *amax) {
-    quantize_rows(x, M, K, qbuf, amax);
-    for (int64_t m = 0; m < M; m++) amax[m] = amax[m] * (1.0f / 127.0f); /* now the row's scale */
+/* x [M,K] fp32 -> qbuf [M,K] u8 and scales[M] = amax/127 */
+void slm_int8_quantize(const float *x, int64_t M, int64_t K, uint8_t *qbuf, float *scales) {
+    quantize_rows(x, M, K, qbuf, scales);
+    for (int64_t m = 0; m < M; m++) scales[m] = scales[m] * (1.0f / 127.0f);
+}
+
+/* output columns [n_begin, n_end) of y [M,N] from the quantized rows (threads may split the columns) */
+void slm_int8_gemm(const uint8_t *qbuf, const float *scales, int64_t M, int64_t K, const int8_t *w,
+                   const int32_t *wsum, const float *wscale, const float *bias, int64_t N, int64_t n_begin,
+                   int64_t n_end, float *y) {
     const int64_t NB = 64;
     int32_t acc[8];
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-        const int64_t n1 = n0 + NB < N ? n0 + NB : N;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += NB) {
+        const int64_t n1 = n0 + NB < n_end ? n0 + NB : n_end;
         int64_t m = 0;
         for (; m + 4 <= M; m += 4) {
             const uint8_t *qm = qbuf + m * K;
@@ -111,11 +118,11 @@ void slm_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, cons
                 dot_4x2(qm, w + n * K, K, acc);
                 for (int i = 0; i < 4; i++)
                     for (int j = 0; j < 2; j++)
-                        y[(m + i) * N + n + j] = epilogue(acc[i * 2 + j], wsum[n + j], wscale[n + j], amax[m + i], bias[n + j]);
+                        y[(m + i) * N + n + j] = epilogue(acc[i * 2 + j], wsum[n + j], wscale[n + j], scales[m + i], bias[n + j]);
             }
             for (; n < n1; n++) {
                 dot_4x1(qm, w + n * K, K, acc);
-                for (int i = 0; i < 4; i++) y[(m + i) * N + n] = epilogue(acc[i], wsum[n], wscale[n], amax[m + i], bias[n]);
+                for (int i = 0; i < 4; i++) y[(m + i) * N + n] = epilogue(acc[i], wsum[n], wscale[n], scales[m + i], bias[n]);
             }
         }
         for (; m < M; m++) {
@@ -123,11 +130,11 @@ void slm_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, cons
             int64_t n = n0;
             for (; n + 4 <= n1; n += 4) {
                 dot_1x4(qm, w + n * K, K, acc);
-                for (int j = 0; j < 4; j++) y[m * N + n + j] = epilogue(acc[j], wsum[n + j], wscale[n + j], amax[m], bias[n + j]);
+                for (int j = 0; j < 4; j++) y[m * N + n + j] = epilogue(acc[j], wsum[n + j], wscale[n + j], scales[m], bias[n + j]);
             }
             for (; n < n1; n++) {
                 dot_1x1(qm, w + n * K, K, acc);
-                y[m * N + n] = epilogue(acc[0], wsum[n], wscale[n], amax[m], bias[n]);
+                y[m * N + n] = epilogue(acc[0], wsum[n], wscale[n], scales[m], bias[n]);
             }
         }
     }

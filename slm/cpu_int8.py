@@ -21,6 +21,7 @@ import stat
 import subprocess  # nosec B404 - runs the system C compiler on our own source file
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -105,60 +106,70 @@ def load() -> ctypes.CDLL | None:
             return None
         try:
             lib = ctypes.CDLL(str(path))
-            if lib.slm_int8_abi() != 1:
+            if lib.slm_int8_abi() != 2:
                 return None
         except (OSError, AttributeError) as exc:
             log.warning("int8 kernel: could not load %s: %s", path, exc)
             return None
-        fn = lib.slm_int8_linear
-        fn.restype = None
-        fn.argtypes = [
-            ctypes.c_void_p,  # x
-            ctypes.c_int64,  # M
-            ctypes.c_int64,  # K
-            ctypes.c_void_p,  # w
-            ctypes.c_void_p,  # wsum
-            ctypes.c_void_p,  # wscale
-            ctypes.c_void_p,  # bias
-            ctypes.c_int64,  # N
-            ctypes.c_void_p,  # y
-            ctypes.c_void_p,  # qbuf
-            ctypes.c_void_p,  # amax
-        ]
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.slm_int8_quantize.restype = None
+        lib.slm_int8_quantize.argtypes = [ptr, i64, i64, ptr, ptr]  # x, M, K, qbuf, scales
+        lib.slm_int8_gemm.restype = None
+        # qbuf, scales, M, K, w, wsum, wscale, bias, N, n_begin, n_end, y
+        lib.slm_int8_gemm.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
         _lib = lib
         return _lib
 
 
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel (loading it on first use)."""
+    return _lib if _lib is not None else load()
+
+
+PARALLEL_MACS = 4_000_000  # below this many multiply-adds a call stays on the calling thread
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != threads:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)
+            _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="slm-int8"))
+        return _pool[1]
+
+
 def linear(
-    lib: ctypes.CDLL,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    wsum: torch.Tensor,
-    wscale: torch.Tensor,
-    bias: torch.Tensor,
-    out: torch.Tensor | None = None,
+    x: torch.Tensor, weight: torch.Tensor, wsum: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """x [M, K] fp32 (made contiguous) -> [M, N] fp32; weight int8 [N, K] with |w| <= 63."""
+    """x [M, K] fp32 -> [M, N] fp32; weight int8 [N, K] with |w| <= 63. With more than one torch thread,
+    large products are split by output columns over that many threads (ctypes releases the GIL); the
+    result is the same bit for bit however it is split."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the slm int8 kernel is not available here")
     x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0]
-    if out is None:
-        out = torch.empty(m, n, dtype=torch.float32)
+    out = torch.empty(m, n, dtype=torch.float32)
     if m == 0:
         return out
     qbuf = torch.empty(m, k, dtype=torch.uint8)  # the quantized rows
     scales = torch.empty(m, dtype=torch.float32)
-    lib.slm_int8_linear(
-        x.data_ptr(),
-        m,
-        k,
-        weight.data_ptr(),
-        wsum.data_ptr(),
-        wscale.data_ptr(),
-        bias.data_ptr(),
-        n,
-        out.data_ptr(),
-        qbuf.data_ptr(),
-        scales.data_ptr(),
-    )
+    lib.slm_int8_quantize(x.data_ptr(), m, k, qbuf.data_ptr(), scales.data_ptr())
+    args = (qbuf.data_ptr(), scales.data_ptr(), m, k, weight.data_ptr(), wsum.data_ptr(), wscale.data_ptr())
+    rest = (bias.data_ptr(), n)
+    threads = min(torch.get_num_threads(), max(1, n // 64))
+    if threads <= 1 or m * n * k < PARALLEL_MACS:
+        lib.slm_int8_gemm(*args, *rest, 0, n, out.data_ptr())
+        return out
+    bounds = [round(n * i / threads / 64) * 64 for i in range(threads)] + [n]
+    jobs = [
+        _executor(threads).submit(lib.slm_int8_gemm, *args, *rest, lo, hi, out.data_ptr())
+        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        if hi > lo
+    ]
+    for job in jobs:
+        job.result()
     return out

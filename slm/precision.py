@@ -113,12 +113,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("w_scale", scale, persistent=False)
         bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(self.out_features)
         self.register_buffer("bias", bias, persistent=False)
-        self._lib = None
         if self.backend == "slm":
             from slm import cpu_int8
 
-            self._lib = cpu_int8.load()
-            if self._lib is None:
+            if cpu_int8.library() is None:
                 raise RuntimeError("the slm int8 kernel is not available here (SLM_INT8_KERNEL=onednn)")
             self.register_buffer("weight_int8", q.contiguous(), persistent=False)
             self.register_buffer("w_sum", q.sum(dim=1, dtype=torch.int32), persistent=False)
@@ -133,10 +131,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
-        if self._lib is not None:
+        if self.backend == "slm":
             from slm.cpu_int8 import linear
 
-            y = linear(self._lib, x2, self.weight_int8, self.w_sum, self.w_scale, self.bias)
+            y = linear(x2, self.weight_int8, self.w_sum, self.w_scale, self.bias)
             return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
         amax = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (vector_norm(inf) is 20x slower)
         inv = torch.div(self._127, amax)

@@ -49,6 +49,23 @@ def test_a_rows_result_does_not_depend_on_the_other_rows() -> None:
     assert torch.equal(q(x.view(1, 11, 160))[0], together)  # batch dims are flattened
 
 
+@needs_kernel
+def test_split_over_threads_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    q = Int8Linear(torch.nn.Linear(96, 300), backend="slm")
+    x = torch.randn(7, 96)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = q(x)
+        monkeypatch.setattr(cpu_int8, "PARALLEL_MACS", 0)
+        torch.set_num_threads(3)
+        split = q(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, split)
+
+
 def test_without_a_compiler_int8_falls_back_to_onednn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(cpu_int8, "_tried", False)
     monkeypatch.setattr(cpu_int8, "_lib", None)
