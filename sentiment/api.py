@@ -18,9 +18,7 @@ from pydantic import ConfigDict
 
 from sentiment import selectors
 from sentiment.inference import InferenceError, get_service
-from slmsite.bootstrap import building
 from slmsite.limits import TextLimitError, texts_check
-from slmsite.registry import get_registry
 from slmsite.schemas import ErrorOut
 
 router = Router(tags=["sentiment"])
@@ -79,18 +77,6 @@ class ModelsOut(Schema):
     versions: list[VersionOut]
 
 
-def _unavailable_message(exc: InferenceError) -> str:
-    """While `make run` is still building the default model, say so (and how far it is) instead of the
-    generic "no live version"."""
-    state = building(get_registry(), settings.SENTIMENT_MODEL)
-    if state is None or state["state"] not in ("waiting", "running"):
-        return str(exc)
-    return (
-        f"the default sentiment model is still being built ({state['percent']}%: {state['message'] or 'starting'}); "
-        "try again in a few minutes"
-    )
-
-
 def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:
     return status, {"message": message, "detail": message}
 
@@ -109,7 +95,9 @@ def predict(request: HttpRequest, payload: PredictIn) -> Any:
     try:
         result = get_service().predict(texts, payload.model)
     except InferenceError as exc:
-        return _error(exc.status, _unavailable_message(exc) if exc.status == 503 and not payload.model else str(exc))
+        return _error(
+            exc.status, selectors.unavailable_message(str(exc)) if exc.status == 503 and not payload.model else str(exc)
+        )
     return 200, {"model": result.ref, "predictions": result.predictions()}
 
 

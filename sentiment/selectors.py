@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 
 from sentiment.models import BatchPrediction
 from slm.registry import ModelVersion, Registry
+from slmsite.bootstrap import building
 from slmsite.promotion import promote_warning
 from slmsite.registry import get_registry
 
@@ -36,6 +37,24 @@ def split_figures(meta: dict[str, Any]) -> dict[str, Any]:
         gold = gold or metrics
         metrics = {}
     return {"test": metrics, "test_split": split if metrics else "", "gold": gold}
+
+
+def unavailable_message(message: str, *, page: bool = False) -> str:
+    """What to say when the live model cannot answer (503): while `make run` is still building the default
+    model, that it is being built and how far it is, instead of the generic "no live version" (whose advice,
+    run bootstrap_models, is what is already happening). `page`: the sentence for the playground."""
+    state = building(get_registry(), settings.SENTIMENT_MODEL)
+    if state is None or state["state"] not in ("waiting", "running"):
+        return message
+    if page:
+        return (
+            f"The sentiment model is still being built ({state['percent']}%, see above); your text is kept, "
+            "classify it again when the model is ready."
+        )
+    return (
+        f"the default sentiment model is still being built ({state['percent']}%: {state['message'] or 'starting'}); "
+        "try again in a few minutes"
+    )
 
 
 def version_summary(mv: ModelVersion, *, live: str | None) -> dict[str, Any]:
@@ -191,10 +210,13 @@ def _value_text(key: str, v: Any) -> str:
         return "–"
     if isinstance(v, bool):
         return "yes" if v else "no"
+    unit = " s" if key.endswith("_s") else ""  # timings: train_s, eval_s, ...
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 and not unit:
+        v = int(v)  # a count or a setting stored as a float: "4", not "4.00"
     if isinstance(v, float):
-        return sig3(v)
+        return sig3(v) + unit
     if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+        return f"{v:,}{unit}"
     if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) and "gram" in key:
         return f"{v[0]}–{v[1]}"
     if isinstance(v, list) and all(isinstance(x, int | float | str) and not isinstance(x, bool) for x in v):
@@ -292,7 +314,8 @@ def version_card(version: str, *, registry: Registry | None = None, name: str | 
         },
         "config_rows": _flat(config),
         "quality_rows": _flat(quality),
-        "timing_rows": _flat(timings),
+        # times first (train_s, eval_s, ...), then what the trainer reported (features, calibration, ...)
+        "timing_rows": sorted(_flat(timings), key=lambda row: not row[0].endswith("_s")),
         "extra_rows": _flat(extra),
     }
 

@@ -81,6 +81,8 @@ def _classify(text: str, model: str | None) -> tuple[dict[str, Any] | None, str 
     try:
         result = get_service().predict([text], model or None)
     except InferenceError as exc:
+        if exc.status == 503 and not model:
+            return None, selectors.unavailable_message(str(exc), page=True), exc.status
         return None, str(exc), exc.status
     return _result_context(result, text), None, 200
 

@@ -83,9 +83,14 @@ def fit_ngram(split: Split, config: NgramConfig | None = None, *, progress: Prog
         config={"family": "ngram", **config.to_dict()},
         curves={},
         timings={"train_s": round(train_s, 2), "eval_s": metrics.get("eval_s", 0.0), **model.train_info},
-        description=f"n-gram {config.classifier} char{list(config.char_ngram or [])} "
-        f"word{list(config.word_ngram or [])}, {model.n_features} features",
+        description=_ngram_description(config.classifier, config.char_ngram, config.word_ngram, model.n_features),
     )
+
+
+def _ngram_description(classifier: str, char: Any, word: Any, n_features: int) -> str:
+    """ "n-gram svm on character 1–3-grams: 120,799 features" (words, not Python lists)."""
+    parts = [f"{kind} {r[0]}–{r[1]}-grams" for kind, r in (("character", char), ("word", word)) if r]
+    return f"n-gram {classifier} on {' + '.join(parts) or 'nothing'}: {n_features:,} features"
 
 
 def fit_transformer(

@@ -67,9 +67,14 @@ def test_playground_renders_with_empty_registry(client_user, registry):
     assert "no live version" in resp.content.decode()
 
 
-def test_classify_htmx_returns_fragment_with_bars_and_fix_form(client_user, registry):
+def test_classify_htmx_returns_fragment_with_bars_and_fix_form(client_user, registry, annotator_user, password):
     make_fake_version(registry)
-    resp = client_user.post(reverse("sentiment:classify"), {"text": "这家酒店很好"}, HTTP_HX_REQUEST="true")
+    # a user without the annotator role gets a sentence, not a form that answers 403
+    html = client_user.post(reverse("sentiment:classify"), {"text": "好"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "needs the annotator role" in html and "Send to annotation" not in html
+    client_annotator = Client()
+    assert client_annotator.login(username=annotator_user.username, password=password)
+    resp = client_annotator.post(reverse("sentiment:classify"), {"text": "这家酒店很好"}, HTTP_HX_REQUEST="true")
     html = resp.content.decode()
     assert resp.status_code == 200
     assert "<html" not in html and 'id="result"' in html
@@ -197,3 +202,31 @@ def test_compare_defaults_to_live_versus_newest_other(client_user, registry):
     b = html.split('name="b"')[1].split("</select>")[0]
     assert 'value="v0001" selected' in a
     assert 'value="v0003" selected' in b
+
+
+def test_result_headline_and_bars_show_the_same_figure():
+    """0.997 is "99.7%" in the headline as on its bar, never "100%" above "99.7%"."""
+    from django.template.loader import render_to_string
+
+    bars = [
+        {"label": "positive", "p": 0.997, "pct": 99.7, "top": True},
+        {"label": "negative", "p": 0.003, "pct": 0.3, "top": False},
+    ]
+    result = {"label": "positive", "score": 0.997, "bars": bars, "ref": "sentiment@v0001", "family": "ngram"}
+    html = render_to_string("sentiment/playground.html#result", {"result": result})
+    assert '<span class="s-score" title="the model\'s probability for this label">99.7%</span>' in html
+    assert "100%" not in html
+
+
+def test_model_card_metadata_reads_as_numbers_and_words():
+    from sentiment.selectors import _value_text
+    from slm.classify.pipeline import _ngram_description
+
+    assert _value_text("length.min", 4.0) == "4"  # a count stored as a float
+    assert _value_text("C", 16.0) == "16" and _value_text("test_size", 0.2) == "0.200"
+    assert _value_text("label_counts.negative", 9013) == "9,013"  # like 11,212 in the same table
+    assert _value_text("train_s", 6.652) == "6.65 s" and _value_text("eval_s", 1.0) == "1.00 s"
+    assert _value_text("char_ngram", [1, 3]) == "1–3"
+    description = _ngram_description("svm", (1, 3), None, 120799)
+    assert description == "n-gram svm on character 1–3-grams: 120,799 features"
+    assert "[" not in _ngram_description("lr", [1, 4], [1, 2], 5)

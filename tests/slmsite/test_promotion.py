@@ -122,6 +122,12 @@ def test_not_found_is_the_apps_own_page_with_debug_on(client, plain_user, passwo
     body = r.content.decode()
     assert r.status_code == 404 and "Not found" in body and 'class="topbar"' in body
     assert "Django" not in body
+    for typo in ("/chat/cc/", "/no-such-page/"):  # a URL that matches nothing: the same page, not the URL list
+        r = client.get(typo)
+        body = r.content.decode()
+        assert r.status_code == 404 and "Not found" in body and 'class="topbar"' in body, typo
+        assert "DEBUG = True" not in body and "URLconf" not in body
+    assert client.get("/api/no-such-thing").json()["message"]  # the API keeps its JSON 404s
     r = client.post(  # the API keeps its JSON errors
         "/api/sentiment/predict", {"texts": ["hi"], "model": "v9999"}, content_type="application/json"
     )

@@ -22,7 +22,9 @@ def test_healthz_reports_database_redis_worker_models(client, registry: Registry
 
 
 @pytest.mark.django_db
-def test_healthz_and_predict_say_the_default_model_is_building(client, registry: Registry, settings, plain_user):
+def test_healthz_and_predict_say_the_default_model_is_building(
+    client, registry: Registry, settings, plain_user, annotator_user
+):
     import sentiment.inference
     from slmsite import bootstrap
     from slmsite.services import api_token_create
@@ -45,6 +47,22 @@ def test_healthz_and_predict_say_the_default_model_is_building(client, registry:
     ]
     r = client.post("/api/sentiment/predict", {"texts": ["好"]}, content_type="application/json", **api_headers)
     assert r.status_code == 503 and "still being built (37%: epoch 1/4)" in r.json()["message"]
+    # the playground says the same in words, not "no live version (build one with bootstrap_models)"
+    client.force_login(plain_user)
+    page = client.get("/sentiment/", {"text": "好"})
+    html = page.content.decode()
+    assert page.status_code == 503
+    assert "The sentiment model is still being built (37%, see above); your text is kept" in html
+    assert "No versions yet: the default model is being built" in html
+    assert "bootstrap_models" not in html and "has no live version" not in html
+    r = client.post("/sentiment/classify/", {"text": "好"}, HTTP_HX_REQUEST="true")
+    assert "still being built (37%" in r.content.decode()
+    home = client.get("/").content.decode()
+    assert "Sentiment model building (37%)" in home and "no live model yet" in home and "model —" not in home
+    client.force_login(annotator_user)
+    projects = client.get("/annotate/").content.decode()
+    assert "The demo project appears here when the sentiment model is built." in projects
+    assert "Ask an admin" not in projects
     writer.finish("done")
     assert client.get("/healthz").json()["bootstrap"]["state"] == "done"
 
@@ -76,7 +94,7 @@ def test_pages_need_login_and_have_csp(client, plain_user, password):
     home = client.get("/")
     assert home.status_code == 200
     html = home.content.decode()
-    for label in ["Chat", "Playground", "Annotate", "Runs"]:
+    for label in ["Chat", "Playground"]:  # Annotate and Runs need the annotator role (test below)
         assert f">{label}</a>" in html
     assert ">Admin</a>" not in html
     assert 'hx-headers=\'{"X-CSRFToken"' in html
@@ -155,3 +173,16 @@ def test_csp_connects_only_to_the_own_origin(client):
         check=True,
     ).stdout
     assert "connect-src 'self' wss://ws.example.com;" in out
+
+
+@pytest.mark.django_db
+def test_a_user_without_a_role_sees_no_annotate_links_and_a_403_in_words(client, plain_user, annotator_user):
+    client.force_login(plain_user)
+    home = client.get("/").content.decode()
+    assert "/annotate/" not in home and ">Chat</a>" in home and ">Playground</a>" in home
+    r = client.get("/annotate/")  # typed by hand: the app's page, saying why
+    html = r.content.decode()
+    assert r.status_code == 403 and 'class="topbar"' in html and "Labelling needs the annotator role" in html
+    client.force_login(annotator_user)
+    home = client.get("/").content.decode()
+    assert ">Annotate</a>" in home and ">Runs</a>" in home
