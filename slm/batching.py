@@ -130,13 +130,21 @@ class StepPlan:
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
     ) -> torch.Tensor:
         """query/key/value [1, heads, M, dim] of the packed tokens -> attention output [1, M, heads, dim]."""
-        k_all, v_all = self.cache.layer(layer, key)
-        k_all[self.slots, :, self.positions] = key[0].transpose(0, 1)
-        v_all[self.slots, :, self.positions] = value[0].transpose(0, 1)
+        return self.attend_packed(
+            layer, query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), scaling
+        ).unsqueeze(0)
+
+    def attend_packed(
+        self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+    ) -> torch.Tensor:
+        """query/key/value [M, heads, dim] of the packed tokens (any strides) -> attention output [M, heads, dim]."""
+        k_all, v_all = self.cache.layer(layer, key.unsqueeze(0).transpose(1, 2))
+        k_all[self.slots, :, self.positions] = key
+        v_all[self.slots, :, self.positions] = value
         gqa = query.shape[1] != key.shape[1]
-        out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [M, heads, dim]
+        out = query.new_empty(query.shape)  # [M, heads, dim]
         for g in self._decode_groups(query.device) if self.dec_slots else ():
-            q = query[0, :, g.rows].transpose(0, 1).unsqueeze(2)  # [n, heads, 1, dim]
+            q = query[g.rows].unsqueeze(2)  # [n, heads, 1, dim]
             if g.scatter is not None:  # slots lo..hi-1 not in the group get a dummy query, discarded
                 full = query.new_zeros(g.hi - g.lo, *q.shape[1:])
                 full[g.scatter] = q
@@ -145,7 +153,7 @@ class StepPlan:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scaling, enable_gqa=gqa)
             out[g.rows] = (o if g.scatter is None else o[g.scatter])[:, :, 0]
         for c in self.chunks:
-            q = query[:, :, c.start : c.start + c.length]
+            q = query[c.start : c.start + c.length].transpose(0, 1).unsqueeze(0)  # [1, heads, L, dim]
             total = c.cached + c.length
             k, v = k_all[c.slot : c.slot + 1, :, :total], v_all[c.slot : c.slot + 1, :, :total]
             if c.cached == 0:
@@ -157,7 +165,73 @@ class StepPlan:
                     causal = self._causal[c.start] = torch.arange(total, device=query.device)[None, :] <= rows
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=scaling, enable_gqa=gqa)
             out[c.start : c.start + c.length] = o[0].transpose(0, 1)
-        return out.unsqueeze(0)
+        return out
+
+
+@dataclass
+class _GPT2Layer:
+    ln_1: tuple[torch.Tensor, torch.Tensor, float]
+    qkv: Any  # the modules' forward methods (nn.Linear, Int8Linear or HF Conv1D), called on [M, in] rows
+    proj: Any
+    ln_2: tuple[torch.Tensor, torch.Tensor, float]
+    fc: Any
+    act: Any
+    out: Any
+    scaling: float
+
+
+class PackedGPT2:
+    """The engine's packed step for GPT-2 models, without transformers' module machinery: one loop over
+    the layers on [M, width] rows, the same weights, layer modules and attention (`StepPlan.attend_packed`)
+    as the model's own forward with "slm_packed", minus the per-call kwargs, masks, hooks and output
+    objects (12 layers x 4 modules' `__call__` plus the model's bookkeeping was ~5 ms of a 30 ms int8 step
+    on one stream). Only the rows in `keep` reach the final norm and the LM head. `build` returns None for
+    other architectures, which keep the generic path (the model called with `slm_plan`)."""
+
+    def __init__(self, model: Any) -> None:
+        t = model.transformer
+        self.wte, self.wpe = t.wte.weight, t.wpe.weight
+        self.width = t.embed_dim
+        first = t.h[0].attn
+        self.heads, self.head_dim = first.num_heads, first.head_dim
+        self.layers = [
+            _GPT2Layer(
+                ln_1=(b.ln_1.weight, b.ln_1.bias, b.ln_1.eps),
+                qkv=b.attn.c_attn.forward,
+                proj=b.attn.c_proj.forward,
+                ln_2=(b.ln_2.weight, b.ln_2.bias, b.ln_2.eps),
+                fc=b.mlp.c_fc.forward,
+                act=b.mlp.act,
+                out=b.mlp.c_proj.forward,
+                scaling=float(b.attn.scaling),
+            )
+            for b in t.h
+        ]
+        self.ln_f = (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
+        self.head = model.lm_head.forward
+
+    @classmethod
+    def build(cls, model: Any) -> PackedGPT2 | None:
+        if type(model).__name__ != "GPT2LMHeadModel":
+            return None
+        cfg = model.config
+        if getattr(cfg, "add_cross_attention", False) or not hasattr(model.transformer.h[0].attn, "scaling"):
+            return None
+        return cls(model)
+
+    def __call__(self, input_ids: torch.Tensor, plan: StepPlan, keep: torch.Tensor) -> torch.Tensor:
+        """input_ids [M] packed tokens -> logits [len(keep), vocab] of the rows `keep`."""
+        m, width = input_ids.shape[0], self.width
+        shape = (width,)
+        h = F.embedding(input_ids, self.wte) + F.embedding(plan.positions, self.wpe)
+        for i, layer in enumerate(self.layers):
+            x = F.layer_norm(h, shape, *layer.ln_1)
+            qkv = layer.qkv(x).view(m, 3, self.heads, self.head_dim)
+            a = plan.attend_packed(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], layer.scaling)
+            h = layer.proj(a.view(m, width)) + h
+            x = F.layer_norm(h, shape, *layer.ln_2)
+            h = h + layer.out(layer.act(layer.fc(x)))
+        return self.head(F.layer_norm(h[keep], shape, *self.ln_f))
 
 
 def _packed_attention(

@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 
-from slm.batching import Chunk, SlotCache, StepPlan, enable_packed
+from slm.batching import Chunk, PackedGPT2, SlotCache, StepPlan, enable_packed
 from slm.generation import (
     ChatPrompt,
     GenerationParams,
@@ -132,6 +132,7 @@ class LoadedModel:
     min_step_s: float = 0.0  # version metadata serving.min_step_s: paces streaming (demos, browser tests)
     source: str = ""  # what was asked for (e.g. "registry:chat"); `ref` is what it resolved to ("chat@v0002")
     nbytes: int = 0  # weights and buffers in memory, as loaded (after precision)
+    packed: Any = None  # the lean packed step (PackedGPT2) where the architecture has one; else the model's forward
 
 
 def _registry(cfg: EngineConfig) -> Any:
@@ -235,7 +236,16 @@ def load_model(cfg: EngineConfig, source: str | None = None) -> LoadedModel:
     serving = (src.metadata or {}).get("serving") or {}
     pace = float(serving.get("min_step_s") or 0.0)
     return LoadedModel(
-        ref, model, tok, _n_positions(model.config), eos_ids, device, pace, source=source, nbytes=model_bytes(model)
+        ref,
+        model,
+        tok,
+        _n_positions(model.config),
+        eos_ids,
+        device,
+        pace,
+        source=source,
+        nbytes=model_bytes(model),
+        packed=PackedGPT2.build(model),
     )
 
 
@@ -597,15 +607,20 @@ class EngineCore:
             dec_lengths=[r.cached + 1 for r in decoding],
             chunks=[c for _, c in chunks],
         )
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=dev)
+        keep_rows = torch.tensor(keep, dtype=torch.long, device=dev)
         with torch.inference_mode():
-            out = lm.model(
-                input_ids=torch.tensor([tokens], dtype=torch.long, device=dev),
-                position_ids=plan.positions[None],
-                use_cache=False,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
-                slm_plan=plan,
-            )
-        logits = out.logits[0]
+            if lm.packed is not None:
+                logits = lm.packed(input_ids, plan, keep_rows)
+            else:
+                out = lm.model(
+                    input_ids=input_ids[None],
+                    position_ids=plan.positions[None],
+                    use_cache=False,
+                    logits_to_keep=keep_rows,
+                    slm_plan=plan,
+                )
+                logits = out.logits[0]
         for row in decoding:
             row.cached += 1
         for row, c in chunks:

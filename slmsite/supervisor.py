@@ -10,6 +10,7 @@ supervisor itself is killed.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ class ChildSpec:
     env: dict[str, str] | None = None
     cwd: Path | str | None = None
     restart: bool = True  # False: a one-shot task; its exit (any code) is logged and the stack goes on
+    nice: int = 0  # added niceness: background work (the first-run model build) yields the CPU to the site
 
 
 @dataclass
@@ -73,11 +75,17 @@ class Supervisor:
 
     def _spawn(self, child: _Child) -> None:
         spec = child.spec
+
+        def setup(nice: int = spec.nice) -> None:
+            die_with_parent()
+            if nice:
+                os.nice(nice)
+
         child.proc = subprocess.Popen(  # our own argv, no shell
             list(spec.argv),
             env=spec.env,
             cwd=spec.cwd,
-            preexec_fn=die_with_parent,  # safe: the supervisor is single-threaded
+            preexec_fn=setup,  # safe: the supervisor is single-threaded
         )
         child.started_at = time.monotonic()
         child.starts += 1

@@ -4,8 +4,9 @@
     dynamic batch and sequence axes) + the tokenizer + config.json; `OnnxClassifier.load(dir)` predicts
     with onnxruntime behind the usual predict interface. With `int8=True` it also writes
     model.int8.onnx (onnxruntime dynamic quantisation of the MatMul weights).
-  * `quantize_int8(model)` returns a CPU copy whose nn.Linear layers are int8 on oneDNN (slm.precision's
-    `Int8Linear`, the chat engine's kernel; not the deprecated torch.ao quantized tensors).
+  * `quantize_int8(model)` returns a CPU copy whose nn.Linear layers are int8 (slm.precision's
+    `Int8Linear`, the chat engine's kernels: slm's AVX2 kernel or oneDNN; not the deprecated torch.ao
+    quantized tensors).
 
 Why not optimum: our saved model is encoder + our own head (not an AutoModelForSequenceClassification),
 so optimum's exporters do not apply; torch.onnx's TorchScript exporter handles it directly (checked
@@ -128,8 +129,8 @@ class OnnxClassifier:
 
 
 def quantize_int8(model: TransformerClassifier) -> TransformerClassifier:
-    """A CPU copy whose nn.Linear layers are int8 (weights per channel, activations per row) on oneDNN,
-    through the same `Int8Linear` the chat engine serves with. Raises where torch has no oneDNN int8."""
+    """A CPU copy whose nn.Linear layers are int8 (weights per channel, activations per row), through the
+    same `Int8Linear` the chat engine serves with. Raises where no int8 kernel can run."""
     from slm.precision import int8_available
     from slm.precision import quantize_int8 as int8_in_place
 

@@ -75,6 +75,7 @@ def test_batched_greedy_equals_generate_with_joins(model_dir: Path) -> None:
     rec = Recorder()
     core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32"), rec.emit)
     core.ensure_model()
+    assert core.loaded.packed is not None  # GPT-2 runs the lean packed step
     params = GenerationParams(max_new_tokens=24, repetition_penalty=1.3)
     for i, prompt in enumerate(PROMPTS):  # each joins a batch already decoding
         core.submit(GenRequest(str(i), tok(prompt)["input_ids"], params))
@@ -158,6 +159,52 @@ def test_int8_batched_greedy_equals_int8_generate(model_dir: Path) -> None:
         assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_lean_gpt2_step_equals_the_models_own_packed_forward(model_dir: Path, precision: str) -> None:
+    """The lean GPT-2 step (PackedGPT2) and the model's own forward with the packed attention (the path
+    other architectures take) produce the same logits, through chunked prefill and joins mid-prefill."""
+    from slm.batching import PackedGPT2
+
+    tok = tiny_tokenizer()
+    params = GenerationParams(max_new_tokens=10, repetition_penalty=1.3)
+    prompts = {"short": tok(PROMPTS[0])["input_ids"], "long": _long_prompt(tok, 40), "mid": _long_prompt(tok, 17)}
+    logits: dict[bool, list[torch.Tensor]] = {}
+    for lean in (True, False):
+        core = EngineCore(EngineConfig(model=str(model_dir), precision=precision, step_tokens=8), Recorder().emit)
+        lm = core.ensure_model()
+        assert isinstance(lm.packed, PackedGPT2)
+        seen = logits[lean] = []
+        if lean:
+            step = lm.packed
+
+            def spy(*args: Any, _step: Any = step, seen: list[torch.Tensor] = seen) -> torch.Tensor:
+                out = _step(*args)
+                seen.append(out)
+                return out
+
+            lm.packed = spy
+        else:
+            lm.packed = None
+            forward = lm.model.forward
+
+            def spy_model(*args: Any, _forward: Any = forward, seen: list[torch.Tensor] = seen, **kwargs: Any) -> Any:
+                out = _forward(*args, **kwargs)
+                seen.append(out.logits[0])
+                return out
+
+            lm.model.forward = spy_model
+        core.submit(GenRequest("short", prompts["short"], params))
+        core.step()
+        core.submit(GenRequest("long", prompts["long"], params))
+        core.step()
+        core.submit(GenRequest("mid", prompts["mid"], params))  # joins while "long" is mid-prefill
+        while core.step():
+            pass
+    assert len(logits[True]) == len(logits[False]) > 10
+    for a, b in zip(logits[True], logits[False], strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_engine_start_raises_no_warnings(model_dir: Path) -> None:
     """Loading and serving at every CPU precision stays clear of deprecated torch APIs (quantize_dynamic and
     quantized tensors warn in torch 2.13 that they will be removed)."""
@@ -186,6 +233,7 @@ def test_chunked_prefill_greedy_equals_generate_with_joins_mid_prefill(model_dir
     rec = Recorder()
     core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8), rec.emit)
     core.ensure_model()
+    assert core.loaded.packed is not None
     params = GenerationParams(max_new_tokens=12, repetition_penalty=1.3)
     prompts = {"long": _long_prompt(tok, 50), "short": tok(PROMPTS[0])["input_ids"], "mid": _long_prompt(tok, 20)}
     core.submit(GenRequest("short", prompts["short"], params))

@@ -97,6 +97,18 @@ def test_a_one_shot_child_ends_without_restart(supervisors):
     assert child.done and child.starts == 1 and lines == ["task finished with exit code 3"]
 
 
+def test_a_background_child_runs_at_lower_priority(supervisors):
+    """The first-run model build (minutes of training) yields the CPU to the site it runs beside."""
+    sup = Supervisor([ChildSpec("site", SLEEP), ChildSpec("build", SLEEP, restart=False, nice=10)], log=print)
+    supervisors.append(sup)
+    sup.start()
+    pids = sup.pids()
+    assert os.getpriority(os.PRIO_PROCESS, pids["build"]) == os.getpriority(os.PRIO_PROCESS, 0) + 10 or (
+        os.getpriority(os.PRIO_PROCESS, pids["build"]) == 19
+    )
+    assert os.getpriority(os.PRIO_PROCESS, pids["site"]) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def test_stop_ends_every_child(supervisors):
     sup = Supervisor([ChildSpec("a", SLEEP), ChildSpec("b", SLEEP)], log=lambda _: None)
     sup.start()

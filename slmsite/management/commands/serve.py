@@ -84,7 +84,9 @@ class Command(BaseCommand):
         specs = []
         if not opts["no_bootstrap"]:
             # one-shot: builds what is missing (seconds when every default model is live), then the demo
-            specs.append(ChildSpec("bootstrap", [*manage, "bootstrap_models", "--demo"], env=env, restart=False))
+            specs.append(
+                ChildSpec("bootstrap", [*manage, "bootstrap_models", "--demo"], env=env, restart=False, nice=10)
+            )
         if not opts["no_worker"]:
             specs.append(
                 ChildSpec(
