@@ -46,9 +46,14 @@ def retrain_job(run_id: int) -> dict[str, Any]:
 
 def reap_stale_runs_job() -> dict[str, int]:
     """Scheduled (annotate/cron.py, every ANNOTATE_REAP_INTERVAL_S): fails runs whose worker died, whether
-    or not anyone looks at them (reads never write)."""
+    or not anyone looks at them (reads never write), and queues again the pool refreshes that could not be
+    queued."""
     _fresh_db()
-    return {"reaped": services.run_reap_stale()}
+    out = {"reaped": services.run_reap_stale()}
+    requeued = services.pool_refresh_requeue()
+    if requeued:
+        out["requeued_refreshes"] = requeued
+    return out
 
 
 def refresh_pool_job(project_id: int) -> dict[str, Any]:

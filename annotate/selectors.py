@@ -297,10 +297,21 @@ def versions(project: Project) -> list[dict[str, Any]]:
 
     registry = get_registry()
     live = registry.live_version(project.model_name)
+    # what this project's retrains measured on its gold items: the new version's figures and those of the
+    # version that was live then (the base has no gold figures of its own, so the table showed "–" for the
+    # very version a new one is compared with); later runs win
+    measured: dict[str, dict[str, Any]] = {}
+    done = TrainingRun.objects.filter(project=project, status=TrainingRun.Status.SUCCEEDED).order_by("created_at")
+    for run in done.only("metrics", "version"):
+        metrics = run.metrics or {}
+        if metrics.get("live_gold") and metrics.get("live_version"):
+            measured[str(metrics["live_version"])] = metrics["live_gold"]
+        if metrics.get("gold") and run.version:
+            measured[run.version] = metrics["gold"]
     out = []
     for mv in reversed(registry.versions(project.model_name)):
         meta = mv.metadata
-        gold = meta.get("gold_metrics") or {}
+        gold = measured.get(mv.version) or meta.get("gold_metrics") or {}
         m = mv.metrics
         split = str(m.get("split") or "held-out")
         test = {} if "gold" in split else m  # the version's own test split; gold figures apart
@@ -311,6 +322,7 @@ def versions(project: Project) -> list[dict[str, Any]]:
                 "live": mv.version == live,
                 "family": meta.get("family", ""),
                 "created": meta.get("created", ""),
+                "created_text": str(meta.get("created") or "")[:16].replace("T", " "),
                 "parent": meta.get("parent") or "",
                 "n_train": (meta.get("annotate") or {}).get("n_train"),
                 "from_project": (meta.get("annotate") or {}).get("project") == project.pk,

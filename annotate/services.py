@@ -658,14 +658,31 @@ def enqueue_retrain(run_id: int) -> None:
         TrainingRun.objects.filter(pk=run_id).update(job_id=job_id)
 
 
+REFRESH_NOT_QUEUED = "the pool was not re-scored: "
+
+
 def enqueue_refresh(project_id: int) -> None:
     def failed(message: str) -> None:
-        Project.objects.filter(pk=project_id).update(pool_error=f"the pool was not re-scored: {message}")
+        Project.objects.filter(pk=project_id).update(
+            pool_error=f"{REFRESH_NOT_QUEUED}{message}; it is queued again once the job queue answers"
+        )
 
     job_id = f"annotate-refresh-{project_id}-{time.time_ns()}"
     enqueue_or_fail(
         "default", "annotate.jobs.refresh_pool_job", project_id, job_id=job_id, timeout=3600, on_fail=failed
     )
+
+
+def pool_refresh_requeue() -> int:
+    """Queues again the pool refresh of every project whose last one could not be queued (Redis was down, or
+    `bootstrap_models --demo` made the demo project while no queue ran), so its items get scored and ordered
+    by the project's strategy without anybody doing anything; returns how many. The maintenance job calls it.
+    A refresh that still cannot be queued puts its error back."""
+    ids = list(Project.objects.filter(pool_error__startswith=REFRESH_NOT_QUEUED).values_list("pk", flat=True))
+    for pk in ids:
+        Project.objects.filter(pk=pk, pool_error__startswith=REFRESH_NOT_QUEUED).update(pool_error="")
+        enqueue_refresh(pk)
+    return len(ids)
 
 
 def _enqueue_task(model: type[BackgroundTask], pk: int, job: str, queue: str = "default") -> None:

@@ -205,6 +205,11 @@
     new window.Chart(el, config);
   }
 
+  // counts: whole-number ticks from 0 (never "0.2 items")
+  function countAxis(title) {
+    return { beginAtZero: true, ticks: { precision: 0 }, title: { display: true, text: title } };
+  }
+
   function emptyNote(id, text) {
     const el = document.getElementById(id);
     if (!el) return;
@@ -220,7 +225,7 @@
       chart("chart-learning", {
         type: "line",
         data: { datasets: [{ label: "gold macro-F1", data: lc.map((p) => ({ x: p.labels, y: p.macro_f1, v: p.version })), borderColor: palette[0], backgroundColor: palette[0] }] },
-        options: { scales: { x: { type: "linear", title: { display: true, text: "labels" } }, y: { min: 0, max: 1, title: { display: true, text: "macro-F1" } } },
+        options: { scales: { x: { type: "linear", min: 0, ticks: { precision: 0 }, title: { display: true, text: "labels" } }, y: { min: 0, max: 1, title: { display: true, text: "macro-F1" } } },
           plugins: { tooltip: { callbacks: { label: (c) => c.raw.v + ": " + c.raw.y.toFixed(3) + " at " + c.raw.x + " labels" } } } },
       });
     } else emptyNote("chart-learning", "No trained versions yet.");
@@ -234,12 +239,12 @@
 
     const dist = d.distribution || {};
     if (Object.values(dist).some((v) => v > 0)) {
-      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map(labelColor) }] }, options: { plugins: { legend: { display: false } } } });
+      chart("chart-dist", { type: "bar", data: { labels: Object.keys(dist), datasets: [{ label: "items", data: Object.values(dist), backgroundColor: Object.keys(dist).map(labelColor) }] }, options: { scales: { y: countAxis("items") }, plugins: { legend: { display: false } } } });
     } else emptyNote("chart-dist", "No labels yet.");
 
     const tp = d.throughput || [];
     if (tp.length) {
-      chart("chart-throughput", { type: "bar", data: { labels: tp.map((p) => p.day), datasets: [{ label: "labels", data: tp.map((p) => p.n), backgroundColor: palette[2] }] }, options: { plugins: { legend: { display: false } } } });
+      chart("chart-throughput", { type: "bar", data: { labels: tp.map((p) => p.day), datasets: [{ label: "labels", data: tp.map((p) => p.n), backgroundColor: palette[2] }] }, options: { scales: { y: countAxis("labels") }, plugins: { legend: { display: false } } } });
     } else emptyNote("chart-throughput", "No labels yet.");
 
     const st = d.stability || [];

@@ -87,6 +87,12 @@ def test_decision_text_after_keep_promote_and_rollback_on_the_pages(
     page = client.get(f"/annotate/runs/{run.pk}/").content.decode()
     assert escape(kept) in page and 'class="badge live"' not in page
     assert escape(kept) in client.get(f"/annotate/p/{project.pk}/").content.decode()  # the dashboard says it too
+    # the versions table shows the live version's gold figure the run measured, beside the new one's
+    table = {v["version"]: v for v in selectors.versions(project)}
+    assert table["v0001"]["gold_macro_f1"] == live_f1 and table["v0002"]["gold_macro_f1"] == pytest.approx(
+        new_f1, abs=1e-4
+    )
+    assert "T" not in table["v0001"]["created_text"] and len(table["v0001"]["created_text"]) == 16
     # the confirmation for a hand promotion of the worse version (the figures the run recorded)
     v2 = next(v for v in selectors.versions(project) if v["version"] == "v0002")
     assert v2["promote_warning"].endswith("Make it live anyway?")

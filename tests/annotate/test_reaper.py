@@ -69,3 +69,37 @@ def test_a_dead_run_is_failed_by_the_scheduled_job_with_nobody_looking(tmp_path)
         finally:
             stop(*procs)
     assert "live model is unchanged" in TrainingRun.objects.get(pk=run.pk).error
+
+
+@pytest.mark.django_db
+def test_a_pool_refresh_that_could_not_be_queued_is_queued_again_by_the_maintenance_job(monkeypatch):
+    """The demo project made by `bootstrap_models --demo` with no queue running (or Redis down for a moment)
+    must not keep a never-scored pool and a red error forever."""
+    from annotate import services
+    from slmsite import jobs as slm_jobs
+
+    project = make_project()
+    queued: list[tuple[str, tuple[object, ...]]] = []
+
+    class DownQueue:
+        def enqueue(self, func, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise ConnectionError("Error 2 connecting to /tmp/gone/redis.sock")
+
+    class UpQueue:
+        def enqueue(self, func, *args, **kwargs):  # type: ignore[no-untyped-def]
+            queued.append((func, args))
+            return object()
+
+    monkeypatch.setattr(slm_jobs, "get_queue", lambda kind: DownQueue())
+    services.enqueue_refresh(project.pk)
+    project.refresh_from_db()
+    assert project.pool_error.startswith("the pool was not re-scored: could not queue the job")
+    assert project.pool_error.endswith("it is queued again once the job queue answers")
+    assert jobs.reap_stale_runs_job() == {"reaped": 0, "requeued_refreshes": 1}  # still down: error back
+    project.refresh_from_db()
+    assert project.pool_error.startswith("the pool was not re-scored") and queued == []
+    monkeypatch.setattr(slm_jobs, "get_queue", lambda kind: UpQueue())
+    assert jobs.reap_stale_runs_job() == {"reaped": 0, "requeued_refreshes": 1}
+    project.refresh_from_db()
+    assert project.pool_error == "" and queued == [("annotate.jobs.refresh_pool_job", (project.pk,))]
+    assert jobs.reap_stale_runs_job() == {"reaped": 0}  # nothing left to do

@@ -346,3 +346,32 @@ def test_simulation_card_shows_progress_polls_and_then_the_chart_data(client, ad
     Simulation.objects.filter(status="queued").update(status="failed", error="worker died")
     html = client.get(card_url).content.decode()
     assert "The last simulation failed: worker died" in html and '"entropy"' in html
+
+
+def test_annotators_table_reads_in_words_and_three_digits(client, admin_user, annotator_user, password, project):
+    for _ in range(3):
+        lease = services.lease_next(project=project, user=annotator_user)
+        assert lease is not None
+        services.label_submit(project=project, user=annotator_user, item_id=lease.item_id, label="positive")
+    client.login(username=admin_user.username, password=password)
+    html = client.get(reverse("annotate:project", kwargs={"pk": project.pk})).content.decode()
+    assert "<th>labels per hour</th>" in html and ">time per label</th>" in html and ">gold accuracy</th>" in html
+    row = html[html.index(f"<td>{annotator_user.username}</td>") :].split("</tr>")[0]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    assert cells[1] == "3" and not cells[2].endswith(".0"), cells  # per hour: 3 digits, not "300.0"
+
+
+def test_a_queued_run_does_not_claim_zero_labels(client, admin_user, password, project):
+    run = TrainingRun.objects.create(project=project, status="queued")
+    client.login(username=admin_user.username, password=password)
+    html = client.get(reverse("annotate:run", kwargs={"pk": run.pk})).content.decode()
+    assert "waiting for a worker: the labels are counted when it starts" in html
+    assert "attempt 0" not in html and "0 training labels" not in html
+
+
+def test_recent_runs_say_just_now_not_0_minutes_ago(client, admin_user, password, project):
+    TrainingRun.objects.create(project=project, status="failed")
+    client.login(username=admin_user.username, password=password)
+    for url in (reverse("annotate:project", kwargs={"pk": project.pk}), reverse("annotate:runs")):
+        html = client.get(url).content.decode()
+        assert "0 minutes ago" not in html and "now" in html, url

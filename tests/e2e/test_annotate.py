@@ -110,6 +110,11 @@ def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
     page.context.clear_cookies()
     login(page, admin_user.username, password)
     page.goto(f"/annotate/p/{project.pk}/")
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-throughput'))")
+    precision = page.evaluate(
+        "['chart-dist', 'chart-throughput'].map(id => Chart.getChart(document.getElementById(id)).options.scales.y.ticks.precision)"
+    )
+    assert precision == [0, 0]  # counts get whole-number ticks, not "0.2 items"
     page.screenshot(path=str(shots / "annotate-project-desktop.png"), full_page=True)
     page.click("[data-testid=retrain]")
     page.wait_for_url("**/annotate/runs/*/")
@@ -123,6 +128,9 @@ def test_keyboard_labelling_undo_then_admin_retrain_goes_live(
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(shots / "annotate-runs-phone.png"), full_page=True)
     page.goto(f"/annotate/p/{project.pk}/")
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-learning'))")
+    x = page.evaluate("Chart.getChart(document.getElementById('chart-learning')).options.scales.x")
+    assert x["min"] == 0 and x["ticks"]["precision"] == 0  # one point at 14 labels: not an axis of 13.7 … 14.2
     page.screenshot(path=str(shots / "annotate-project-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 860})
 

@@ -230,3 +230,28 @@ def test_model_card_metadata_reads_as_numbers_and_words():
     description = _ngram_description("svm", (1, 3), None, 120799)
     assert description == "n-gram svm on character 1–3-grams: 120,799 features"
     assert "[" not in _ngram_description("lr", [1, 4], [1, 2], 5)
+
+
+def test_compare_shows_it_is_working_and_batch_rows_keep_a_decimal(client_user, registry):
+    """Loading a version for Compare takes seconds: the form names an indicator that exists; batch rows show
+    99.6% as "99.6%", not a certain-looking "100%"."""
+    import re
+
+    from django.template.loader import render_to_string
+
+    make_fake_version(registry)
+    html = client_user.get(reverse("sentiment:playground")).content.decode()
+    form = re.search(r'<form[^>]*id="compare-form"[^>]*>', html)
+    assert form and 'hx-indicator="#compare-spin"' in form.group(0) and 'hx-disabled-elt="find button"' in form.group(0)
+    assert 'id="compare-spin" class="htmx-indicator' in html
+
+    class Batch:
+        pk, filename, status, total, done, percent, error, is_finished = 1, "r.csv", "succeeded", 1, 1, 100, "", True
+        model_ref, label_counts, result_file = "sentiment@v0001", {"negative": 1}, None
+        preview = [{"text": "太差了", "label": "negative", "score": 0.996}]
+
+        def get_status_display(self) -> str:
+            return "succeeded"
+
+    rows = render_to_string("sentiment/playground.html#batch", {"batch": Batch()})
+    assert "99.6%" in rows and "100%" not in rows

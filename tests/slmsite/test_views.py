@@ -186,3 +186,11 @@ def test_a_user_without_a_role_sees_no_annotate_links_and_a_403_in_words(client,
     client.force_login(annotator_user)
     home = client.get("/").content.decode()
     assert ">Annotate</a>" in home and ">Runs</a>" in home
+
+
+@pytest.mark.django_db
+def test_favicon_ico_and_the_admin_pages_have_an_icon(client, admin_user):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 301 and r["Location"].endswith("favicon.svg")  # no 404 in the console
+    client.force_login(admin_user)
+    assert 'rel="icon"' in client.get("/admin/").content.decode()
