@@ -91,6 +91,15 @@ def _dialogues(cfg: ChatBuildConfig) -> list[Dialogue]:
     return dialogues
 
 
+def progress_text(epoch: int, loss: float, eta_s: float | None) -> str:
+    """The building banner's words: "epoch 1 · loss 6.88 · about 3 min left" (not "eta 203s")."""
+    text = f"epoch {epoch} · loss {loss:.3g}"
+    if eta_s is None:
+        return text
+    left = "under a minute left" if eta_s < 60 else f"about {round(eta_s / 60)} min left"
+    return f"{text} · {left}"
+
+
 def build_chat_version(
     registry: Registry,
     cfg: ChatBuildConfig,
@@ -124,11 +133,7 @@ def build_chat_version(
     train_cfg = replace(cfg.train, max_length=min(cfg.train.max_length, cfg.n_positions))
 
     def on_progress(info: dict[str, Any]) -> None:
-        eta = info.get("eta_s")
-        report(
-            f"epoch {info['epoch']} loss {info['loss']:.3f}" + (f" eta {eta:.0f}s" if eta is not None else ""),
-            0.05 + 0.9 * float(info["fraction"]),
-        )
+        report(progress_text(info["epoch"], info["loss"], info.get("eta_s")), 0.05 + 0.9 * float(info["fraction"]))
 
     result = train_causal_lm(model, tokenizer, train_texts, eval_texts, train_cfg, progress=on_progress)
     metrics = {k: result.metrics[k] for k in ("eval_loss", "perplexity", "train_time_s") if k in result.metrics}

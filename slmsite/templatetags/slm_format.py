@@ -38,3 +38,23 @@ def percent(value: Any, digits: int = 0) -> str:
     """0.634 -> "63%"."""
     number = _float(value)
     return "–" if number is None else f"{100 * number:.{int(digits)}f}%"
+
+
+@register.filter
+def when(value: Any) -> str:
+    """An ISO timestamp from metadata ("2026-12-01T20:41:45+00:00") as "2026-12-01 20:41" in the site's
+    time zone; "–" for none; text that is not a timestamp as it is."""
+    from django.utils import timezone
+    from django.utils.dateparse import parse_datetime
+
+    if not value:
+        return "–"
+    try:
+        moment = parse_datetime(str(value))
+    except ValueError:
+        moment = None
+    if moment is None:
+        return str(value)
+    if timezone.is_aware(moment):
+        moment = timezone.localtime(moment)
+    return moment.strftime("%Y-%m-%d %H:%M")

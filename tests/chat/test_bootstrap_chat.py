@@ -50,3 +50,11 @@ def test_default_config_honours_budget(settings):
     cfg = default_config()
     assert cfg.train.max_time_s == 42 and cfg.tokenizer == "bpe" and cfg.n_positions == 256
     assert cfg.train.max_length == 256
+
+
+def test_the_building_banner_says_how_long_in_minutes():
+    from chat.bootstrap import progress_text
+
+    assert progress_text(1, 6.8763, 203.0) == "epoch 1 · loss 6.88 · about 3 min left"
+    assert progress_text(2, 5.1, 40.0) == "epoch 2 · loss 5.1 · under a minute left"
+    assert progress_text(1, 6.0, None) == "epoch 1 · loss 6"

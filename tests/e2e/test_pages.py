@@ -130,6 +130,7 @@ def _pages(w: dict[str, Any]) -> list[tuple[str, str]]:
         ("runs", "/annotate/runs/"),
         ("run", f"/annotate/runs/{w['run'].pk}/"),
         ("not-found", "/chat/c/999999/"),
+        ("unknown-url", "/no-such-page/"),  # the app's 404 page too, not Django's URL list
     ]
 
 

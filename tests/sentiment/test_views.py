@@ -255,3 +255,14 @@ def test_compare_shows_it_is_working_and_batch_rows_keep_a_decimal(client_user, 
 
     rows = render_to_string("sentiment/playground.html#batch", {"batch": Batch()})
     assert "99.6%" in rows and "100%" not in rows
+
+
+def test_version_dates_read_as_dates(client_user, registry):
+    from slmsite.templatetags.slm_format import when
+
+    assert when("2026-12-01T20:41:45+00:00") == "2026-12-01 20:41"
+    assert when(None) == "–" and when("yesterday") == "yesterday"
+    make_fake_version(registry)
+    for url in (reverse("sentiment:version", kwargs={"version": "v0001"}), reverse("sentiment:versions")):
+        html = client_user.get(url).content.decode()
+        assert "+00:00" not in html and not __import__("re").search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", html), url
