@@ -38,6 +38,7 @@ def _local_key() -> tuple[Any, ...]:
         settings.CHAT_ENGINE_MODE,
         settings.CHAT_ENGINE_THREADS,
         settings.CHAT_STEP_TOKENS,
+        settings.CHAT_PREFILL_SHARE,
         settings.CHAT_MODELS_MEMORY_MB,
         settings.SLM_DEVICE,
     )
@@ -68,6 +69,7 @@ def _build_local() -> Engine:
         device=settings.SLM_DEVICE,
         num_threads=settings.CHAT_ENGINE_THREADS or None,
         step_tokens=settings.CHAT_STEP_TOKENS,
+        prefill_share=settings.CHAT_PREFILL_SHARE,
         max_model_bytes=max(0, settings.CHAT_MODELS_MEMORY_MB) * 2**20,
         preload=settings.CHAT_BACKEND == "local",  # CHAT_MODEL is the default model only with the local backend
     )

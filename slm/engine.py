@@ -45,6 +45,7 @@ No Django in here.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -103,7 +104,8 @@ class EngineConfig:
     device: str = "auto"
     num_threads: int | None = None  # torch threads in the engine (None: leave as is)
     swap_check_s: float = 1.0  # how often the live pointer is re-read
-    step_tokens: int = 32  # tokens per forward pass: one per decoding stream + prompt chunks (prefill)
+    step_tokens: int = 32  # most tokens per forward pass while streams decode: one per stream + prompt chunks
+    prefill_share: float = 0.35  # prompt prefill time per unit of decode time while streams decode (inf: every step)
     coalesce_s: float = 0.005  # from idle, requests arriving within this of each other share the first step
     max_model_bytes: int = 0  # weights of the models kept loaded together (0: no bound); LRU idle ones go first
     preload: bool = True  # load `model` when the engine starts (else on its first request)
@@ -283,6 +285,8 @@ class _Lane:
     cache: SlotCache | None = None
     pending_ref: str | None = None  # a newly promoted version, swapped in once the lane has no rows
     next_check: float = 0.0
+    decode_step_s: float | None = None  # running average of its decode-only steps' durations
+    prefill_credit: float = 0.0  # seconds prompts may still take from its decoding streams (< 0: owed)
 
     @property
     def source(self) -> str:
@@ -298,9 +302,14 @@ class EngineCore:
 
     One `step()` = one forward pass per model with requests running: a token of every decoding row
     first, then prompt chunks of rows still prefilling, in admission order, up to `cfg.step_tokens`
-    tokens in all (at least a quarter of the budget always goes to prefill, so a full batch cannot starve
-    it). With no row decoding, nothing is stalled by a long step: prompts get `IDLE_PREFILL_FACTOR`
-    budgets at once.
+    tokens in all (at least one prompt token). While streams decode, prompts get such a chunk only within
+    a time share: each decode-only step earns `cfg.prefill_share` of its duration for the waiting prompts,
+    a step with a chunk spends what it took beyond a decode-only step (the running average), and a chunk
+    goes in whenever the balance is not negative (so a new prompt gets one at once). Running streams
+    thus keep about 1 / (1 + share) of their pace (0.35: 74%) while a long prompt comes in, in big chunks
+    (a chunk costs far less per token than many small ones: fixed costs per step are the weight reads,
+    the chunk's attention over its prefix and Python). With no row decoding, nothing is stalled by a long
+    step: prompts get `IDLE_PREFILL_FACTOR` budgets at once.
 
     Several models (each request names its source; "" = `cfg.model`) are kept loaded together up to
     `cfg.max_model_bytes`; to load another, the least recently used models without running streams are
@@ -315,6 +324,7 @@ class EngineCore:
         self.rows: list[_Row] = []  # admission order
         self.cancelled: set[str] = set()
         self.steps = 0  # forward passes run
+        self.clock: Callable[[], float] = time.perf_counter  # step durations (the prefill time share)
 
     # ---- the default model (what single-model callers and tests look at)
     @property
@@ -573,8 +583,13 @@ class EngineCore:
         tokens = [r.last for r in decoding]
         slots = [r.slot for r in decoding]
         positions = [r.cached for r in decoding]
-        if decoding:  # the budget protects running streams: prefill gets what they leave (>= 1/4)
-            budget = max(self.cfg.step_tokens - len(decoding), self.cfg.step_tokens // 4, 1)
+        backlog = any(r.prefilling for r in rows)
+        if decoding:  # prompts get a chunk only while their time share allows (see the class docstring)
+            if not backlog:
+                lane.prefill_credit = min(lane.prefill_credit, 0.0)  # time is never banked for later prompts
+            share = self.cfg.prefill_share
+            allowed = backlog and (share == math.inf or lane.prefill_credit >= 0.0)
+            budget = max(self.cfg.step_tokens - len(decoding), 1) if allowed else 0
         else:  # nobody waits on this step but the prompts themselves
             budget = max(self.cfg.step_tokens, 1) * IDLE_PREFILL_FACTOR
         chunks: list[tuple[_Row, Chunk]] = []
@@ -609,6 +624,7 @@ class EngineCore:
         )
         input_ids = torch.tensor(tokens, dtype=torch.long, device=dev)
         keep_rows = torch.tensor(keep, dtype=torch.long, device=dev)
+        started = self.clock()
         with torch.inference_mode():
             if lm.packed is not None:
                 logits = lm.packed(input_ids, plan, keep_rows)
@@ -633,6 +649,20 @@ class EngineCore:
                 finished.append(row)
         self._remove_rows(finished)
         self.steps += 1
+        if decoding:
+            self._account(lane, self.clock() - started, len(decoding), len(tokens), bool(chunks), backlog)
+
+    def _account(self, lane: _Lane, elapsed: float, n_decoding: int, n_tokens: int, chunk: bool, backlog: bool) -> None:
+        """Prefill time share: decode-only steps earn `prefill_share` of their duration while prompts wait;
+        a step with a prompt chunk costs what it took beyond a decode-only step."""
+        if chunk:
+            base = lane.decode_step_s if lane.decode_step_s is not None else elapsed * n_decoding / n_tokens
+            lane.prefill_credit -= max(elapsed - base, 0.0)
+            return
+        avg = lane.decode_step_s
+        lane.decode_step_s = elapsed if avg is None else 0.8 * avg + 0.2 * elapsed
+        if backlog:
+            lane.prefill_credit += self.cfg.prefill_share * elapsed
 
     def step(self) -> bool:
         """One scheduling round: cancels, swap checks, admissions, one forward pass per model with running

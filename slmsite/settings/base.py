@@ -254,9 +254,11 @@ CHAT_RATE_LIMIT_PER_MIN = env_int("CHAT_RATE_LIMIT_PER_MIN", 30)
 # (0 = torch default). 1 by default: on the shared 2-core box int8 decode with 2 threads collapsed under load.
 CHAT_ENGINE_MODE = os.environ.get("CHAT_ENGINE_MODE", "process")
 CHAT_ENGINE_THREADS = env_int("CHAT_ENGINE_THREADS", 1)
-# Tokens per engine step (one forward pass): one per decoding stream + prompt chunks being prefilled. Smaller
-# keeps running streams smoother while a long prompt is prefilled; larger prefills faster (bench/chat.py).
+# Most tokens per engine step (one forward pass) while streams decode: one per decoding stream + a prompt chunk.
+# CHAT_PREFILL_SHARE: while streams decode, prompts waiting to be prefilled get this much time per unit of decode
+# time (0.35: running streams keep ~3/4 of their pace while a long prompt comes in; larger prefills faster).
 CHAT_STEP_TOKENS = env_int("CHAT_STEP_TOKENS", 32)
+CHAT_PREFILL_SHARE = env_float("CHAT_PREFILL_SHARE", 0.35)
 CHAT_REMOTE_TIMEOUT_S = env_float("CHAT_REMOTE_TIMEOUT_S", 60.0)
 # A page reload mid-reply detaches its stream: generation goes on while the reloaded page polls it.
 CHAT_DETACH_GRACE_S = env_float("CHAT_DETACH_GRACE_S", 5.0)

@@ -3,6 +3,7 @@ int8 conversion, cancel within one token, hot swap on promotion, no leaks after 
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from pathlib import Path
@@ -170,7 +171,8 @@ def test_lean_gpt2_step_equals_the_models_own_packed_forward(model_dir: Path, pr
     prompts = {"short": tok(PROMPTS[0])["input_ids"], "long": _long_prompt(tok, 40), "mid": _long_prompt(tok, 17)}
     logits: dict[bool, list[torch.Tensor]] = {}
     for lean in (True, False):
-        core = EngineCore(EngineConfig(model=str(model_dir), precision=precision, step_tokens=8), Recorder().emit)
+        cfg = EngineConfig(model=str(model_dir), precision=precision, step_tokens=8, prefill_share=math.inf)
+        core = EngineCore(cfg, Recorder().emit)  # a chunk every step: the same steps on both paths
         lm = core.ensure_model()
         assert isinstance(lm.packed, PackedGPT2)
         seen = logits[lean] = []
@@ -259,7 +261,8 @@ def test_chunked_prefill_greedy_equals_generate_with_joins_mid_prefill(model_dir
 def test_prefill_never_stalls_decoding_streams_and_keeps_the_budget(model_dir: Path) -> None:
     tok = tiny_tokenizer()
     rec = Recorder()
-    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8), rec.emit)
+    cfg = EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8, prefill_share=math.inf)
+    core = EngineCore(cfg, rec.emit)  # share inf: a prompt chunk every step
     core.ensure_model()
     for i in range(3):
         core.submit(GenRequest(f"d{i}", tok(PROMPTS[0])["input_ids"][:5], GenerationParams(max_new_tokens=60)))
@@ -278,6 +281,39 @@ def test_prefill_never_stalls_decoding_streams_and_keeps_the_budget(model_dir: P
     while core.step():
         pass
     assert rec.end("long")["usage"]["completion_tokens"] == 4
+
+
+def test_prefill_takes_its_time_share_from_decoding_streams(model_dir: Path) -> None:
+    """While streams decode, prompt chunks get `prefill_share` of the decode time: with decode-only steps
+    of 1 s and chunk steps of 2 s (1 s extra) and a share of 0.5, a chunk goes in every third step; a new
+    prompt gets its first chunk at once, and time is not banked while no prompt waits."""
+    tok = tiny_tokenizer()
+    rec = Recorder()
+    cfg = EngineConfig(model=str(model_dir), precision="fp32", step_tokens=8, prefill_share=0.5)
+    core = EngineCore(cfg, rec.emit)
+    core.ensure_model()
+    account = core._account
+
+    def fake_durations(lane: Any, elapsed: float, n_decoding: int, n_tokens: int, chunk: bool, backlog: bool) -> None:
+        account(lane, 2.0 if chunk else 1.0, n_decoding, n_tokens, chunk, backlog)  # the step's "duration"
+
+    core._account = fake_durations  # type: ignore[method-assign]
+    for i in range(2):
+        core.submit(GenRequest(f"d{i}", tok(PROMPTS[0])["input_ids"][:5], GenerationParams(max_new_tokens=80)))
+    for _ in range(10):  # decode-only steps with nothing waiting: no credit piles up
+        core.step()
+    lane = next(iter(core.lanes.values()))
+    assert lane.prefill_credit == 0.0 and lane.decode_step_s == pytest.approx(1.0)
+    core.submit(GenRequest("long", _long_prompt(tok, 60), GenerationParams(max_new_tokens=2)))
+    pattern = []
+    while any(r.prefilling for r in core.rows) or core.waiting:
+        cached = sum(r.cached for r in core.rows if r.req.id == "long")
+        core.step()
+        pattern.append(sum(r.cached for r in core.rows if r.req.id == "long") - cached)
+    assert pattern[:7] == [6, 0, 0, 6, 0, 0, 6]  # first chunk at once, then 1 s extra per 2 x 0.5 s earned
+    while core.step():
+        pass
+    assert rec.end("long")["reason"] in ("length", "eos")
 
 
 def test_cancel_during_chunked_prefill_lands_within_one_step(model_dir: Path) -> None:
