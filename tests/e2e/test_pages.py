@@ -182,4 +182,13 @@ def test_no_page_scrolls_sideways_at_phone_width(page, world, admin_user, passwo
               vw: document.documentElement.clientWidth, hidden: wrap.scrollWidth - wrap.clientWidth};
     }""")
     assert fit["text"].startswith("promoted:") and fit["right"] <= fit["vw"] and fit["hidden"] <= 1, fit
+    # and in the project's narrow "Recent runs" card (desktop too) it gets the card's width, not a fourth of it
+    for size in (PHONE, DESKTOP):
+        page.set_viewport_size(size)
+        page.goto(f"/annotate/p/{world['project'].pk}/")
+        share = page.evaluate("""() => {
+          const td = document.querySelector('.a-recent-why');
+          return td.getBoundingClientRect().width / td.closest('.card').clientWidth;
+        }""")
+        assert share > 0.8, (size, share)
     assert page.js_errors == []
