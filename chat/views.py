@@ -38,6 +38,9 @@ PRESETS = [
     },
 ]
 
+# Set by chat.js when the offline-demo notice is dismissed; read here so a dismissed notice is never drawn.
+DEMO_NOTICE_COOKIE = "slm_demo_notice"
+
 
 def _conversation_or_404(request: HttpRequest, pk: int) -> Conversation:
     conv = selectors.conversation_get(user=request.user, conversation_id=pk)
@@ -76,6 +79,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "models": picker["choices"],
             "model_current": current,
             "model_lost": picker["lost"],
+            "demo_notice_dismissed": request.COOKIES.get(DEMO_NOTICE_COOKIE) == "dismissed",
         },
     )
 
@@ -95,7 +99,11 @@ def conversation(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
+    """The sidebar's list (the page refreshes it with htmx). Opened directly (a bookmark, a new tab) it
+    would be a bare fragment: the browser is sent to the chat page of the active conversation instead."""
     active = selectors.conversation_get(user=request.user, conversation_id=request.GET.get("active"))
+    if not getattr(request, "htmx", False):
+        return redirect("chat:conversation", pk=active.pk) if active else redirect("chat:index")
     return render(
         request,
         "chat/index.html#conv_list",

@@ -13,6 +13,7 @@ const titleEl = document.getElementById("chat-title");
 const presets = JSON.parse(document.getElementById("chat-presets")?.textContent || "[]");
 const modelSel = document.getElementById("chat-model");
 const demoNotice = document.getElementById("demo-notice");
+const demoDismiss = document.getElementById("demo-notice-dismiss");
 
 let socket = null;
 let streaming = null; // {message: id, el: text element}
@@ -98,7 +99,7 @@ function applyPreset(name) {
 function applyModel() {
   const opt = modelSel?.selectedOptions[0];
   if (!opt) return;
-  if (demoNotice) demoNotice.hidden = !opt.dataset.demo;
+  if (demoNotice) demoNotice.hidden = !opt.dataset.demo || demoNotice.dataset.dismissed === "1";
   const box = document.getElementById("p-max_new_tokens");
   const cap = Number(root.dataset.maxNewTokens) || Number(box.max);
   const window = Number(opt.dataset.window || 0);
@@ -404,6 +405,16 @@ if (root) {
   stopBtn.addEventListener("click", stop);
   modelSel?.addEventListener("change", pickModel);
   applyModel();
+  // The demo notice's ×: gone for good in this browser (a cookie the server reads, so no flash on the next page).
+  if (demoDismiss) {
+    demoDismiss.hidden = false;
+    demoDismiss.addEventListener("click", () => {
+      document.cookie = "slm_demo_notice=dismissed; path=/; max-age=31536000; SameSite=Lax";
+      demoNotice.dataset.dismissed = "1";
+      demoNotice.hidden = true;
+      input.focus();
+    });
+  }
   const presetSel = document.getElementById("p-preset");
   presetSel.addEventListener("change", () => applyPreset(presetSel.value));
   document.getElementById("chat-params").addEventListener("input", (event) => {

@@ -197,6 +197,20 @@ def test_demo_notice_only_for_the_offline_demo_model(page_client, registry, chat
     assert '<p class="cm-notice" id="demo-notice" hidden>' in body  # there for the picker, hidden
 
 
+@pytest.mark.django_db
+def test_a_dismissed_demo_notice_is_not_drawn(page_client, registry, chat_settings) -> None:  # type: ignore[no-untyped-def]
+    from chat.bootstrap import build_tiny_chat_version
+
+    build_tiny_chat_version(registry, "chat")
+    body = page_client.get(reverse("chat:index")).content.decode()
+    assert 'id="demo-notice-dismiss" aria-label="Dismiss the offline demo notice"' in body
+    assert 'class="cm-notice-short">: expect fragments' in body  # what a phone shows
+    page_client.cookies["slm_demo_notice"] = "dismissed"  # what the notice's × sets
+    body = page_client.get(reverse("chat:index")).content.decode()
+    assert '<p class="cm-notice" id="demo-notice" hidden data-dismissed="1">' in body
+    assert 'data-demo="1" selected>chat (offline demo)</option>' in body  # the picker still says so
+
+
 # ------------------------------------------------------------------------------------------ backends
 @pytest.mark.django_db
 def test_local_models_share_one_engine_and_each_remote_model_has_its_own(chat_settings) -> None:  # type: ignore[no-untyped-def]

@@ -90,8 +90,13 @@ def test_rename_delete_and_list(client, plain_user, password, exchange) -> None:
     assert r.status_code == 302 and Conversation.objects.get(pk=conv.pk).title == "My chat"
     client.post(reverse("chat:rename", args=[conv.pk]), {"title": "  "})
     assert Conversation.objects.get(pk=conv.pk).title == "My chat"
-    r = client.get(reverse("chat:list") + f"?active={conv.pk}")
+    r = client.get(reverse("chat:list") + f"?active={conv.pk}", HTTP_HX_REQUEST="true")
     assert b"My chat" in r.content and b'aria-current="page"' in r.content
+    # opened directly (no htmx) it is not a bare fragment: the browser goes to the chat page
+    r = client.get(reverse("chat:list") + f"?active={conv.pk}")
+    assert r.status_code == 302 and r["Location"] == reverse("chat:conversation", args=[conv.pk])
+    r = client.get(reverse("chat:list"))
+    assert r.status_code == 302 and r["Location"] == reverse("chat:index")
     # deleting is permanent: without confirm=1 (the page's dialog adds it) the answer is a question
     r = client.post(reverse("chat:delete", args=[conv.pk]))
     assert r.status_code == 200 and "cannot be undone" in r.content.decode()

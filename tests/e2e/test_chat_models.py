@@ -79,4 +79,16 @@ def test_pick_a_model_for_a_conversation(
     assert Conversation.objects.get(pk=conv_id).model == "picker-demo"
     page.reload()
     assert picker.input_value() == "picker-demo" and page.locator("#demo-notice").is_visible()
+    if size == PHONE:  # two lines on a phone, not a third of the screen
+        assert page.locator("#demo-notice").bounding_box()["height"] <= 60
+    # dismissed from the keyboard, and it stays dismissed in this browser, also when the picker comes back to it
+    page.locator("#demo-notice-dismiss").focus()
+    page.keyboard.press("Enter")
+    assert page.locator("#demo-notice").is_hidden()
+    page.reload()
+    page.wait_for_selector("#chat[data-socket=open]")
+    assert page.locator("#demo-notice").is_hidden()
+    picker.select_option("picker-a")
+    picker.select_option("picker-demo")
+    assert page.locator("#demo-notice").is_hidden()
     assert page.js_errors == []

@@ -15,6 +15,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.m
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
+# Tables that scroll sideways inside their card (fine on a phone; at desktop width a column is hidden).
+HIDDEN_COLUMNS_JS = """() => Array.from(document.querySelectorAll('.table-wrap'))
+  .filter(w => w.scrollWidth > w.clientWidth + 1)
+  .map(w => (w.closest('.card')?.querySelector('h2')?.textContent || '?') + ' +' + (w.scrollWidth - w.clientWidth))"""
+
 # What sticks out past the right edge of the viewport and is not inside something that scrolls itself.
 OVERFLOW_JS = """() => {
   const vw = document.documentElement.clientWidth;
@@ -45,6 +50,7 @@ def world(live_stack, admin_user) -> dict[str, Any]:  # type: ignore[no-untyped-
     from django.conf import settings
     from django.utils import timezone
 
+    from annotate import services as annotate_services
     from annotate.models import TrainingRun
     from chat import services as chat_services
     from sentiment.models import BatchPrediction
@@ -78,6 +84,11 @@ def world(live_stack, admin_user) -> dict[str, Any]:  # type: ignore[no-untyped-
             tokens_per_s=40.0,
         )
     project = make_project(gold_fraction=0.3, guidelines="Label the **sentiment** of each review.")
+    for _ in range(3):  # the annotators table has a row (its κ column is the last one)
+        lease = annotate_services.lease_next(project=project, user=admin_user)
+        annotate_services.label_submit(
+            project=project, user=admin_user, item_id=lease.item_id, label=project.labels[0], seconds=2.0
+        )
     run = TrainingRun.objects.create(
         project=project,
         status=TrainingRun.Status.SUCCEEDED,
@@ -87,6 +98,8 @@ def world(live_stack, admin_user) -> dict[str, Any]:  # type: ignore[no-untyped-
         parent_version=old.version,
         version=live.version,
         promoted=True,
+        decision="promoted: the new version scored gold macro-F1 0.829 on 6 gold items, above the live version's "
+        "0.476 (promotion needs a higher gold macro-F1)",
         metrics={
             "gold": {"accuracy": 0.8333, "macro_f1": 0.8285714},
             "live_gold": {"accuracy": 0.5, "macro_f1": 0.4761904},
@@ -157,5 +170,16 @@ def test_no_page_scrolls_sideways_at_phone_width(page, world, admin_user, passwo
             m = page.evaluate(OVERFLOW_JS)
             if m["scrollWidth"] > m["viewport"] or m["culprits"]:
                 problems[f"{name}@{size['width']}"] = m
+            if size == DESKTOP and (hidden := page.evaluate(HIDDEN_COLUMNS_JS)):
+                problems[f"{name}@{size['width']} tables"] = hidden
     assert not problems, problems
+    # the runs list on a phone: the decision sentence is read in full, not cut off inside a sideways scroller
+    page.set_viewport_size(PHONE)
+    page.goto("/annotate/runs/")
+    fit = page.evaluate("""() => {
+      const td = document.querySelector('.a-decision-row td'), wrap = td.closest('.table-wrap');
+      return {text: td.textContent.trim(), right: td.getBoundingClientRect().right,
+              vw: document.documentElement.clientWidth, hidden: wrap.scrollWidth - wrap.clientWidth};
+    }""")
+    assert fit["text"].startswith("promoted:") and fit["right"] <= fit["vw"] and fit["hidden"] <= 1, fit
     assert page.js_errors == []

@@ -123,4 +123,4 @@ def test_a_first_run_answers_at_once_while_the_default_models_build(tmp_path):
             serve.wait(10)
         log.close()
     out = (tmp_path / "serve.log").read_text(errors="replace")
-    assert "slm is up" in out and "building in the background" in out
+    assert "slm is up" in out and "default models building in the background (chat, sentiment)" in out

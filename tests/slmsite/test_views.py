@@ -54,6 +54,8 @@ def test_healthz_and_predict_say_the_default_model_is_building(
     assert page.status_code == 503
     assert "The sentiment model is still being built (37%, see above); your text is kept" in html
     assert "No versions yet: the default model is being built" in html
+    assert "Nothing to compare yet: this needs model versions, and the first one is being built" in html
+    assert 'id="compare-form"' not in html  # no empty A/B selects
     assert "bootstrap_models" not in html and "has no live version" not in html
     r = client.post("/sentiment/classify/", {"text": "好"}, HTTP_HX_REQUEST="true")
     assert "still being built (37%" in r.content.decode()

@@ -57,10 +57,11 @@ class Command(BaseCommand):
             pids = ", ".join(f"{name} {pid}" for name, pid in supervisor.pids().items())
             self.stdout.write(f"started: {pids}")
             self.stdout.write(self.style.SUCCESS(f"slm is up: http://{opts['host']}:{opts['port']}/  (Ctrl-C stops)"))
-            if "bootstrap" in supervisor.pids():
+            missing = [] if opts["no_bootstrap"] else _missing_default_models()
+            if missing:
                 self.stdout.write(
-                    "default models are building in the background: the pages and /healthz show progress "
-                    '("bootstrap": {"state": "done"} when they are live)'
+                    f"default models building in the background ({', '.join(missing)}): the pages and /healthz "
+                    'show progress ("bootstrap": {"state": "done"} when they are live)'
                 )
             supervisor.run()
         except KeyboardInterrupt:
@@ -102,6 +103,20 @@ class Command(BaseCommand):
         daphne = [*server, "slmsite.asgi:application"]
         specs.append(ChildSpec("daphne", daphne, env=env, cwd=settings.BASE_DIR))
         return specs
+
+
+def _missing_default_models() -> list[str]:
+    """The default models `bootstrap_models` will build (no live version yet)."""
+    from slmsite.bootstrap import builders
+    from slmsite.registry import get_registry
+
+    registry = get_registry()
+    wanted = set(settings.SLM_BOOTSTRAP)
+    return [
+        b.model_name
+        for b in builders()
+        if ("all" in wanted or b.name in wanted) and not registry.live_version(b.model_name)
+    ]
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
