@@ -29,12 +29,15 @@ child's main thread at full speed) or in a dedicated thread (mode "thread"; it s
     ("end", {"reason": eos|length|stop|cancelled, "text": ..., "usage": {...}, "timing": {...}, "model": ref})
     ("error", {"code": ..., "message": ...})
 
-Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core CPU at
-load ~10, so ratios within one run are what count): vs the previous engine (left-padded DynamicCache,
-`quantize_dynamic`) 0.89x / 1.04x / 1.11x aggregate tok/s at 1 / 4 / 8 streams (oneDNN's int8 kernel is
-slower than fbgemm's for a single row, faster from 4 rows up); TTFT p95 of 4 simultaneous users 220 ms
-vs 450 ms; running streams lose 32% of their tok/s while a 512-token prompt is prefilled (96% before);
-CTranslate2's int8 generator on the same weights is still ~1.7x faster per token. The process placement
+Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core AVX2
+CPU at load ~4-5, so ratios within one run are what count): 39 / 64 / 108 tok/s at 1 / 4 / 8 streams,
+2.35x / 1.99x / 1.60x the previous engine (packed steps on oneDNN int8, HF forward) and 1.06x / 0.99x /
+0.79x CTranslate2's int8 generator on the same weights; a single stream reaches 48% of the memory-bandwidth
+ceiling. The gains: slm's own int8 kernel (slm.cpu_int8; oneDNN repacked the weights on every call) and
+the lean GPT-2 step (slm.batching.PackedGPT2). Running streams keep 79% of their pace while a 512-token
+prompt is prefilled (prefill_share 0.35: 0.2 / 0.5 / a chunk every step gave 80% / 63% / 33%, its TTFT
+8.6 / 6.2 / 3.6 s). TTFT p95 of 4 simultaneous users is 4.8x the single-user TTFT: they share one
+prefill step, and prefill is compute-bound (62 prompt tokens cost ~3x 12). The process placement
 isolates torch from the event loop's GIL and from crashes; `thread` mode stays for comparison
 (CHAT_ENGINE_MODE). With 2 torch threads on the loaded box int8 decode collapsed (2 tok/s vs 30 with 1),
 hence CHAT_ENGINE_THREADS=1 by default.
@@ -305,7 +308,9 @@ class EngineCore:
     tokens in all (at least one prompt token). While streams decode, prompts get such a chunk only within
     a time share: each decode-only step earns `cfg.prefill_share` of its duration for the waiting prompts,
     a step with a chunk spends what it took beyond a decode-only step (the running average), and a chunk
-    goes in whenever the balance is not negative (so a new prompt gets one at once). Running streams
+    goes in whenever the balance is not negative (so a new prompt gets one at once); a prompt whose rest
+    fits in one step's chunk always goes in (short prompts are answered at once, their time still
+    counted; the share holds back long prompts). Running streams
     thus keep about 1 / (1 + share) of their pace (0.35: 74%) while a long prompt comes in, in big chunks
     (a chunk costs far less per token than many small ones: fixed costs per step are the weight reads,
     the chunk's attention over its prefix and Python). With no row decoding, nothing is stalled by a long
@@ -588,9 +593,10 @@ class EngineCore:
             if not backlog:
                 lane.prefill_credit = min(lane.prefill_credit, 0.0)  # time is never banked for later prompts
             share = self.cfg.prefill_share
-            allowed = backlog and (share == math.inf or lane.prefill_credit >= 0.0)
-            budget = max(self.cfg.step_tokens - len(decoding), 1) if allowed else 0
+            held = not (share == math.inf or lane.prefill_credit >= 0.0)
+            budget = max(self.cfg.step_tokens - len(decoding), 1)
         else:  # nobody waits on this step but the prompts themselves
+            held = False
             budget = max(self.cfg.step_tokens, 1) * IDLE_PREFILL_FACTOR
         chunks: list[tuple[_Row, Chunk]] = []
         for row in rows:
@@ -598,6 +604,8 @@ class EngineCore:
                 break
             if not row.prefilling:
                 continue
+            if held and row.prompt_tokens - row.cached > budget:
+                continue  # only prompts that finish in this step go in while the share is spent
             n = min(budget, row.prompt_tokens - row.cached)
             chunks.append((row, Chunk(row.slot, len(tokens), n, row.cached)))
             tokens.extend(row.ids[row.cached : row.cached + n])

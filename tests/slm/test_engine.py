@@ -311,6 +311,14 @@ def test_prefill_takes_its_time_share_from_decoding_streams(model_dir: Path) -> 
         core.step()
         pattern.append(sum(r.cached for r in core.rows if r.req.id == "long") - cached)
     assert pattern[:7] == [6, 0, 0, 6, 0, 0, 6]  # first chunk at once, then 1 s extra per 2 x 0.5 s earned
+    assert lane.prefill_credit < 0  # ... and the share is spent now: yet a short prompt goes in at once
+    core.submit(GenRequest("late", _long_prompt(tok, 60), GenerationParams(max_new_tokens=2)))
+    core.submit(GenRequest("short", tok(PROMPTS[0])["input_ids"][:5], GenerationParams(max_new_tokens=2)))
+    core.step()
+    assert lane.prefill_credit < 0
+    short = next(r for r in core.rows if r.req.id == "short")
+    late = next(r for r in core.rows if r.req.id == "late")
+    assert not short.prefilling and late.cached == 0  # the long one still waits for its share
     while core.step():
         pass
     assert rec.end("long")["reason"] in ("length", "eos")
