@@ -191,4 +191,11 @@ def test_no_page_scrolls_sideways_at_phone_width(page, world, admin_user, passwo
           return td.getBoundingClientRect().width / td.closest('.card').clientWidth;
         }""")
         assert share > 0.8, (size, share)
+        # its annotators table keeps gold accuracy and κ in view on a phone too (speed columns drop out)
+        cols = page.evaluate("""() => {
+          const w = document.querySelector('.a-wide .table-wrap');
+          return {hidden: w.scrollWidth - w.clientWidth, heads: Array.from(w.querySelectorAll('th'))
+            .filter(th => th.getBoundingClientRect().width > 0).map(th => th.textContent)};
+        }""")
+        assert cols["hidden"] <= 1 and cols["heads"][-2:] == ["gold accuracy", "κ with others"], (size, cols)
     assert page.js_errors == []
