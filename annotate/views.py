@@ -431,8 +431,12 @@ def _simulation_card(request: HttpRequest, project: Project, *, error: str = "")
 
 @annotator_required
 def simulation(request: HttpRequest, pk: int) -> HttpResponse:
-    """The simulation card alone (polled while a simulation is queued or running)."""
-    return _simulation_card(request, get_object_or_404(Project, pk=pk))
+    """The simulation card alone (polled by htmx while a simulation is queued or running); opened directly,
+    the project page at that card."""
+    project = get_object_or_404(Project, pk=pk)
+    if not getattr(request, "htmx", False):
+        return redirect(reverse("annotate:project", kwargs={"pk": pk}) + "#simulation")
+    return _simulation_card(request, project)
 
 
 # ------------------------------------------------------------------ runs

@@ -170,9 +170,11 @@ def _message_or_404(request: HttpRequest, pk: int) -> Message:
 @login_required
 @require_GET
 def message(request: HttpRequest, pk: int) -> HttpResponse:
-    """One message (polled while a reply is still streaming, e.g. after a page refresh). A poll keeps a
-    reply whose page was reloaded (detached stream) generating."""
+    """One message (polled by htmx or chat.js, with HX-Request, while a reply is still streaming, e.g. after a
+    page refresh). A poll keeps a reply whose page was reloaded (detached stream) generating."""
     msg = _message_or_404(request, pk)
+    if not getattr(request, "htmx", False):  # opened directly: the conversation page at that message
+        return redirect(reverse("chat:conversation", kwargs={"pk": msg.conversation_id}) + f"#msg-{msg.pk}")
     if msg.status in (Message.Status.QUEUED, Message.Status.STREAMING):
         try:
             keep_detached_alive(msg.pk)

@@ -151,7 +151,7 @@ function startPolling(id) {
   const tick = async () => {
     if (!polling || polling.id !== id) return;
     try {
-      const r = await fetch(urlFor(root.dataset.messageUrl, id), { credentials: "same-origin" });
+      const r = await fetch(urlFor(root.dataset.messageUrl, id), { credentials: "same-origin", headers: { "HX-Request": "true" } });
       if (!r.ok) throw new Error(String(r.status));
       const holder = document.createElement("template");
       holder.innerHTML = (await r.text()).trim();

@@ -331,20 +331,24 @@ def test_simulation_card_shows_progress_polls_and_then_the_chart_data(client, ad
     html = r.content.decode()
     assert r.status_code == 200 and html.lstrip().startswith('<div class="card" id="simulation"')
     assert f'hx-get="{card_url}"' in html and "data-job-active" in html and "waiting for the worker" in html
+    r = client.get(card_url)  # opened directly (not polled): the project page at the card, not a bare fragment
+    assert (
+        r.status_code == 302 and r["Location"] == reverse("annotate:project", kwargs={"pk": project.pk}) + "#simulation"
+    )
     sim = Simulation.objects.get(project=project)
     Simulation.objects.filter(pk=sim.pk).update(status="running", progress=0.4)
-    html = client.get(card_url).content.decode()
+    html = client.get(card_url, HTTP_HX_REQUEST="true").content.decode()
     assert "40% done" in html and "data-job-active" in html and "disabled" in html
     curves = {"random": {"labels": [10, 20], "f1": [0.5, 0.6]}, "entropy": {"labels": [10, 20], "f1": [0.5, 0.7]}}
     Simulation.objects.filter(pk=sim.pk).update(status="succeeded", progress=1.0, result={"curves": curves})
-    html = client.get(card_url).content.decode()
+    html = client.get(card_url, HTTP_HX_REQUEST="true").content.decode()
     assert "hx-get" not in html and "data-job-active" not in html
     data = json.loads(html.split('<script id="sim-data" type="application/json">')[1].split("</script>")[0])
     assert data["curves"] == curves  # json_script for the chart
     # a failed simulation says why, and the previous chart stays
     client.post(url, {"strategies": ["margin"]}, HTTP_HX_REQUEST="true")
     Simulation.objects.filter(status="queued").update(status="failed", error="worker died")
-    html = client.get(card_url).content.decode()
+    html = client.get(card_url, HTTP_HX_REQUEST="true").content.decode()
     assert "The last simulation failed: worker died" in html and '"entropy"' in html
 
 

@@ -112,7 +112,9 @@ def test_two_processes_share_the_stream_rule_the_rate_limit_and_detached_streams
     mid = start["message"]
     deadline = time.monotonic() + 60
     while True:  # ... and the reloaded page, served by B, polls the message
-        with urlopen(Request(f"http://127.0.0.1:{b}/chat/m/{mid}/", headers={"Cookie": cookie}), timeout=30) as r:
+        with urlopen(
+            Request(f"http://127.0.0.1:{b}/chat/m/{mid}/", headers={"Cookie": cookie, "HX-Request": "true"}), timeout=30
+        ) as r:
             html = r.read().decode()
         if 'data-status="streaming"' not in html and 'data-status="queued"' not in html:
             break

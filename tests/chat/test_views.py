@@ -46,13 +46,15 @@ def test_index_and_conversation_page(client, plain_user, password, exchange) -> 
     assert "hello &lt;b&gt;there&lt;/b&gt;" in body and "<b>there</b>" not in body
     # a reply still streaming polls itself until it is final (refresh mid-reply)
     assert f'hx-get="{reverse("chat:message", args=[agent.pk])}"' in body
+    r = client.get(reverse("chat:message", args=[agent.pk]))  # opened directly: the page at that message
+    assert r.status_code == 302 and r["Location"] == reverse("chat:conversation", args=[conv.pk]) + f"#msg-{agent.pk}"
     services.message_progress(message_id=agent.pk, text="partial rep")
-    r = client.get(reverse("chat:message", args=[agent.pk]))
+    r = client.get(reverse("chat:message", args=[agent.pk]), HTTP_HX_REQUEST="true")
     assert b"partial rep" in r.content and b"every 1s" in r.content
     services.message_finish(
         message_id=agent.pk, text="partial reply.", reason="eos", completion_tokens=3, ttft_ms=12.0, tokens_per_s=40.0
     )
-    r = client.get(reverse("chat:message", args=[agent.pk]))
+    r = client.get(reverse("chat:message", args=[agent.pk]), HTTP_HX_REQUEST="true")
     assert b"partial reply." in r.content and b"every 1s" not in r.content
     assert b"chat@v0001" in r.content and b"40.0 tok/s" in r.content and b"12 ms" in r.content
 
@@ -61,7 +63,7 @@ def test_other_users_conversations_are_404(client, admin_user, password, exchang
     conv, _, agent = exchange
     client.login(username=admin_user.username, password=password)
     assert client.get(reverse("chat:conversation", args=[conv.pk])).status_code == 404
-    assert client.get(reverse("chat:message", args=[agent.pk])).status_code == 404
+    assert client.get(reverse("chat:message", args=[agent.pk]), HTTP_HX_REQUEST="true").status_code == 404
     assert client.post(reverse("chat:rate", args=[agent.pk]), {"rating": 1}).status_code == 404
     assert client.post(reverse("chat:delete", args=[conv.pk])).status_code == 404
     assert Conversation.objects.filter(pk=conv.pk).exists()
