@@ -63,7 +63,8 @@ def test_pick_a_model_for_a_conversation(
         "() => document.getElementById('chat-status').textContent.startsWith('Done')", timeout=90_000
     )
     reply = page.locator(".cm-agent").last
-    reply.locator("summary", has_text="Details").click()
+    # the details come with the stored message the page fetches after "Done" (slow on a loaded machine)
+    reply.locator("summary", has_text="Details").click(timeout=90_000)
     assert f"{a.ref} · picked as picker-a" in reply.locator(".cm-details dd").first.inner_text()
     conv_id = int(page.locator("#chat").get_attribute("data-conversation"))
     assert Conversation.objects.get(pk=conv_id).model == "picker-a"
