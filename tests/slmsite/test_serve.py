@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
+from typing import IO
 from urllib.request import urlopen
 
 import psutil
@@ -38,24 +40,29 @@ def _gpu_workers(url: str) -> list[int]:
     return [w["pid"] for w in body.get("worker", {}).get("workers", []) if "gpu" in w["queues"]]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
+def _serve(tmp_path: Path, *args: str, **env: str) -> tuple[str, subprocess.Popen[bytes], IO[bytes]]:
+    """`manage.py serve` on a free port with its own var dir and maintenance queue: (url, process, log)."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = stack_env(
+    full_env = stack_env(
         SLM_VAR_DIR=str(tmp_path / "var"),
-        SLM_RESTART_BACKOFF_S="0.2",
         SLM_MAINTENANCE_QUEUE=f"test-maint-{uuid.uuid4().hex[:8]}",
         CHAT_ENGINE_MODE="thread",
+        **env,
     )
     log = open(tmp_path / "serve.log", "wb")
     serve = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--no-bootstrap", "--port", str(port)],
+        [sys.executable, "manage.py", "serve", *args, "--port", str(port)],
         cwd=ROOT,
-        env=env,
+        env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    return f"http://127.0.0.1:{port}", serve, log
+
+
+@pytest.mark.django_db(transaction=True)
+def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
+    url, serve, log = _serve(tmp_path, "--no-bootstrap", SLM_RESTART_BACKOFF_S="0.2")
     try:
         wait_until(lambda: _gpu_workers(url), 300, "serve to come up with a worker")
         (first,) = _gpu_workers(url)
@@ -86,22 +93,8 @@ def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
 def test_a_first_run_answers_at_once_while_the_default_models_build(tmp_path):
     """#13.8: on a fresh machine the default models take minutes to build; the site answers meanwhile and
     /healthz says what is building. Stopping serve mid-build stops the builder too (the status says so)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = stack_env(
-        SLM_VAR_DIR=str(tmp_path / "var"),
-        SLM_MAINTENANCE_QUEUE=f"test-maint-{uuid.uuid4().hex[:8]}",
-        CHAT_ENGINE_MODE="thread",
-    )
-    log = open(tmp_path / "serve.log", "wb")
     started = time.monotonic()
-    serve = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--no-worker", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    url, serve, log = _serve(tmp_path, "--no-worker")
     try:
         # the site answers within a minute (it used to wait minutes for the models)...
         wait_until(lambda: _status(url + "/accounts/login/") == 200, 60, "the login page")
