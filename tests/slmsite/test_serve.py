@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 from urllib.request import urlopen
 
 import psutil
@@ -40,8 +41,10 @@ def _gpu_workers(url: str) -> list[int]:
     return [w["pid"] for w in body.get("worker", {}).get("workers", []) if "gpu" in w["queues"]]
 
 
-def _serve(tmp_path: Path, *args: str, **env: str) -> tuple[str, subprocess.Popen[bytes], IO[bytes]]:
-    """`manage.py serve` on a free port with its own var dir and maintenance queue: (url, process, log)."""
+@contextmanager
+def _serve(tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`manage.py serve` on a free port with its own var dir and maintenance queue: (url, process); killed on
+    the way out if a test left it running."""
     port = free_port()
     full_env = stack_env(
         SLM_VAR_DIR=str(tmp_path / "var"),
@@ -49,21 +52,25 @@ def _serve(tmp_path: Path, *args: str, **env: str) -> tuple[str, subprocess.Pope
         CHAT_ENGINE_MODE="thread",
         **env,
     )
-    log = open(tmp_path / "serve.log", "wb")
-    serve = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", *args, "--port", str(port)],
-        cwd=ROOT,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return f"http://127.0.0.1:{port}", serve, log
+    with open(tmp_path / "serve.log", "wb") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", *args, "--port", str(port)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}", serve
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait(10)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
-    url, serve, log = _serve(tmp_path, "--no-bootstrap", SLM_RESTART_BACKOFF_S="0.2")
-    try:
+    with _serve(tmp_path, "--no-bootstrap", SLM_RESTART_BACKOFF_S="0.2") as (url, serve):
         wait_until(lambda: _gpu_workers(url), 300, "serve to come up with a worker")
         (first,) = _gpu_workers(url)
         children = {p.pid for p in psutil.Process(serve.pid).children()}
@@ -80,11 +87,6 @@ def test_serve_restarts_a_killed_worker_and_stops_all_children(tmp_path):
         serve.wait(60)
         for pid in children:
             wait_until(lambda pid=pid: not pid_alive(pid), 20, f"child {pid} to stop")
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(10)
-        log.close()
     out = (tmp_path / "serve.log").read_text(errors="replace")
     assert "died with signal SIGKILL; restarting it" in out
 
@@ -94,8 +96,7 @@ def test_a_first_run_answers_at_once_while_the_default_models_build(tmp_path):
     """#13.8: on a fresh machine the default models take minutes to build; the site answers meanwhile and
     /healthz says what is building. Stopping serve mid-build stops the builder too (the status says so)."""
     started = time.monotonic()
-    url, serve, log = _serve(tmp_path, "--no-worker")
-    try:
+    with _serve(tmp_path, "--no-worker") as (url, serve):
         # the site answers within a minute (it used to wait minutes for the models)...
         wait_until(lambda: _status(url + "/accounts/login/") == 200, 60, "the login page")
         assert time.monotonic() - started < 60
@@ -110,10 +111,5 @@ def test_a_first_run_answers_at_once_while_the_default_models_build(tmp_path):
         serve.send_signal(signal.SIGTERM)
         serve.wait(60)
         wait_until(lambda: not pid_alive(builder[0].pid), 20, "the builder to stop")
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(10)
-        log.close()
     out = (tmp_path / "serve.log").read_text(errors="replace")
     assert "slm is up" in out and "default models building in the background (chat, sentiment)" in out
