@@ -214,14 +214,32 @@ function connect() {
 
 function refreshMessage(id) {
   if (window.htmx) {
-    window.htmx.ajax("GET", urlFor(root.dataset.messageUrl, id), { target: `#msg-${id}`, swap: "outerHTML" });
+    // Each refresh names its own source element: htmx keeps one request queue per source (the body when
+    // none is named) and a queued request replaces the one queued before it, so a list refresh still in
+    // flight would otherwise drop this one and leave the reply without its stored details.
+    window.htmx.ajax("GET", urlFor(root.dataset.messageUrl, id), { source: `#msg-${id}`, target: `#msg-${id}`, swap: "outerHTML" });
   }
 }
 
+let listLoading = null; // the conversation-list refresh in flight, if any
+let listAgain = false; // asked for again while it was in flight
+
 function refreshList() {
   if (!window.htmx) return;
+  if (listLoading) { // one at a time, the latest wins: run once more when this one is in (against the fresh list)
+    listAgain = true;
+    return;
+  }
   const active = root.dataset.conversation ? `?active=${root.dataset.conversation}` : "";
-  window.htmx.ajax("GET", `${root.dataset.listUrl}${active}`, { target: "#conv-list", swap: "outerHTML" });
+  listLoading = Promise.resolve(
+    window.htmx.ajax("GET", `${root.dataset.listUrl}${active}`, { source: "#conv-list", target: "#conv-list", swap: "outerHTML" }),
+  ).catch(() => {}).finally(() => {
+    listLoading = null;
+    if (listAgain) {
+      listAgain = false;
+      refreshList();
+    }
+  });
 }
 
 function finishLocal(note) {

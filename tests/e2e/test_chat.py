@@ -143,3 +143,52 @@ def test_chat_streams_stops_and_survives_reload(live_chat_model, plain_user, pas
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(shots / "chat-phone.png"), full_page=True)
     assert page.js_errors == []
+
+
+def test_a_reply_gets_its_stored_details_while_the_list_refresh_is_slow(  # type: ignore[no-untyped-def]
+    live_chat_model, plain_user, password, page
+) -> None:
+    """The page refreshes the conversation list on "start" and the reply on "end". On a loaded server the list
+    request can still be in flight when the reply ends; both refreshes used to share htmx's one request queue
+    (the body), where the list refresh queued after it replaced the reply's, and the reply never got its stored
+    footer (Details). Here the list requests are held until the reply is done: the reply's details must
+    still arrive, and the list, once released, shows the conversation."""
+    held = []
+    release = {"now": False}
+
+    def is_list(url: str) -> bool:
+        return "/chat/list/" in url
+
+    def hold(route) -> None:  # type: ignore[no-untyped-def]
+        if release["now"]:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route(is_list, hold)
+    login(page, plain_user.username, password)
+    page.goto("/chat/")
+    page.wait_for_selector("#chat[data-socket=open]", timeout=20_000)
+    page.click("#chat-params summary")
+    page.fill("#p-max_new_tokens", "4")
+    page.fill("#p-stop", "")
+    page.locator("#chat-input").fill("slow list")
+    page.locator("#chat-input").press("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('chat-status').textContent.startsWith('Done')", timeout=90_000
+    )
+    assert held, "the list refresh on start was not made"
+    reply = page.locator(".cm-agent").last
+    reply.locator("summary", has_text="Details").click(timeout=20_000)  # arrives with the list still held
+    assert live_chat_model.ref in reply.locator(".cm-details").inner_text()
+    assert len(held) == 1  # one list refresh at a time: the one asked for at "end" waits for it
+    release["now"] = True
+    for route in list(held):
+        route.continue_()
+    page.wait_for_function(
+        "() => (document.querySelector('.cm-conv.active .cm-conv-title')?.textContent || '') === 'slow list'",
+        timeout=20_000,
+    )
+    # the list refresh asked for while the first was held runs afterwards, against the fresh list element
+    page.wait_for_function("() => document.querySelectorAll('#conv-list').length === 1")
+    assert page.js_errors == []
