@@ -191,8 +191,11 @@ class Stack:
     def child(self, marker: str) -> psutil.Process:
         assert self.proc is not None
         for p in psutil.Process(self.proc.pid).children():
-            if marker in " ".join(p.cmdline()):
-                return p
+            try:
+                if marker in " ".join(p.cmdline()):
+                    return p
+            except psutil.Error:  # a child that just ended (a zombie until serve's next poll reaps it, <=0.5 s)
+                continue
         raise LookupError(marker)
 
     def daphne(self) -> psutil.Process:
