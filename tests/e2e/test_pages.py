@@ -199,3 +199,22 @@ def test_no_page_scrolls_sideways_at_phone_width(page, world, admin_user, passwo
         }""")
         assert cols["hidden"] <= 1 and cols["heads"][-2:] == ["gold accuracy", "κ with others"], (size, cols)
     assert page.js_errors == []
+    # the version tables stack into "label  value" cards on a phone: every column in view, none scrolled off,
+    # labels on one side and values on the other (no label overlapping the next line)
+    page.set_viewport_size(PHONE)
+    for url in ("/sentiment/models/", f"/annotate/p/{world['project'].pk}/models/"):
+        page.goto(url)
+        stacked = page.evaluate("""() => Array.from(document.querySelectorAll('table.stack-phone')).map(t => {
+          const wrap = t.closest('.table-wrap') || t.parentElement;
+          const cells = Array.from(t.querySelectorAll('tbody tr:first-child td[data-label]'));
+          const value = cells.map(td => td.firstElementChild.getBoundingClientRect());
+          const tops = cells.map(td => td.getBoundingClientRect());
+          return {hidden: wrap.scrollWidth - wrap.clientWidth, cells: cells.length,
+                  right: Math.max(...value.map(r => r.right)), vw: document.documentElement.clientWidth,
+                  ordered: tops.every((r, i) => i === 0 || r.top >= tops[i - 1].bottom - 1),
+                  headHidden: t.tHead.getBoundingClientRect().height <= 1};
+        })""")
+        assert stacked, url
+        for t in stacked:
+            assert t["hidden"] <= 1 and t["cells"] >= 6 and t["right"] <= t["vw"], (url, t)
+            assert t["ordered"] and t["headHidden"], (url, t)
