@@ -19,6 +19,7 @@ Measured on the GPT-2 124M shape, 1 thread (bench/chat.py and the README): see t
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import torch
@@ -153,16 +154,45 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
 
 
+_GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+
+
+class SigmoidTanhGELU(nn.Module):
+    """The tanh approximation of GELU (GPT-2's "gelu_new": 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))))
+    written as x·sigmoid(2√(2/π)·(x + 0.044715·x³)): the same function (0.5·(1 + tanh z) = sigmoid 2z),
+    within 5e-7 of transformers' module, on ops that are vectorized on this torch's CPU build where tanh
+    is not (GPT-2 124M MLP width, 1 thread: 54 rows 0.19 vs 0.70 ms, 512 rows 2.1 vs 10.6 ms)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # training: no in-place ops on saved tensors
+            return x * torch.sigmoid(_GELU_K * (x + 0.044715 * x * x * x))
+        y = x * x
+        return y.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_().mul_(x)
+
+
+def _tanh_gelu_types() -> tuple[type, ...]:
+    try:
+        from transformers.activations import GELUTanh, NewGELUActivation
+    except ImportError:  # pragma: no cover - other transformers versions
+        return ()
+    return (NewGELUActivation, GELUTanh)
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Every `nn.Linear` (GPT-2's Conv1D first converted, the LM head included) -> `Int8Linear`, in place.
-    The tied input embedding keeps its fp32 weights; the head gets its own int8 copy."""
+    The tied input embedding keeps its fp32 weights; the head gets its own int8 copy. tanh-GELU
+    activations become `SigmoidTanhGELU` (the same function, faster on the CPU); the model's own
+    `generate` and the engine's packed step then use the same one."""
     conv1d_to_linear(model)
     reduce = _reduce_range()
     backend = int8_backend()
+    gelu = _tanh_gelu_types()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8Linear(child, reduce_range=reduce, backend=backend))
+            elif gelu and isinstance(child, gelu):
+                setattr(module, name, SigmoidTanhGELU())
     return model
 
 

@@ -141,6 +141,33 @@ def test_int8_converts_conv1d_and_still_generates(model_dir: Path) -> None:
     assert rec.end("q")["reason"] in ("length", "eos")
 
 
+def test_int8_serves_tanh_gelu_as_the_same_function_on_faster_ops() -> None:
+    """int8 serving swaps GPT-2's tanh-GELU for x·sigmoid(2z) (the same function, vectorized ops): within
+    5e-7 of transformers' module with and without autograd, never touching its input; fp32 keeps the
+    model's own module (its greedy reply must equal a fresh model's `generate`)."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from slm.precision import SigmoidTanhGELU
+
+    x = torch.randn(7, 300) * 4
+    x[0, :3] = torch.tensor([0.0, -30.0, 30.0])
+    kept = x.clone()
+    fast = SigmoidTanhGELU()
+    for ref in (NewGELUActivation(), GELUTanh()):
+        assert torch.allclose(fast(x), ref(x), rtol=1e-6, atol=1e-6)
+    assert torch.equal(x, kept)
+    g = x.clone().requires_grad_(True)
+    fast(g).sum().backward()  # training-safe: no in-place op on a tensor autograd saved
+    h = x.clone().requires_grad_(True)
+    NewGELUActivation()(h).sum().backward()
+    assert torch.allclose(g.grad, h.grad, rtol=1e-5, atol=1e-5)
+    q = apply_precision(tiny_model(), "int8", torch.device("cpu"))
+    assert not any(isinstance(m, NewGELUActivation) for m in q.modules())
+    assert sum(isinstance(m, SigmoidTanhGELU) for m in q.modules()) == 2  # one per layer
+    f = apply_precision(tiny_model(), "fp32", torch.device("cpu"))
+    assert sum(isinstance(m, NewGELUActivation) for m in f.modules()) == 2
+
+
 def test_int8_batched_greedy_equals_int8_generate(model_dir: Path) -> None:
     """Activations are quantized per row and the int8 matmul is exact, so a reply does not depend on what
     else is in the batch: the batched, chunked int8 engine matches `generate` on the same int8 model."""
