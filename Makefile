@@ -46,6 +46,7 @@ fmt: install
 
 bench: install
 	$(PY) bench/chat.py
+	$(PY) bench/int8_ops.py
 	$(PY) bench/chat_models.py
 	$(PY) bench/sentiment.py
 	$(PY) bench/annotate.py

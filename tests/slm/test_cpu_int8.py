@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slm import cpu_int8
-from slm.precision import Int8Linear, int8_backend
+from slm.precision import Int8Linear, int8_backend, onednn_int8_available
 
 needs_kernel = pytest.mark.skipif(cpu_int8.load() is None, reason="no AVX2 or no C compiler here")
 
@@ -105,3 +105,30 @@ def test_unknown_kernel_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("SLM_INT8_KERNEL", "fastest")
     with pytest.raises(ValueError, match="SLM_INT8_KERNEL"):
         int8_backend()
+
+
+@needs_kernel
+@pytest.mark.skipif(not onednn_int8_available(), reason="torch without oneDNN int8")
+def test_onednn_path_quantizes_rows_in_one_pass_with_the_same_bits() -> None:
+    """The oneDNN path's uint8 activations come from slm's one-pass C quantizer: the same bits as the torch
+    expression it replaces, the same outputs (up to the epilogue's float order), rows still independent."""
+    torch.manual_seed(3)
+    for m, k in ((1, 768), (5, 70), (54, 3072)):
+        x = torch.randn(m, k) * 2
+        x[0, :2] = torch.tensor([0.0, 1e-30])
+        amax = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        expected = torch.addcmul(torch.full((), 128.5), x, torch.div(torch.full((), 127.0), amax)).to(torch.uint8)
+        q, scale = cpu_int8.quantize_rows(x)
+        assert torch.equal(q, expected) and torch.allclose(scale, amax[:, 0] / 127.0, rtol=1e-6)
+    lin = torch.nn.Linear(96, 50)
+    q = Int8Linear(lin, backend="onednn", signed=False)
+    assert q._c_quantize
+    x = torch.randn(9, 96)
+    fast = q(x)
+    q._c_quantize = False
+    slow = q(x)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    q._c_quantize = True
+    for i in range(9):
+        assert torch.equal(q(x[i : i + 1])[0], fast[i])
+    assert q(torch.empty(0, 96)).shape == (0, 50)
