@@ -12,6 +12,8 @@ Two kernels (`int8_backend()`, override with SLM_INT8_KERNEL=auto|slm|onednn):
     matmuls 14 ms vs 39 ms on oneDNN); built with the system C compiler on first use;
   * "onednn": oneDNN's int8 matmul (`torch.ops.onednn.qlinear_prepack` / `qlinear_pointwise`: the kernels
     torch's own x86 int8 path lowers to; VNNI/AMX where the CPU has them), elsewhere or as the fallback.
+    Its uint8 activations are quantized by slm.cpu_int8.quantize_rows where that builds (one pass, the
+    same bits as the torch ops; bench/int8_ops.py).
 
 Measured on the GPT-2 124M shape, 1 thread (bench/chat.py and the README): see the engine docstring.
 """
@@ -24,6 +26,8 @@ import os
 
 import torch
 from torch import nn
+
+from slm import cpu_int8
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +64,6 @@ def int8_backend() -> str | None:
     if choice not in ("auto", "slm", "onednn"):
         raise ValueError(f"SLM_INT8_KERNEL={choice!r} (auto | slm | onednn)")
     if choice == "slm" or (choice == "auto" and _reduce_range()):
-        from slm import cpu_int8
-
         if cpu_int8.load() is not None:
             return "slm"
     return "onednn" if onednn_int8_available() else None
@@ -115,8 +117,6 @@ class Int8Linear(nn.Module):
         bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(self.out_features)
         self.register_buffer("bias", bias, persistent=False)
         if self.backend == "slm":
-            from slm import cpu_int8
-
             if cpu_int8.library() is None:
                 raise RuntimeError("the slm int8 kernel is not available here (SLM_INT8_KERNEL=onednn)")
             self.register_buffer("weight_int8", q.contiguous(), persistent=False)
@@ -126,8 +126,6 @@ class Int8Linear(nn.Module):
         # torch expression below, a fraction of its per-call cost); int8 ones (AMX) keep the torch ops
         self._c_quantize = False
         if not self.signed:
-            from slm import cpu_int8
-
             self._c_quantize = cpu_int8.library() is not None
         self.register_buffer("w_zero", torch.zeros(self.out_features, dtype=torch.long), persistent=False)
         self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(q, None), persistent=False)
@@ -140,14 +138,10 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
         if self.backend == "slm":
-            from slm.cpu_int8 import linear
-
-            y = linear(x2, self.weight_int8, self.w_sum, self.w_scale, self.bias)
+            y = cpu_int8.linear(x2, self.weight_int8, self.w_sum, self.w_scale, self.bias)
             return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
         if self._c_quantize and x2.shape[0]:
-            from slm.cpu_int8 import quantize_rows
-
-            xq, row_scale = quantize_rows(x2)  # row_scale = amax / 127
+            xq, row_scale = cpu_int8.quantize_rows(x2)  # row_scale = amax / 127
             amax, value = row_scale.unsqueeze(1), 1.0
         else:
             amax = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)  # (vector_norm(inf) is 20x slower)

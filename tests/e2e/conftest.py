@@ -178,3 +178,20 @@ def login(page, username: str, password: str) -> None:  # type: ignore[no-untype
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_load_state("networkidle")
+
+
+def send_message(page, text: str, *, max_new_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    """Sends `text` from the chat page with Enter: max new tokens set, no stop strings."""
+    if not page.locator("#chat-params").evaluate("el => el.open"):
+        page.click("#chat-params summary")
+    page.fill("#p-max_new_tokens", str(max_new_tokens))
+    page.fill("#p-stop", "")
+    page.locator("#chat-input").fill(text)
+    page.locator("#chat-input").press("Enter")
+
+
+def wait_until_done(page, timeout: float = 90_000) -> None:  # type: ignore[no-untyped-def]
+    """Waits until the status line says the reply is done (the engine may still be starting: a long default)."""
+    page.wait_for_function(
+        "() => document.getElementById('chat-status').textContent.startsWith('Done')", timeout=timeout
+    )

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chat.tiny import add_tiny_chat_version
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, send_message, wait_until_done
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -40,13 +40,7 @@ def live_chat_model(live_stack):  # type: ignore[no-untyped-def]
 
 def send_and_wait_for_tokens(page, text: str, *, max_new_tokens: int, tokens: int) -> None:  # type: ignore[no-untyped-def]
     """Sends `text` (no stop strings) and waits until the streaming reply shows `tokens` tokens."""
-    params = page.locator("#chat-params")
-    if not params.evaluate("el => el.open"):
-        page.click("#chat-params summary")
-    page.fill("#p-max_new_tokens", str(max_new_tokens))
-    page.fill("#p-stop", "")
-    page.locator("#chat-input").fill(text)
-    page.locator("#chat-input").press("Enter")
+    send_message(page, text, max_new_tokens=max_new_tokens)
     page.wait_for_function(
         "n => Number(document.querySelector('.cm-agent.is-streaming .cm-text')?.dataset.tokens || 0) >= n",
         arg=tokens,
@@ -169,14 +163,8 @@ def test_a_reply_gets_its_stored_details_while_the_list_refresh_is_slow(  # type
     login(page, plain_user.username, password)
     page.goto("/chat/")
     page.wait_for_selector("#chat[data-socket=open]", timeout=20_000)
-    page.click("#chat-params summary")
-    page.fill("#p-max_new_tokens", "4")
-    page.fill("#p-stop", "")
-    page.locator("#chat-input").fill("slow list")
-    page.locator("#chat-input").press("Enter")
-    page.wait_for_function(
-        "() => document.getElementById('chat-status').textContent.startsWith('Done')", timeout=90_000
-    )
+    send_message(page, "slow list", max_new_tokens=4)
+    wait_until_done(page)
     assert held, "the list refresh on start was not made"
     reply = page.locator(".cm-agent").last
     reply.locator("summary", has_text="Details").click(timeout=20_000)  # arrives with the list still held

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import login
+from tests.e2e.conftest import login, send_message, wait_until_done
 from tests.e2e.test_pages import DESKTOP, OVERFLOW_JS, PHONE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("sync_orm_module")]
@@ -54,14 +54,8 @@ def test_pick_a_model_for_a_conversation(
     picker.select_option("picker-a")
     assert page.locator("#demo-notice").is_hidden()
 
-    page.click("#chat-params summary")
-    page.fill("#p-max_new_tokens", "6")
-    page.fill("#p-stop", "")
-    page.locator("#chat-input").fill("hello there")
-    page.locator("#chat-input").press("Enter")
-    page.wait_for_function(
-        "() => document.getElementById('chat-status').textContent.startsWith('Done')", timeout=90_000
-    )
+    send_message(page, "hello there", max_new_tokens=6)
+    wait_until_done(page)
     reply = page.locator(".cm-agent").last
     # the details come with the stored message the page fetches after "Done" (slow on a loaded machine)
     reply.locator("summary", has_text="Details").click(timeout=90_000)
