@@ -24,22 +24,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from slm import cpu_int8
+
 ATTN_IMPLEMENTATION = "slm_packed"
 _registered = False
 
 
 class SlotCache:
-    """Keys/values of the running requests: one slot per request, per layer [slots, heads, max_len, dim].
+    """Keys/values of the running requests: one slot per request, per layer.
 
     Every slot can hold the whole context window from the start, so nothing is ever grown or copied. On
-    the CPU the buffers are anonymous memory maps: the OS hands out zero pages and commits memory only
-    where keys are written, so the resident size follows the tokens actually cached, not the window."""
+    the CPU the buffers are position-major, [slots, max_len, kv_heads, dim]: a request's keys are one run of
+    memory that slm's C attention reads front to back (head-major, its per-head runs were short reads all
+    over the cache: 8 streams of GPT-2 124M spent a quarter of each step there), and anonymous memory maps:
+    the OS hands out zero pages and commits memory only where keys are written, so the resident size
+    follows the tokens actually cached, not the window. Elsewhere they are [slots, kv_heads, max_len, dim]
+    (what SDPA wants). `heads()` gives the [n, kv_heads, length, dim] view of either."""
 
     def __init__(self, slots: int, max_len: int) -> None:
         self.slots = slots
         self.max_len = max_len
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        self.position_major = False
         self._maps: list[mmap.mmap] = []
 
     def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -51,12 +58,40 @@ class SlotCache:
         return torch.frombuffer(mm, dtype=like.dtype).view(shape)
 
     def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The buffers of layer `idx` (allocated on first use, shaped after `like` [1, heads, M, dim])."""
+        """The buffers of layer `idx` (allocated on first use, shaped after `like` [1, kv_heads, M, dim])."""
         while len(self.keys) <= idx:
-            shape = (self.slots, like.shape[1], self.max_len, like.shape[3])
+            self.position_major = like.device.type == "cpu"
+            heads, dim = like.shape[1], like.shape[3]
+            if self.position_major:
+                shape = (self.slots, self.max_len, heads, dim)
+            else:
+                shape = (self.slots, heads, self.max_len, dim)
             self.keys.append(self._buffer(shape, like))
             self.values.append(self._buffer(shape, like))
         return self.keys[idx], self.values[idx]
+
+    def heads(self, buf: torch.Tensor, lo: int, hi: int, length: int) -> torch.Tensor:
+        """Slots lo..hi-1, positions 0..length-1 of a layer buffer as [hi - lo, kv_heads, length, dim]."""
+        if self.position_major:
+            return buf[lo:hi, :length].transpose(1, 2)
+        return buf[lo:hi, :, :length]
+
+    def write(
+        self,
+        k_all: torch.Tensor,
+        v_all: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+    ) -> None:
+        """Stores rows of key/value [M, kv_heads, dim] at (slots[r], positions[r])."""
+        if self.position_major:
+            k_all[slots, positions] = key
+            v_all[slots, positions] = value
+        else:
+            k_all[slots, :, positions] = key
+            v_all[slots, :, positions] = value
 
 
 @dataclass
@@ -110,6 +145,9 @@ class StepPlan:
     dec_lengths: list[int]  # keys each decoding row attends to (its new token included)
     chunks: list[Chunk] = field(default_factory=list)
     _groups: list[_DecodeGroup] | None = None
+    _c: bool | None = None
+    _dec_slots_t: torch.Tensor | None = None
+    _dec_lengths_t: torch.Tensor | None = None
     _causal: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def _decode_groups(self, device: torch.device) -> list[_DecodeGroup]:
@@ -126,6 +164,25 @@ class StepPlan:
             self._groups = [_DecodeGroup.build(g, self.dec_slots, self.dec_lengths, device) for g in groups]
         return self._groups
 
+    def _in_c(self, query: torch.Tensor, key: torch.Tensor, k_all: torch.Tensor) -> bool:
+        """True where this step's cache writes and decode attention run in slm's C kernels (CPU, fp32,
+        position-major cache, head size a multiple of 8, kernels built); decided once per step. 8 streams of
+        GPT-2 124M shape: SDPA over the head-major cache (a masked call per length group) plus the indexed
+        writes were 9 ms of a 27 ms step."""
+        if self._c is None:
+            self._c = bool(
+                self.cache.position_major
+                and query.device.type == "cpu"
+                and query.dtype == key.dtype == k_all.dtype == torch.float32
+                and query.shape[-1] % 8 == 0
+                and all(t.stride(2) == 1 and t.stride(1) == t.shape[2] for t in (query, key))
+                and cpu_int8.library() is not None
+            )
+            if self._c:
+                self._dec_slots_t = torch.tensor(self.dec_slots, dtype=torch.int64)
+                self._dec_lengths_t = torch.tensor(self.dec_lengths, dtype=torch.int64)
+        return self._c
+
     def attend(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
     ) -> torch.Tensor:
@@ -138,24 +195,32 @@ class StepPlan:
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
     ) -> torch.Tensor:
         """query/key/value [M, heads, dim] of the packed tokens (any strides) -> attention output [M, heads, dim]."""
-        k_all, v_all = self.cache.layer(layer, key.unsqueeze(0).transpose(1, 2))
-        k_all[self.slots, :, self.positions] = key
-        v_all[self.slots, :, self.positions] = value
+        cache = self.cache
+        k_all, v_all = cache.layer(layer, key.unsqueeze(0).transpose(1, 2))
+        in_c = self._in_c(query, key, k_all)
+        if in_c:
+            cpu_int8.kv_write(k_all, v_all, key, value, self.slots, self.positions)  # value: strided like key
+        else:
+            cache.write(k_all, v_all, self.slots, self.positions, key, value)
         gqa = query.shape[1] != key.shape[1]
         out = query.new_empty(query.shape)  # [M, heads, dim]
-        for g in self._decode_groups(query.device) if self.dec_slots else ():
+        if self.dec_slots and in_c:
+            n = len(self.dec_slots)
+            scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+            cpu_int8.attend_decode(query[:n], k_all, v_all, self._dec_slots_t, self._dec_lengths_t, scale, out[:n])
+        for g in self._decode_groups(query.device) if self.dec_slots and not in_c else ():
             q = query[g.rows].unsqueeze(2)  # [n, heads, 1, dim]
             if g.scatter is not None:  # slots lo..hi-1 not in the group get a dummy query, discarded
                 full = query.new_zeros(g.hi - g.lo, *q.shape[1:])
                 full[g.scatter] = q
                 q = full
-            k, v = k_all[g.lo : g.hi, :, : g.width], v_all[g.lo : g.hi, :, : g.width]
+            k, v = cache.heads(k_all, g.lo, g.hi, g.width), cache.heads(v_all, g.lo, g.hi, g.width)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scaling, enable_gqa=gqa)
             out[g.rows] = (o if g.scatter is None else o[g.scatter])[:, :, 0]
         for c in self.chunks:
             q = query[c.start : c.start + c.length].transpose(0, 1).unsqueeze(0)  # [1, heads, L, dim]
             total = c.cached + c.length
-            k, v = k_all[c.slot : c.slot + 1, :, :total], v_all[c.slot : c.slot + 1, :, :total]
+            k, v = cache.heads(k_all, c.slot, c.slot + 1, total), cache.heads(v_all, c.slot, c.slot + 1, total)
             if c.cached == 0:
                 o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
             else:

@@ -17,6 +17,8 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 static void quantize_rows(const float *x, int64_t M, int64_t K, uint8_t *q, float *amax_out) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -94,12 +96,17 @@ static inline float epilogue(int32_t acc, int32_t wsum, float wscale, float xsca
     return bias + dot * wscale * xscale;
 }
 
-int slm_int8_abi(void) { return 2; }
+int slm_int8_abi(void) { return 6; }
 
 /* x [M,K] fp32 -> qbuf [M,K] u8 and scales[M] = amax/127 */
 void slm_int8_quantize(const float *x, int64_t M, int64_t K, uint8_t *qbuf, float *scales) {
     quantize_rows(x, M, K, qbuf, scales);
     for (int64_t m = 0; m < M; m++) scales[m] = scales[m] * (1.0f / 127.0f);
+}
+
+/* the same with rows of qbuf `ldq` bytes apart (ldq >= K; the bytes past K are left as they are) */
+void slm_int8_quantize_ld(const float *x, int64_t M, int64_t K, int64_t ldq, uint8_t *qbuf, float *scales) {
+    for (int64_t m = 0; m < M; m++) slm_int8_quantize(x + m * K, 1, K, qbuf + m * ldq, scales + m);
 }
 
 /* output columns [n_begin, n_end) of y [M,N] from the quantized rows (threads may split the columns) */
@@ -138,4 +145,326 @@ void slm_int8_gemm(const uint8_t *qbuf, const float *scales, int64_t M, int64_t 
             }
         }
     }
+}
+
+/* ---- AVX-512 VNNI (x86 CPUs with avx512_vnni: Intel since Cascade Lake, AMD Zen 4) ----------------------
+
+   Full 8-bit weights (|w| <= 127: vpdpbusd sums four u8 x s8 products straight into int32, nothing
+   saturates), packed once into the layout the instruction wants: wp[N/64][K/4][64][4] (zero padded to
+   multiples of 64 outputs and 4 inputs), so one 64-byte load holds 4 inputs of 16 outputs and each
+   activation row contributes a broadcast 4-byte group. A tile of MR (<= 6) rows x 64 outputs keeps 4*MR
+   accumulators in registers; every weight load serves the MR rows; a tile's weights (48 KB at K = 768)
+   are one sequential stream, read ahead with prefetches, and stay in L1/L2 while all the rows pass. The epilogue is the same vector expression for every
+   element, bias + ((acc - 128 * wsum) * wscale) * xscale, whatever the tile, so a row's result does not
+   depend on M or on how the columns are split. */
+
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+
+/* acc += four u8 x s8 products per int32 lane. Inline asm rather than _mm512_dpbusd_epi32: with that
+   intrinsic GCC 12 copies every accumulator through the stack on each step (2x slower) */
+#define DPBUSD(acc, x, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w))
+
+int slm_int8_vnni512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+/* w [N,K] int8 row-major -> wp [ceil(N/64)][ceil(K/4)][64][4], zero padded */
+void slm_int8_pack_vnni(const int8_t *w, int64_t N, int64_t K, int8_t *wp) {
+    const int64_t groups = (K + 3) / 4, tiles = (N + 63) / 64;
+    for (int64_t b = 0; b < tiles; b++)
+        for (int64_t g = 0; g < groups; g++)
+            for (int64_t j = 0; j < 64; j++)
+                for (int64_t t = 0; t < 4; t++) {
+                    const int64_t n = b * 64 + j, k = g * 4 + t;
+                    wp[((b * groups + g) * 64 + j) * 4 + t] = (n < N && k < K) ? w[n * K + k] : 0;
+                }
+}
+
+typedef struct {
+    const uint8_t *q;     /* quantized rows, ldq bytes apart, zero padded to a multiple of 4 */
+    int64_t ldq;
+    const float *xscale;  /* per row: amax / 127 */
+    const int8_t *wp;     /* packed weights */
+    int64_t groups;       /* K / 4, rounded up */
+    const int32_t *wsum;
+    const float *wscale;
+    const float *bias;
+    float *y;
+    int64_t ldy;
+} vnni_args;
+
+/* one tile of MR (1..6, a constant after inlining) rows x 64 outputs. The accumulators are named
+   variables, not an array: GCC keeps an array of vectors on the stack and stores it back on every step. */
+#define VNNI_ACC(i) __m512i c##i##0 = _mm512_setzero_si512(), c##i##1 = c##i##0, c##i##2 = c##i##0, c##i##3 = c##i##0;
+#define VNNI_ROW(i)                                                                                         \
+    if (MR > i) {                                                                                           \
+        int32_t four;                                                                                       \
+        __builtin_memcpy(&four, qm + i * ldq + g * 4, 4);                                                   \
+        const __m512i xb = _mm512_set1_epi32(four);                                                         \
+        DPBUSD(c##i##0, xb, w0);                                                                            \
+        DPBUSD(c##i##1, xb, w1);                                                                            \
+        DPBUSD(c##i##2, xb, w2);                                                                            \
+        DPBUSD(c##i##3, xb, w3);                                                                            \
+    }
+#define VNNI_OUT(i, j)                                                                                      \
+    if (MR > i) {                                                                                           \
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##i##j, comp));                             \
+        const __m512 out = _mm512_add_ps(bs, _mm512_mul_ps(_mm512_mul_ps(dot, ws), _mm512_set1_ps(a->xscale[m + i]))); \
+        _mm512_mask_storeu_ps(a->y + (m + i) * a->ldy + n0, mask, out);                                     \
+    }
+#define VNNI_COLUMN(j)                                                                                      \
+    {                                                                                                       \
+        const int64_t n0 = tile * 64 + j * 16;                                                              \
+        const int64_t left = n_end - n0;                                                                    \
+        const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u); \
+        const __m512i comp = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, a->wsum + n0), 7);           \
+        const __m512 ws = _mm512_maskz_loadu_ps(mask, a->wscale + n0);                                      \
+        const __m512 bs = _mm512_maskz_loadu_ps(mask, a->bias + n0);                                        \
+        VNNI_OUT(0, j) VNNI_OUT(1, j) VNNI_OUT(2, j) VNNI_OUT(3, j) VNNI_OUT(4, j) VNNI_OUT(5, j)           \
+    }
+
+/* weights are read ahead of use by this many 256-byte steps (24 KB), into L2: one decode row does too
+   little work per step for the hardware prefetcher alone to keep enough memory reads in flight (GPT-2
+   124M shape, one row, every matmul of a step from memory: 14 -> 17 GB/s; plain streaming reads 16) */
+#define SLM_PREFETCH 96
+#define SLM_PREFETCH_HINT _MM_HINT_T2
+
+static inline __attribute__((always_inline)) VNNI_TARGET void vnni_tile(const int MR, const vnni_args *a, int64_t m,
+                                                                        int64_t tile, int64_t n_end) {
+    VNNI_ACC(0) VNNI_ACC(1) VNNI_ACC(2) VNNI_ACC(3) VNNI_ACC(4) VNNI_ACC(5)
+    const int64_t groups = a->groups, ldq = a->ldq;
+    const int8_t *wb = a->wp + tile * groups * 256;
+    const uint8_t *qm = a->q + m * ldq;
+    for (int64_t g = 0; g < groups; g++) {
+        const int8_t *wg = wb + g * 256;
+        _mm_prefetch((const char *)(wg + SLM_PREFETCH * 256), SLM_PREFETCH_HINT);
+        _mm_prefetch((const char *)(wg + SLM_PREFETCH * 256 + 64), SLM_PREFETCH_HINT);
+        _mm_prefetch((const char *)(wg + SLM_PREFETCH * 256 + 128), SLM_PREFETCH_HINT);
+        _mm_prefetch((const char *)(wg + SLM_PREFETCH * 256 + 192), SLM_PREFETCH_HINT);
+        const __m512i w0 = _mm512_loadu_si512((const void *)wg);
+        const __m512i w1 = _mm512_loadu_si512((const void *)(wg + 64));
+        const __m512i w2 = _mm512_loadu_si512((const void *)(wg + 128));
+        const __m512i w3 = _mm512_loadu_si512((const void *)(wg + 192));
+        VNNI_ROW(0) VNNI_ROW(1) VNNI_ROW(2) VNNI_ROW(3) VNNI_ROW(4) VNNI_ROW(5)
+    }
+    VNNI_COLUMN(0) VNNI_COLUMN(1) VNNI_COLUMN(2) VNNI_COLUMN(3)
+}
+
+#define VNNI_TILE(MR)                                                                                       \
+    static VNNI_TARGET void vnni_##MR(const vnni_args *a, int64_t m, int64_t tile, int64_t n_end) {          \
+        vnni_tile(MR, a, m, tile, n_end);                                                                   \
+    }
+VNNI_TILE(1) VNNI_TILE(2) VNNI_TILE(3) VNNI_TILE(4) VNNI_TILE(5) VNNI_TILE(6)
+
+typedef void (*vnni_fn)(const vnni_args *, int64_t, int64_t, int64_t);
+static const vnni_fn VNNI_TILES[7] = {0, vnni_1, vnni_2, vnni_3, vnni_4, vnni_5, vnni_6};
+
+/* output columns [n_begin, n_end) of y [M,N] (n_begin a multiple of 64; threads may split the columns) */
+void slm_int8_gemm_vnni(const uint8_t *q, int64_t ldq, const float *xscale, int64_t M, int64_t K, const int8_t *wp,
+                        const int32_t *wsum, const float *wscale, const float *bias, int64_t N, int64_t n_begin,
+                        int64_t n_end, float *y) {
+    const vnni_args a = {q, ldq, xscale, wp, (K + 3) / 4, wsum, wscale, bias, y, N};
+    for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++)
+        for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](&a, m, tile, n_end);
+}
+
+/* the whole layer on the calling thread: quantize x [M,K] (scratch on the stack when small) and y = x.W^T + b.
+   The weights' arguments come first so that a caller can bind them once. 0, or -1 when out of memory. */
+int slm_int8_linear_vnni(const int8_t *wp, const int32_t *wsum, const float *wscale, const float *bias, int64_t N,
+                         int64_t K, const float *x, int64_t M, float *y) {
+    const int64_t ldq = (K + 3) / 4 * 4;
+    uint8_t q_small[16384];
+    float s_small[256];
+    uint8_t *q = M * ldq <= (int64_t)sizeof(q_small) ? q_small : malloc((size_t)(M * ldq));
+    float *s = M <= 256 ? s_small : malloc((size_t)M * sizeof(float));
+    if (q == NULL || s == NULL) {
+        if (q != q_small) free(q);
+        if (s != s_small) free(s);
+        return -1;
+    }
+    if (ldq != K)
+        for (int64_t m = 0; m < M; m++) memset(q + m * ldq + K, 0, (size_t)(ldq - K));
+    slm_int8_quantize_ld(x, M, K, ldq, q, s);
+    slm_int8_gemm_vnni(q, ldq, s, M, K, wp, wsum, wscale, bias, N, 0, N, y);
+    if (q != q_small) free(q);
+    if (s != s_small) free(s);
+    return 0;
+}
+
+/* ---- the engine's KV cache and decode attention (AVX2, fp32) --------------------------------------------
+
+   The slot cache on the CPU is position-major: keys and values [slots, window, kv_heads, D], so all heads of
+   a position sit together and a request's cache is one run of memory (GPT-2 124M: 3 KB per position), read
+   front to back. `slm_kv_write` stores the step's new keys/values; `slm_attend_decode` attends one new token
+   per request over its own cached positions: for every head, scores = scale * q . k[t], a softmax, and the
+   weighted sum of the values. Each row is computed on its own, in the same order whatever else is in the
+   step, so a row's output does not depend on the batch. D is a multiple of 8 (the caller checks). */
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* four keys' dot products with q at once (independent accumulators); the keys are `stride` floats apart */
+static inline void dot4(const float *q, const float *k, int64_t stride, int64_t D, float *out, int64_t out_stride) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t d = 0; d < D; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + d), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + stride + d), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * stride + d), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * stride + d), a3);
+    }
+    out[0] = hsum8(a0);
+    out[out_stride] = hsum8(a1);
+    out[2 * out_stride] = hsum8(a2);
+    out[3 * out_stride] = hsum8(a3);
+}
+
+static inline float dot1(const float *q, const float *k, int64_t D) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a);
+    return hsum8(a);
+}
+
+/* e^x for x <= 0 (softmax after subtracting the max): 2^n * 2^f, f in [-0.5, 0.5], a degree-6 polynomial
+   (relative error ~2e-7, like expf); below -87 the result is 0 */
+static inline __m256 exp8(__m256 x) {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 t = _mm256_mul_ps(x, log2e);
+    const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 g = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.693147180559945309f));
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* p[0..L) <- softmax(scale * p) in place; the vector exp for every element (the tail padded with -inf) */
+static void softmax_scaled(float *p, int64_t L, float scale) {
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 vtop = _mm256_set1_ps(-INFINITY);
+    int64_t t = 0;
+    for (; t + 8 <= L; t += 8) {
+        const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(p + t), vscale);
+        _mm256_storeu_ps(p + t, sc);
+        vtop = _mm256_max_ps(vtop, sc);
+    }
+    float lanes[8], top = -INFINITY;
+    _mm256_storeu_ps(lanes, vtop);
+    for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
+    for (; t < L; t++) {
+        p[t] *= scale;
+        top = p[t] > top ? p[t] : top;
+    }
+    const __m256 vmax = _mm256_set1_ps(top);
+    __m256 vtotal = _mm256_setzero_ps();
+    for (t = 0; t + 8 <= L; t += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + t), vmax));
+        _mm256_storeu_ps(p + t, e);
+        vtotal = _mm256_add_ps(vtotal, e);
+    }
+    float total = hsum8(vtotal);
+    float tail[8];
+    if (t < L) {
+        for (int j = 0; j < 8; j++) tail[j] = t + j < L ? p[t + j] - top : -INFINITY;
+        _mm256_storeu_ps(tail, exp8(_mm256_loadu_ps(tail)));
+        for (int j = 0; t + j < L; j++) total += tail[j];
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / total);
+    for (int64_t u = 0; u + 8 <= L; u += 8) _mm256_storeu_ps(p + u, _mm256_mul_ps(_mm256_loadu_ps(p + u), inv));
+    for (int j = 0; t + j < L; j++) p[t + j] = tail[j] * (1.0f / total);
+}
+
+/* rows r of key/value ([M, kv_heads * D] floats, rows `ldk` / `ldv` apart) -> cache position
+   (slots[r], positions[r]); 0, or -2 for a slot or position outside the cache (nothing written) */
+int slm_kv_write(float *kc, float *vc, int64_t n_slots, int64_t window, int64_t row, const float *key, int64_t ldk,
+                 const float *value, int64_t ldv, const int64_t *slots, const int64_t *positions, int64_t M) {
+    for (int64_t r = 0; r < M; r++)
+        if (slots[r] < 0 || slots[r] >= n_slots || positions[r] < 0 || positions[r] >= window) return -2;
+    for (int64_t r = 0; r < M; r++) {
+        const int64_t at = (slots[r] * window + positions[r]) * row;
+        memcpy(kc + at, key + r * ldk, (size_t)row * sizeof(float));
+        memcpy(vc + at, value + r * ldv, (size_t)row * sizeof(float));
+    }
+    return 0;
+}
+
+/* q [n, heads, D] (rows `ldq` floats apart) -> out [n, heads, D] (rows `ldo` apart), over the position-major
+   caches [slots, window, kv_heads, D]; lengths count the new token. 0, -1 out of memory, -2 bad index. */
+int slm_attend_decode(const float *q, int64_t ldq, const float *kc, const float *vc, int64_t n_slots, int64_t window,
+                      const int64_t *slots, const int64_t *lengths, int64_t n, int64_t heads, int64_t kv_heads,
+                      int64_t D, float scale, float *out, int64_t ldo) {
+    int64_t longest = 1;
+    for (int64_t i = 0; i < n; i++) {
+        if (slots[i] < 0 || slots[i] >= n_slots || lengths[i] < 1 || lengths[i] > window) return -2;
+        longest = lengths[i] > longest ? lengths[i] : longest;
+    }
+    float p_small[8192];
+    const int64_t need = heads * ((longest + 3) / 4 * 4);
+    float *p = need <= 8192 ? p_small : malloc((size_t)need * sizeof(float));
+    if (p == NULL) return -1;
+    const int64_t group = heads / kv_heads, row = kv_heads * D;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t L = lengths[i], Lp = (L + 3) / 4 * 4; /* p[h * Lp + t] */
+        const float *qi = q + i * ldq;
+        const float *kb = kc + slots[i] * window * row, *vb = vc + slots[i] * window * row;
+        int64_t t = 0; /* scores: positions in order, all heads of each (the cache is read front to back) */
+        for (; t + 4 <= L; t += 4)
+            for (int64_t h = 0; h < heads; h++) dot4(qi + h * D, kb + t * row + (h / group) * D, row, D, p + h * Lp + t, 1);
+        for (; t < L; t++)
+            for (int64_t h = 0; h < heads; h++) p[h * Lp + t] = dot1(qi + h * D, kb + t * row + (h / group) * D, D);
+        for (int64_t h = 0; h < heads; h++) softmax_scaled(p + h * Lp, L, scale);
+        float *o = out + i * ldo;
+        for (int64_t h = 0; h < heads; h++) /* values: positions in order; the sums stay in L1 */
+            for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(o + h * D + d, _mm256_setzero_ps());
+        for (t = 0; t < L; t++) {
+            const float *vt = vb + t * row;
+            for (int64_t h = 0; h < heads; h++) {
+                const __m256 pt = _mm256_set1_ps(p[h * Lp + t]);
+                const float *vh = vt + (h / group) * D;
+                float *oh = o + h * D;
+                for (int64_t d = 0; d < D; d += 8)
+                    _mm256_storeu_ps(oh + d, _mm256_fmadd_ps(pt, _mm256_loadu_ps(vh + d), _mm256_loadu_ps(oh + d)));
+            }
+        }
+    }
+    if (p != p_small) free(p);
+    return 0;
+}
+
+/* ---- greedy pick ------------------------------------------------------------------------------------------
+   The index of the first largest value of x[0..n) (a NaN counts as the largest: the first NaN wins), like
+   torch.argmax, which on this build's CPU path costs ~80 us for GPT-2's 50k logits; here ~10. */
+int64_t slm_argmax(const float *x, int64_t n) {
+    if (n <= 0) return -1;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    __m256 nan = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        vmax = _mm256_max_ps(vmax, v);
+    }
+    int has_nan = _mm256_movemask_ps(nan) != 0;
+    float lanes[8], top = -INFINITY;
+    _mm256_storeu_ps(lanes, vmax);
+    for (int j = 0; j < 8; j++) top = lanes[j] > top ? lanes[j] : top;
+    for (int64_t k = i; k < n; k++) {
+        if (x[k] != x[k]) has_nan = 1;
+        top = x[k] > top ? x[k] : top;
+    }
+    for (int64_t k = 0; k < n; k++)
+        if (has_nan ? x[k] != x[k] : x[k] == top) return k;
+    return 0; /* not reached */
 }

@@ -1,9 +1,13 @@
-"""slm's own int8 linear kernel for AVX2 CPUs (slm/cpu_int8.c), built with the system C compiler on first use.
+"""slm's own CPU kernels (slm/cpu_int8.c), built with the system C compiler on first use: the int8 linear
+layer (AVX2, and AVX-512 VNNI where the CPU has it: `vnni512()`), the engine's KV cache writes and decode
+attention over its position-major slot cache (`kv_write`, `attend_decode`), and the greedy pick (`argmax`).
 
 On x86 CPUs without VNNI, oneDNN's int8 matmul repacks the weights on every call, which for the few rows
 of a decode step costs more than reading fp32 weights (GPT-2 124M shape, 1 thread: 12 layers' matmuls at
 one row 28 ms on oneDNN vs 25 ms fp32 vs 9.4 ms here; the 50k-row LM head 10.7 vs 4.9 ms; at 128 rows both
-are the same). The C file is compiled once (`cc -O3 -mavx2`, about a second) into a per-user cache
+are the same). On CPUs with AVX-512 VNNI the packed VNNI kernel beats oneDNN's int8 matmul at decode sizes
+(see slm.precision). The C file is compiled once (`cc -O3 -mavx2`, about a second; the AVX-512 functions
+carry their own target attribute and run only where `vnni512()` says so) into a per-user cache
 directory ($SLM_KERNEL_DIR, else ~/.cache/slm/kernels, else a private temp directory) named after the
 source's hash, and loaded with ctypes (which releases the GIL during the call). Where there is no compiler,
 no AVX2, or the build fails, `load()` returns None and slm.precision keeps oneDNN. No torch C++ headers,
@@ -81,7 +85,7 @@ def _build() -> Path | None:
     tmp = directory / f".{target.name}.{os.getpid()}.tmp"
     try:
         subprocess.run(  # nosec B603 - fixed argument list, our own source
-            [cc, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, timeout=120
+            [cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120
         )
         os.replace(tmp, target)  # atomic: a concurrent build of the same source is harmless
     except (OSError, subprocess.SubprocessError) as exc:
@@ -106,7 +110,7 @@ def load() -> ctypes.CDLL | None:
             return None
         try:
             lib = ctypes.CDLL(str(path))
-            if lib.slm_int8_abi() != 2:
+            if lib.slm_int8_abi() != 6:
                 return None
         except (OSError, AttributeError) as exc:
             log.warning("int8 kernel: could not load %s: %s", path, exc)
@@ -117,6 +121,27 @@ def load() -> ctypes.CDLL | None:
         lib.slm_int8_gemm.restype = None
         # qbuf, scales, M, K, w, wsum, wscale, bias, N, n_begin, n_end, y
         lib.slm_int8_gemm.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
+        lib.slm_int8_quantize_ld.restype = None
+        lib.slm_int8_quantize_ld.argtypes = [ptr, i64, i64, i64, ptr, ptr]  # x, M, K, ldq, qbuf, scales
+        lib.slm_int8_vnni512.restype = ctypes.c_int
+        lib.slm_int8_pack_vnni.restype = None
+        lib.slm_int8_pack_vnni.argtypes = [ptr, i64, i64, ptr]  # w, N, K, wp
+        lib.slm_int8_gemm_vnni.restype = None
+        # q, ldq, xscale, M, K, wp, wsum, wscale, bias, N, n_begin, n_end, y
+        lib.slm_int8_gemm_vnni.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, i64, i64, ptr]
+        lib.slm_int8_linear_vnni.restype = ctypes.c_int
+        # wp, wsum, wscale, bias, N, K, x, M, y
+        lib.slm_int8_linear_vnni.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ptr, i64, ptr]
+        lib.slm_attend_decode.restype = ctypes.c_int
+        # q, ldq, k cache, v cache, slots in cache, window, slots, lengths, n, heads, kv heads, D, scale, out, ldo
+        lib.slm_attend_decode.argtypes = [
+            ptr, i64, ptr, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, i64
+        ]  # fmt: skip
+        lib.slm_argmax.restype = ctypes.c_int64
+        lib.slm_argmax.argtypes = [ptr, i64]
+        lib.slm_kv_write.restype = ctypes.c_int
+        # k cache, v cache, slots in cache, window, floats per position, key, ldk, value, ldv, slots, positions, M
+        lib.slm_kv_write.argtypes = [ptr, ptr, i64, i64, i64, ptr, i64, ptr, i64, ptr, ptr, i64]
         _lib = lib
         return _lib
 
@@ -187,3 +212,136 @@ def linear(
     for job in jobs:
         job.result()
     return out
+
+
+def vnni512() -> bool:
+    """True where the AVX-512 VNNI kernel runs (the CPU has avx512f, avx512bw and avx512_vnni)."""
+    lib = library()
+    return lib is not None and bool(lib.slm_int8_vnni512())
+
+
+def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
+    """int8 weights [N, K] -> the VNNI kernel's layout [ceil(N/64), ceil(K/4), 64, 4] (zero padded)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the slm int8 kernel is not available here")
+    w = weight.to(torch.int8).contiguous()
+    n, k = w.shape
+    packed = torch.empty((n + 63) // 64, (k + 3) // 4, 64, 4, dtype=torch.int8)
+    lib.slm_int8_pack_vnni(w.data_ptr(), n, k, packed.data_ptr())
+    return packed
+
+
+def linear_vnni(
+    x: torch.Tensor, packed: torch.Tensor, wsum: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor, n: int
+) -> torch.Tensor:
+    """x [M, K] fp32 -> [M, n] fp32 on the AVX-512 VNNI kernel; `packed` from `pack_vnni` (|w| <= 127).
+    Split over torch's threads like `linear`, with the same bits however it is split."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the slm int8 kernel is not available here")
+    x = x.float().contiguous()
+    m, k = x.shape
+    out = torch.empty(m, n, dtype=torch.float32)
+    if m == 0:
+        return out
+    threads = min(torch.get_num_threads(), max(1, n // 64))
+    if threads <= 1 or m * n * k < PARALLEL_MACS:  # one C call: quantize and multiply
+        w = (packed.data_ptr(), wsum.data_ptr(), wscale.data_ptr(), bias.data_ptr(), n, k)
+        if lib.slm_int8_linear_vnni(*w, x.data_ptr(), m, out.data_ptr()) != 0:
+            raise MemoryError(f"int8 linear: no memory for {m} x {k} activations")
+        return out
+    ldq = (k + 3) // 4 * 4
+    qbuf = torch.zeros(m, ldq, dtype=torch.uint8) if ldq != k else torch.empty(m, k, dtype=torch.uint8)
+    scales = torch.empty(m, dtype=torch.float32)
+    lib.slm_int8_quantize_ld(x.data_ptr(), m, k, ldq, qbuf.data_ptr(), scales.data_ptr())
+    args = (qbuf.data_ptr(), ldq, scales.data_ptr(), m, k, packed.data_ptr(), wsum.data_ptr(), wscale.data_ptr())
+    rest = (bias.data_ptr(), n)
+    bounds = [round(n * i / threads / 64) * 64 for i in range(threads)] + [n]
+    jobs = [
+        _executor(threads).submit(lib.slm_int8_gemm_vnni, *args, *rest, lo, hi, out.data_ptr())
+        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        if hi > lo
+    ]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def _check_cache(keys: torch.Tensor, values: torch.Tensor) -> None:
+    if not (keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape):
+        raise ValueError("the caches must be contiguous [slots, window, kv_heads, D] tensors of one shape")
+    if keys.dtype != torch.float32 or values.dtype != torch.float32 or keys.shape[-1] % 8:
+        raise ValueError("the C attention needs fp32 caches and a head size that is a multiple of 8")
+
+
+def _rows(t: torch.Tensor) -> int:
+    """Row stride of [n, heads, D] whose heads and dims are packed (else ValueError)."""
+    n, heads, d = t.shape
+    if t.dtype != torch.float32 or t.stride(2) != 1 or t.stride(1) != d:
+        raise ValueError("the C attention needs fp32 [n, heads, D] tensors with heads and dims packed")
+    return t.stride(0)
+
+
+def kv_write(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+) -> None:
+    """Stores the step's new key/value rows ([M, kv_heads, D]) at (slots[r], positions[r]) of the
+    position-major caches [slots, window, kv_heads, D] (see slm_kv_write in cpu_int8.c)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the slm kernels are not available here")
+    _check_cache(keys, values)
+    n_slots, window, kv_heads, d = keys.shape
+    if key.shape[1:] != (kv_heads, d) or value.shape != key.shape:
+        raise ValueError("kv_write: key/value rows do not match the cache")
+    rc = lib.slm_kv_write(
+        keys.data_ptr(), values.data_ptr(), n_slots, window, kv_heads * d, key.data_ptr(), _rows(key),
+        value.data_ptr(), _rows(value), slots.data_ptr(), positions.data_ptr(), key.shape[0],
+    )  # fmt: skip
+    if rc != 0:
+        raise IndexError("kv_write: a slot or position outside the cache")
+
+
+def attend_decode(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    slots: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """Decode attention in C, in place into `out` (see slm_attend_decode in cpu_int8.c): query/out [n, heads,
+    D] fp32, rows any distance apart, heads and dims packed; keys/values the position-major caches [slots,
+    window, kv_heads, D]; slots / lengths int64 [n] (lengths count the new token)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the slm kernels are not available here")
+    _check_cache(keys, values)
+    n, heads, d = query.shape
+    n_slots, window, kv_heads, _ = keys.shape
+    if d != keys.shape[-1] or heads % kv_heads or out.shape != query.shape:
+        raise ValueError("attend_decode: query, out and caches do not match")
+    rc = lib.slm_attend_decode(
+        query.data_ptr(), _rows(query), keys.data_ptr(), values.data_ptr(), n_slots, window,
+        slots.data_ptr(), lengths.data_ptr(), n, heads, kv_heads, d, scale, out.data_ptr(), _rows(out),
+    )  # fmt: skip
+    if rc == -2:
+        raise IndexError("attend_decode: a slot or length outside the cache")
+    if rc != 0:
+        raise MemoryError("attend_decode: no memory for the attention scores")
+
+
+def argmax(x: torch.Tensor) -> int:
+    """torch.argmax(x) of a 1-D tensor as an int (the first largest; a NaN counts as the largest), in C for
+    contiguous fp32 CPU tensors where the kernels are built (~10 us vs ~80 for GPT-2's vocabulary)."""
+    lib = _lib if _lib is not None else (load() if not _tried else None)
+    if lib is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 1 or not x.is_contiguous():
+        return int(torch.argmax(x).item())
+    return int(lib.slm_argmax(x.data_ptr(), x.shape[0]))

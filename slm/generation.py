@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from slm import cpu_int8
+
 PARAM_NAMES = (
     "max_new_tokens",
     "temperature",
@@ -195,7 +197,7 @@ class LogitsSampler:
     def next_token(self, logits: torch.Tensor, seen_ids: torch.Tensor) -> int:
         scores = self.process(logits, seen_ids)
         if self.params.greedy:
-            return int(torch.argmax(scores).item())
+            return cpu_int8.argmax(scores)
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator).item())
 

@@ -7,9 +7,15 @@ accumulation is exact, so a row's result does not depend on the other rows of th
 are the same alone or batched, and a seeded sample is reproducible whatever else runs.
 
 Two kernels (`int8_backend()`, override with SLM_INT8_KERNEL=auto|slm|onednn):
-  * "slm": slm/cpu_int8.c (see slm.cpu_int8), on x86 CPUs with AVX2 but no VNNI, where oneDNN's int8
-    matmul repacks the weights on every call (GPT-2 124M shape, 1 thread: a one-row decode step's
-    matmuls 14 ms vs 39 ms on oneDNN); built with the system C compiler on first use;
+  * "slm": slm/cpu_int8.c (see slm.cpu_int8), built with the system C compiler on first use, on x86 CPUs
+    - with AVX-512 VNNI (kernel "vnni512": full 8-bit weights packed for vpdpbusd, 64 outputs x up to 6
+      rows per tile, weights prefetched into L2). Measured on a 2-core Xeon with AMX (bench/int8_ops.py,
+      a decode step's matmuls from memory, 1 thread): 1.52x / 1.46x / 1.33x oneDNN's int8 matmul at 1 / 4
+      / 8 rows, 1.06x at 32, 0.79x at 512 (oneDNN's AMX kernel wins long prefills, but a row's result must not depend on the batch, so one
+      kernel serves every size);
+    - with AVX2 but no VNNI (kernel "avx2": 7-bit weights for vpmaddubsw), where oneDNN's int8 matmul
+      repacks the weights on every call (GPT-2 124M shape, 1 thread: a one-row decode step's matmuls
+      14 ms vs 39 ms on oneDNN);
   * "onednn": oneDNN's int8 matmul (`torch.ops.onednn.qlinear_prepack` / `qlinear_pointwise`: the kernels
     torch's own x86 int8 path lowers to; VNNI/AMX where the CPU has them), elsewhere or as the fallback.
     Its uint8 activations are quantized by slm.cpu_int8.quantize_rows where that builds (one pass, the
@@ -63,7 +69,7 @@ def int8_backend() -> str | None:
     choice = os.environ.get("SLM_INT8_KERNEL", "auto").lower()
     if choice not in ("auto", "slm", "onednn"):
         raise ValueError(f"SLM_INT8_KERNEL={choice!r} (auto | slm | onednn)")
-    if choice == "slm" or (choice == "auto" and _reduce_range()):
+    if choice == "slm" or (choice == "auto" and (_reduce_range() or cpu_int8.vnni512())):
         if cpu_int8.load() is not None:
             return "slm"
     return "onednn" if onednn_int8_available() else None
@@ -93,8 +99,9 @@ def _signed_activations() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """`nn.Linear` with int8 weights (per output channel) and 8-bit activations (per row), on slm's AVX2
-    kernel or oneDNN (`backend`, default `int8_backend()`)."""
+    """`nn.Linear` with int8 weights (per output channel) and 8-bit activations (per row), on slm's kernel
+    (`backend` "slm": AVX-512 VNNI where the CPU has it, else AVX2; `kernel` picks one for tests) or oneDNN
+    (`backend`, default `int8_backend()`)."""
 
     def __init__(
         self,
@@ -102,13 +109,23 @@ class Int8Linear(nn.Module):
         reduce_range: bool | None = None,
         signed: bool | None = None,
         backend: str | None = None,
+        kernel: str | None = None,
     ) -> None:
         super().__init__()
         w = linear.weight.detach().float()
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         self.backend = backend or int8_backend() or "onednn"
+        self.kernel = "onednn"
         if self.backend == "slm":
-            reduce_range = True  # the AVX2 kernel's 16-bit pair sums need |w| <= 63
+            if cpu_int8.library() is None:
+                raise RuntimeError("the slm int8 kernel is not available here (SLM_INT8_KERNEL=onednn)")
+            self.kernel = kernel or ("vnni512" if cpu_int8.vnni512() else "avx2")
+            if self.kernel not in ("vnni512", "avx2") or (self.kernel == "vnni512" and not cpu_int8.vnni512()):
+                raise ValueError(f"int8 kernel {self.kernel!r} cannot run here")
+            if self.kernel == "avx2":
+                reduce_range = True  # the AVX2 kernel's 16-bit pair sums need |w| <= 63
+            else:
+                reduce_range = False  # vpdpbusd sums into int32: full 8-bit weights
         qmax = 63 if (_reduce_range() if reduce_range is None else reduce_range) else 127
         scale = (w.abs().amax(dim=1) / qmax).clamp(min=1e-12)
         q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
@@ -117,10 +134,12 @@ class Int8Linear(nn.Module):
         bias = linear.bias.detach().float().clone() if linear.bias is not None else torch.zeros(self.out_features)
         self.register_buffer("bias", bias, persistent=False)
         if self.backend == "slm":
-            if cpu_int8.library() is None:
-                raise RuntimeError("the slm int8 kernel is not available here (SLM_INT8_KERNEL=onednn)")
-            self.register_buffer("weight_int8", q.contiguous(), persistent=False)
             self.register_buffer("w_sum", q.sum(dim=1, dtype=torch.int32), persistent=False)
+            if self.kernel == "vnni512":
+                self.register_buffer("weight_vnni", cpu_int8.pack_vnni(q), persistent=False)
+                self._bind()
+            else:
+                self.register_buffer("weight_int8", q.contiguous(), persistent=False)
             return
         # uint8 activations are quantized in one pass by slm's C helper where it builds (same bits as the
         # torch expression below, a fraction of its per-call cost); int8 ones (AMX) keep the torch ops
@@ -134,10 +153,35 @@ class Int8Linear(nn.Module):
         self._offset = torch.full((), 128.5)
         self._zp = 0 if self.signed else 128
 
+    def _bind(self) -> None:
+        """The VNNI kernel's one-call fast path: the C function with the weights' pointers bound (a decode
+        step makes ~50 of these calls; module attribute lookups and argument conversion were half of a
+        small layer's cost). Re-bound whenever the buffers are replaced (`_apply`: .to(), .float(), ...)."""
+        self._fast: tuple | None = None
+        bufs = (self.weight_vnni, self.w_sum, self.w_scale, self.bias)
+        dtypes = (torch.int8, torch.int32, torch.float32, torch.float32)
+        if all(
+            b.device.type == "cpu" and b.dtype == d and b.is_contiguous() for b, d in zip(bufs, dtypes, strict=True)
+        ):
+            lib = cpu_int8.library()
+            ptrs = tuple(b.data_ptr() for b in bufs)
+            self._fast = (lib.slm_int8_linear_vnni, (*ptrs, self.out_features, self.in_features))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        result = super()._apply(fn, recurse)
+        if self.kernel == "vnni512":
+            self._bind()
+        return result
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "vnni512":
+            return self._forward_vnni(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
-        if self.backend == "slm":
+        if self.kernel == "vnni512":
+            y = cpu_int8.linear_vnni(x2, self.weight_vnni, self.w_sum, self.w_scale, self.bias, self.out_features)
+            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        if self.kernel == "avx2":
             y = cpu_int8.linear(x2, self.weight_int8, self.w_sum, self.w_scale, self.bias)
             return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
         if self._c_quantize and x2.shape[0]:
@@ -158,8 +202,37 @@ class Int8Linear(nn.Module):
         y = torch.addcmul(self.bias, y, amax, value=value)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    def _forward_vnni(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        x2 = x.reshape(-1, k)
+        if x2.dtype != torch.float32 or not x2.is_contiguous():
+            x2 = x2.float().contiguous()
+        m = x2.shape[0]
+        if self._fast is None:
+            raise RuntimeError("Int8Linear's buffers left the CPU or changed dtype; quantize the model again")
+        if m * n * k < cpu_int8.PARALLEL_MACS or torch.get_num_threads() == 1:
+            out = torch.empty(m, n, dtype=torch.float32)
+            fn, bound = self._fast
+            if m and fn(*bound, x2.data_ptr(), m, out.data_ptr()) != 0:
+                raise MemoryError(f"int8 linear: no memory for {m} x {k} activations")
+        else:
+            out = cpu_int8.linear_vnni(x2, self.weight_vnni, self.w_sum, self.w_scale, self.bias, n)
+        if x.dim() == 2 and x.dtype == torch.float32:
+            return out
+        return out.reshape(*x.shape[:-1], n).to(x.dtype)
+
+    def int8_weight(self) -> torch.Tensor:
+        """The int8 weights [out, in] (unpacked from the kernel's layout where it has one)."""
+        if self.kernel == "vnni512":
+            blocks, groups = self.weight_vnni.shape[:2]
+            flat = self.weight_vnni.permute(0, 2, 1, 3).reshape(blocks * 64, groups * 4)
+            return flat[: self.out_features, : self.in_features]
+        if self.kernel == "avx2":
+            return self.weight_int8
+        raise AttributeError("oneDNN keeps its packed weights to itself")
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
 
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
