@@ -230,3 +230,17 @@ def test_argmax_in_c_is_torch_argmax() -> None:
     y = torch.randn(2, 20)[:, 3]  # not contiguous: torch's own
     assert cpu_int8.argmax(y) == int(torch.argmax(y))
     assert cpu_int8.argmax(torch.full((12,), float("-inf"))) == 0
+
+
+@needs_kernel
+def test_packed_weights_share_huge_page_regions_and_stay_aligned() -> None:
+    """Small matrices are carved out of one 2 MB-aligned region (advised for transparent huge pages: decode
+    streams every weight once per step), each on a 64-byte boundary; a big one gets its own region."""
+    small = [cpu_int8.pack_vnni(torch.randint(-127, 128, (70, 33), dtype=torch.int8)) for _ in range(3)]
+    assert all(p.data_ptr() % 64 == 0 for p in small)
+    assert len({p.untyped_storage().data_ptr() for p in small}) <= 2  # one region (two if one filled up)
+    a, b = small[0], small[1]
+    if a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr():
+        assert b.data_ptr() - a.data_ptr() == -(-a.numel() // 64) * 64  # back to back
+    big = cpu_int8.pack_vnni(torch.zeros(4096, 4096, dtype=torch.int8))
+    assert big.data_ptr() % cpu_int8.HUGE_PAGE == 0 and not big.any()
