@@ -96,7 +96,7 @@ static inline float epilogue(int32_t acc, int32_t wsum, float wscale, float xsca
     return bias + dot * wscale * xscale;
 }
 
-int slm_int8_abi(void) { return 6; }
+int slm_int8_abi(void) { return 7; }
 
 /* x [M,K] fp32 -> qbuf [M,K] u8 and scales[M] = amax/127 */
 void slm_int8_quantize(const float *x, int64_t M, int64_t K, uint8_t *qbuf, float *scales) {
@@ -193,7 +193,78 @@ typedef struct {
     const float *bias;
     float *y;
     int64_t ldy;
+    const float *res;     /* NULL, or rows added to the output after the activation (ldy apart; may be y) */
+    int act;              /* 0: none, 1: GPT-2's tanh-GELU */
 } vnni_args;
+
+/* GPT-2's tanh-GELU as x * sigmoid(2k(x + 0.044715 x^3)) = x / (1 + e^(-2k(x + 0.044715 x^3))), k = sqrt(2/pi);
+   e^t by 2^n * 2^f with a degree-6 polynomial (relative error ~2e-7). One definition: the fused epilogue
+   and slm_gelu (the model's own forward) give the same bits. */
+static inline VNNI_TARGET __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 g = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline VNNI_TARGET __m512 gelu16(__m512 x) {
+    const __m512 k2 = _mm512_set1_ps(-1.5957691216057308f); /* -2 sqrt(2/pi) */
+    const __m512 z = _mm512_mul_ps(_mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(0.044715f), _mm512_set1_ps(1.0f)), x);
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_mul_ps(z, k2))));
+}
+
+/* y[i] = gelu(x[i]) for n floats (in place allowed) */
+VNNI_TARGET void slm_gelu(const float *x, int64_t n, float *y) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, m, gelu16(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+/* LayerNorm of each row of x [M,K] into y (in place allowed): mean and variance summed in 16 lanes then
+   across them in a fixed order, so a row's result does not depend on M */
+VNNI_TARGET void slm_layernorm(const float *x, int64_t M, int64_t K, const float *gamma, const float *beta, float eps,
+                               float *y) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * K;
+        float *yr = y + m * K;
+        __m512 acc = _mm512_setzero_ps();
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) acc = _mm512_add_ps(acc, _mm512_loadu_ps(xr + k));
+        __mmask16 tail = (__mmask16)(K - k >= 16 ? 0 : (1u << (K - k)) - 1u);
+        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tail, xr + k));
+        const float mean = _mm512_reduce_add_ps(acc) / (float)K;
+        const __m512 vmean = _mm512_set1_ps(mean);
+        acc = _mm512_setzero_ps();
+        for (k = 0; k + 16 <= K; k += 16) {
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(xr + k), vmean);
+            acc = _mm512_fmadd_ps(d, d, acc);
+        }
+        const __m512 dt = _mm512_maskz_sub_ps(tail, _mm512_maskz_loadu_ps(tail, xr + k), vmean);
+        acc = _mm512_fmadd_ps(dt, dt, acc);
+        const float var = _mm512_reduce_add_ps(acc) / (float)K;
+        const __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(var + eps));
+        for (k = 0; k + 16 <= K; k += 16) {
+            const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xr + k), vmean), rstd);
+            _mm512_storeu_ps(yr + k, _mm512_fmadd_ps(d, _mm512_loadu_ps(gamma + k), _mm512_loadu_ps(beta + k)));
+        }
+        if (tail) {
+            const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, xr + k), vmean), rstd);
+            _mm512_mask_storeu_ps(yr + k, tail,
+                                  _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(tail, gamma + k), _mm512_maskz_loadu_ps(tail, beta + k)));
+        }
+    }
+}
 
 /* one tile of MR (1..6, a constant after inlining) rows x 64 outputs. The accumulators are named
    variables, not an array: GCC keeps an array of vectors on the stack and stores it back on every step. */
@@ -211,7 +282,9 @@ typedef struct {
 #define VNNI_OUT(i, j)                                                                                      \
     if (MR > i) {                                                                                           \
         const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##i##j, comp));                             \
-        const __m512 out = _mm512_add_ps(bs, _mm512_mul_ps(_mm512_mul_ps(dot, ws), _mm512_set1_ps(a->xscale[m + i]))); \
+        __m512 out = _mm512_add_ps(bs, _mm512_mul_ps(_mm512_mul_ps(dot, ws), _mm512_set1_ps(a->xscale[m + i]))); \
+        if (a->act) out = gelu16(out);                                                                      \
+        if (a->res) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, a->res + (m + i) * a->ldy + n0));  \
         _mm512_mask_storeu_ps(a->y + (m + i) * a->ldy + n0, mask, out);                                     \
     }
 #define VNNI_COLUMN(j)                                                                                      \
@@ -265,9 +338,48 @@ static const vnni_fn VNNI_TILES[7] = {0, vnni_1, vnni_2, vnni_3, vnni_4, vnni_5,
 void slm_int8_gemm_vnni(const uint8_t *q, int64_t ldq, const float *xscale, int64_t M, int64_t K, const int8_t *wp,
                         const int32_t *wsum, const float *wscale, const float *bias, int64_t N, int64_t n_begin,
                         int64_t n_end, float *y) {
-    const vnni_args a = {q, ldq, xscale, wp, (K + 3) / 4, wsum, wscale, bias, y, N};
+    const vnni_args a = {q, ldq, xscale, wp, (K + 3) / 4, wsum, wscale, bias, y, N, NULL, 0};
     for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++)
         for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](&a, m, tile, n_end);
+}
+
+static void gemm_vnni_args(const vnni_args *a, int64_t M, int64_t n_begin, int64_t n_end) {
+    for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++)
+        for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](a, m, tile, n_end);
+}
+
+/* the whole layer on the calling thread, with GPT-2's neighbours fused: y = act(LN(x) . W^T + b) + res, where
+   LN (gamma non-NULL), act (1: tanh-GELU) and res (non-NULL; may be y) are optional; x [M,K] is LayerNormed
+   into scratch, quantized (scratch on the stack when small), multiplied. The same bits as slm_layernorm,
+   slm_int8_linear_vnni, slm_gelu and an add done one after the other. 0, or -1 when out of memory. */
+int slm_int8_linear_vnni_fused(const int8_t *wp, const int32_t *wsum, const float *wscale, const float *bias,
+                               int64_t N, int64_t K, const float *x, int64_t M, float *y, const float *gamma,
+                               const float *beta, float eps, int act, const float *res) {
+    const int64_t ldq = (K + 3) / 4 * 4;
+    uint8_t q_small[16384];
+    float s_small[256], n_small[4096];
+    uint8_t *q = M * ldq <= (int64_t)sizeof(q_small) ? q_small : malloc((size_t)(M * ldq));
+    float *s = M <= 256 ? s_small : malloc((size_t)M * sizeof(float));
+    float *normed = gamma == NULL || M * K <= 4096 ? n_small : malloc((size_t)(M * K) * sizeof(float));
+    int rc = 0;
+    if (q == NULL || s == NULL || normed == NULL) {
+        rc = -1;
+        goto done;
+    }
+    if (ldq != K)
+        for (int64_t m = 0; m < M; m++) memset(q + m * ldq + K, 0, (size_t)(ldq - K));
+    if (gamma != NULL) {
+        slm_layernorm(x, M, K, gamma, beta, eps, normed);
+        x = normed;
+    }
+    slm_int8_quantize_ld(x, M, K, ldq, q, s);
+    const vnni_args a = {q, ldq, s, wp, (K + 3) / 4, wsum, wscale, bias, y, N, res, act};
+    gemm_vnni_args(&a, M, 0, N);
+done:
+    if (q != q_small) free(q);
+    if (s != s_small) free(s);
+    if (normed != n_small) free(normed);
+    return rc;
 }
 
 /* the whole layer on the calling thread: quantize x [M,K] (scratch on the stack when small) and y = x.W^T + b.

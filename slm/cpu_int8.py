@@ -112,7 +112,7 @@ def load() -> ctypes.CDLL | None:
             return None
         try:
             lib = ctypes.CDLL(str(path))
-            if lib.slm_int8_abi() != 6:
+            if lib.slm_int8_abi() != 7:
                 return None
         except (OSError, AttributeError) as exc:
             log.warning("int8 kernel: could not load %s: %s", path, exc)
@@ -139,6 +139,16 @@ def load() -> ctypes.CDLL | None:
         lib.slm_attend_decode.argtypes = [
             ptr, i64, ptr, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, i64
         ]  # fmt: skip
+        f32 = ctypes.c_float
+        lib.slm_int8_linear_vnni_fused.restype = ctypes.c_int
+        # wp, wsum, wscale, bias, N, K, x, M, y, gamma, beta, eps, act, res
+        lib.slm_int8_linear_vnni_fused.argtypes = [
+            ptr, ptr, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, f32, ctypes.c_int, ptr
+        ]  # fmt: skip
+        lib.slm_layernorm.restype = None
+        lib.slm_layernorm.argtypes = [ptr, i64, i64, ptr, ptr, f32, ptr]  # x, M, K, gamma, beta, eps, y
+        lib.slm_gelu.restype = None
+        lib.slm_gelu.argtypes = [ptr, i64, ptr]  # x, n, y
         lib.slm_argmax.restype = ctypes.c_int64
         lib.slm_argmax.argtypes = [ptr, i64]
         lib.slm_kv_write.restype = ctypes.c_int

@@ -166,6 +166,7 @@ class Int8Linear(nn.Module):
             lib = cpu_int8.library()
             ptrs = tuple(b.data_ptr() for b in bufs)
             self._fast = (lib.slm_int8_linear_vnni, (*ptrs, self.out_features, self.in_features))
+            self._fused = (lib.slm_int8_linear_vnni_fused, (*ptrs, self.out_features, self.in_features))
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         result = super()._apply(fn, recurse)
@@ -178,9 +179,6 @@ class Int8Linear(nn.Module):
             return self._forward_vnni(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
-        if self.kernel == "vnni512":
-            y = cpu_int8.linear_vnni(x2, self.weight_vnni, self.w_sum, self.w_scale, self.bias, self.out_features)
-            return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
         if self.kernel == "avx2":
             y = cpu_int8.linear(x2, self.weight_int8, self.w_sum, self.w_scale, self.bias)
             return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
@@ -221,6 +219,39 @@ class Int8Linear(nn.Module):
             return out
         return out.reshape(*x.shape[:-1], n).to(x.dtype)
 
+    def fused(
+        self,
+        x: torch.Tensor,
+        norm: CLayerNorm | None = None,
+        gelu: bool = False,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """act(norm(x) . W^T + b) + residual in one C call (VNNI kernel; the engine's GPT-2 step): x [M, in]
+        fp32 contiguous; the result is written into `residual` when given (the residual stream updated in
+        place). The same bits as `norm`, this layer, `CGELU` and an add called one after the other, which
+        is what the model's own forward does."""
+        n, k = self.out_features, self.in_features
+        m = x.shape[0]
+        if self._fast is None:
+            raise RuntimeError("Int8Linear's buffers left the CPU or changed dtype; quantize the model again")
+        if not (x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous() and x.shape[1] == k):
+            raise ValueError("Int8Linear.fused needs contiguous fp32 [M, in] rows")
+        if residual is not None and not (residual.shape == (m, n) and residual.is_contiguous()):
+            raise ValueError("Int8Linear.fused: the residual must be a contiguous [M, out] fp32 tensor")
+        if m * n * k >= cpu_int8.PARALLEL_MACS and torch.get_num_threads() > 1:  # threaded: the same steps apart
+            y = self._forward_vnni(norm(x) if norm is not None else x)
+            if gelu:
+                y = CGELU()(y)
+            return residual.add_(y) if residual is not None else y
+        out = residual if residual is not None else torch.empty(m, n, dtype=torch.float32)
+        if m:
+            fn, bound = self._fused
+            ln = (norm.weight.data_ptr(), norm.bias.data_ptr(), norm.eps) if norm is not None else (None, None, 0.0)
+            res = residual.data_ptr() if residual is not None else None
+            if fn(*bound, x.data_ptr(), m, out.data_ptr(), *ln, int(gelu), res) != 0:
+                raise MemoryError(f"int8 linear: no memory for {m} x {k} activations")
+        return out
+
     def int8_weight(self) -> torch.Tensor:
         """The int8 weights [out, in] (unpacked from the kernel's layout where it has one)."""
         if self.kernel == "vnni512":
@@ -251,6 +282,64 @@ class SigmoidTanhGELU(nn.Module):
         return y.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_().mul_(x)
 
 
+def _c_rows(lib: object, x: torch.Tensor) -> bool:
+    """True where `x` can go to the AVX-512 C kernels: built, this CPU has them, fp32 on the CPU, no grad."""
+    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    return not (torch.is_grad_enabled() and x.requires_grad) and cpu_int8.vnni512()
+
+
+class CLayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` computed by slm's C kernel (slm_layernorm) on contiguous fp32 CPU rows, so that the
+    engine's fused GPT-2 step (LayerNorm inside the next int8 layer's call) and the model's own forward
+    give the same bits; anything else goes to torch's."""
+
+    @classmethod
+    def from_module(cls, ln: nn.LayerNorm) -> CLayerNorm:
+        new = cls(ln.normalized_shape, eps=ln.eps, elementwise_affine=True, device=ln.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(ln.weight)
+            new.bias.copy_(ln.bias)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = cpu_int8.library()
+        if (
+            lib is None
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or (torch.is_grad_enabled() and x.requires_grad)
+        ):
+            return super().forward(x)
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        k = self.normalized_shape[-1]
+        if x.numel():
+            lib.slm_layernorm(
+                x.data_ptr(), x.numel() // k, k, self.weight.data_ptr(), self.bias.data_ptr(), self.eps, out.data_ptr()
+            )
+        return out
+
+
+class CGELU(nn.Module):
+    """GPT-2's tanh-GELU by slm's C kernel (slm_gelu: the same function as `SigmoidTanhGELU`, the same bits
+    as the fused int8 epilogue) on contiguous fp32 CPU tensors; torch's ops otherwise."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = cpu_int8.library()
+        if (
+            lib is None
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or (torch.is_grad_enabled() and x.requires_grad)
+        ):
+            return SigmoidTanhGELU()(x)
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        lib.slm_gelu(x.data_ptr(), x.numel(), out.data_ptr())
+        return out
+
+
 def _tanh_gelu_types() -> tuple[type, ...]:
     try:
         from transformers.activations import GELUTanh, NewGELUActivation
@@ -268,12 +357,16 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     reduce = _reduce_range()
     backend = int8_backend()
     gelu = _tanh_gelu_types()
+    # on the VNNI kernel LayerNorm and GELU run in C too, the same code the engine's fused step uses
+    in_c = backend == "slm" and cpu_int8.vnni512()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8Linear(child, reduce_range=reduce, backend=backend))
             elif gelu and isinstance(child, gelu):
-                setattr(module, name, SigmoidTanhGELU())
+                setattr(module, name, CGELU() if in_c else SigmoidTanhGELU())
+            elif in_c and type(child) is nn.LayerNorm and child.elementwise_affine and child.bias is not None:
+                setattr(module, name, CLayerNorm.from_module(child))
     return model
 
 

@@ -147,14 +147,18 @@ def test_int8_serves_tanh_gelu_as_the_same_function_on_faster_ops() -> None:
     model's own module (its greedy reply must equal a fresh model's `generate`)."""
     from transformers.activations import GELUTanh, NewGELUActivation
 
-    from slm.precision import SigmoidTanhGELU
+    from slm import cpu_int8
+    from slm.precision import CGELU, SigmoidTanhGELU
 
     x = torch.randn(7, 300) * 4
     x[0, :3] = torch.tensor([0.0, -30.0, 30.0])
+    x[1, :4] = torch.tensor([-200.0, 200.0, 1e-30, -1e-30])
     kept = x.clone()
     fast = SigmoidTanhGELU()
     for ref in (NewGELUActivation(), GELUTanh()):
         assert torch.allclose(fast(x), ref(x), rtol=1e-6, atol=1e-6)
+        with torch.inference_mode():  # on AVX-512 VNNI CPUs: in C (the fused int8 step's own GELU)
+            assert torch.allclose(CGELU()(x), ref(x), rtol=1e-6, atol=1e-6)
     assert torch.equal(x, kept)
     g = x.clone().requires_grad_(True)
     fast(g).sum().backward()  # training-safe: no in-place op on a tensor autograd saved
@@ -163,7 +167,8 @@ def test_int8_serves_tanh_gelu_as_the_same_function_on_faster_ops() -> None:
     assert torch.allclose(g.grad, h.grad, rtol=1e-5, atol=1e-5)
     q = apply_precision(tiny_model(), "int8", torch.device("cpu"))
     assert not any(isinstance(m, NewGELUActivation) for m in q.modules())
-    assert sum(isinstance(m, SigmoidTanhGELU) for m in q.modules()) == 2  # one per layer
+    served = CGELU if cpu_int8.vnni512() else SigmoidTanhGELU
+    assert sum(isinstance(m, served) for m in q.modules()) == 2  # one per layer
     f = apply_precision(tiny_model(), "fp32", torch.device("cpu"))
     assert sum(isinstance(m, NewGELUActivation) for m in f.modules()) == 2
 
