@@ -29,18 +29,19 @@ child's main thread at full speed) or in a dedicated thread (mode "thread"; it s
     ("end", {"reason": eos|length|stop|cancelled, "text": ..., "usage": {...}, "timing": {...}, "model": ref})
     ("error", {"code": ..., "message": ...})
 
-Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, shared 2-core AVX2
-CPU at load ~4-5, so ratios within one run are what count): 39 / 64 / 108 tok/s at 1 / 4 / 8 streams,
-2.35x / 1.99x / 1.60x the previous engine (packed steps on oneDNN int8, HF forward) and 1.06x / 0.99x /
-0.79x CTranslate2's int8 generator on the same weights; a single stream reaches 48% of the memory-bandwidth
-ceiling. The gains: slm's own int8 kernel (slm.cpu_int8; oneDNN repacked the weights on every call) and
-the lean GPT-2 step (slm.batching.PackedGPT2). Running streams keep 79% of their pace while a 512-token
-prompt is prefilled (prefill_share 0.35: 0.2 / 0.5 / a chunk every step gave 80% / 63% / 33%, its TTFT
-8.6 / 6.2 / 3.6 s). TTFT p95 of 4 simultaneous users is 4.8x the single-user TTFT: they share one
-prefill step, and prefill is compute-bound (62 prompt tokens cost ~3x 12). The process placement
-isolates torch from the event loop's GIL and from crashes; `thread` mode stays for comparison
-(CHAT_ENGINE_MODE). With 2 torch threads on the loaded box int8 decode collapsed (2 tok/s vs 30 with 1),
-hence CHAT_ENGINE_THREADS=1 by default.
+Measured with bench/chat.py (GPT-2 124M shape, int8, 1 torch thread, 32 new tokens, 2 shared cores, so
+ratios within one run are what count; the README has the rows). On an AVX2 CPU without VNNI: 39 / 64 /
+108 tok/s at 1 / 4 / 8 streams, 1.06x / 0.99x / 0.79x CTranslate2's int8 generator on the same weights,
+from slm's own int8 kernel (oneDNN repacked the weights on every call) and the lean GPT-2 step
+(slm.batching.PackedGPT2). On a Xeon with AVX-512 VNNI / AMX: 80 / 245 / 384 tok/s, 0.87x / 0.90x / 0.90x
+CTranslate2 (0.45x / 0.49x / 0.59x at the start of that work), from the VNNI kernel with its weights on
+huge pages, the C decode attention over a position-major cache and the fused step; TTFT p95 of 4
+simultaneous users 1.74x the single-user TTFT; running streams keep 76% of their pace while a 512-token
+prompt is prefilled (prefill_share 0.35: on the AVX2 machine 0.2 / 0.5 / a chunk every step gave 80% /
+63% / 33%). Decode is bound by memory bandwidth (every weight read once per step: one core streams ~15-21
+GB/s there). The process placement isolates torch from the event loop's GIL and from crashes; `thread`
+mode stays for comparison (CHAT_ENGINE_MODE). With 2 torch threads on a loaded 2-core box int8 decode
+collapsed (2 tok/s vs 30 with 1), hence CHAT_ENGINE_THREADS=1 by default.
 
 No Django in here.
 """

@@ -244,3 +244,40 @@ def test_packed_weights_share_huge_page_regions_and_stay_aligned() -> None:
         assert b.data_ptr() - a.data_ptr() == -(-a.numel() // 64) * 64  # back to back
     big = cpu_int8.pack_vnni(torch.zeros(4096, 4096, dtype=torch.int8))
     assert big.data_ptr() % cpu_int8.HUGE_PAGE == 0 and not big.any()
+
+
+@needs_kernel
+@pytest.mark.skipif(not cpu_int8.vnni512(), reason="the fused step runs on the AVX-512 VNNI kernel")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_layer_is_the_same_bits_as_its_steps_one_after_the_other(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Int8Linear.fused (LayerNorm -> int8 layer -> GELU -> + residual in one C call, the engine's GPT-2 step)
+    equals CLayerNorm, the layer, CGELU and an add called one after the other (the model's own forward),
+    bit for bit, alone and split over threads; LayerNorm in C is LayerNorm."""
+    from slm.precision import CGELU, CLayerNorm
+
+    torch.manual_seed(threads)
+    ln = torch.nn.LayerNorm(72)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.2, 0.2)
+    norm = CLayerNorm.from_module(ln)
+    lin = Int8Linear(torch.nn.Linear(72, 130), backend="slm", kernel="vnni512")
+    x = torch.randn(9, 72) * 3
+    with torch.inference_mode():
+        assert torch.allclose(norm(x), ln(x), rtol=1e-5, atol=1e-5)
+        expected = CGELU()(lin(norm(x))) + (residual := torch.randn(9, 130))
+        saved = torch.get_num_threads()
+        try:
+            if threads > 1:
+                monkeypatch.setattr(cpu_int8, "PARALLEL_MACS", 0)
+                torch.set_num_threads(threads)
+            got = lin.fused(x, norm=norm, gelu=True, residual=residual.clone())
+            plain = lin.fused(x)
+        finally:
+            torch.set_num_threads(saved)
+    assert torch.equal(got, expected)
+    assert torch.equal(plain, lin(x))
+    with pytest.raises(ValueError, match="contiguous"):
+        lin.fused(x.t().contiguous().t())
