@@ -4,8 +4,8 @@
   * activation quantize: slm.cpu_int8.quantize_rows (one C pass, the same bits) vs abs / amax / div /
     addcmul / to(uint8), measured as 12 layers of oneDNN `Int8Linear` (the layers' four matmuls) each way;
   * GPT-2's tanh-GELU: slm.precision.SigmoidTanhGELU vs transformers' NewGELUActivation;
-  * the int8 matmul kernel: slm's (the one `SLM_INT8_KERNEL=auto` picks here: AVX-512 VNNI or AVX2) vs
-    oneDNN's, over a whole decode step's matmuls (12 layers' four plus the 50k-row LM head, every matrix
+  * the int8 matmul kernel: slm's (the one `SLM_INT8_KERNEL=auto` picks here: AVX-512 VNNI, with AMX tiles
+    from 6 rows where the CPU has them, or AVX2) vs oneDNN's, over a whole decode step's matmuls (12 layers' four plus the 50k-row LM head, every matrix
     its own weights, so they come from memory as in a real step);
   * decode attention: slm's C kernel over the position-major slot cache vs SDPA over the head-major one
     (one call, the engine's single length group), 8 streams, every layer's cache its own.
@@ -84,7 +84,7 @@ def matmul_kernels(args: argparse.Namespace) -> None:
     from slm import cpu_int8
     from slm.precision import Int8Linear
 
-    kernel = "vnni512" if cpu_int8.vnni512() else "avx2"
+    kernel = ("vnni+amx" if cpu_int8.amx() else "vnni512") if cpu_int8.vnni512() else "avx2"
     shapes = SHAPES * 12 + [(768, 50257)]
     torch.manual_seed(0)
     ours = [Int8Linear(torch.nn.Linear(*s), backend="slm") for s in shapes]

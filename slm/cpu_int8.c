@@ -19,6 +19,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static void quantize_rows(const float *x, int64_t M, int64_t K, uint8_t *q, float *amax_out) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -96,7 +99,7 @@ static inline float epilogue(int32_t acc, int32_t wsum, float wscale, float xsca
     return bias + dot * wscale * xscale;
 }
 
-int slm_int8_abi(void) { return 7; }
+int slm_int8_abi(void) { return 8; }
 
 /* x [M,K] fp32 -> qbuf [M,K] u8 and scales[M] = amax/127 */
 void slm_int8_quantize(const float *x, int64_t M, int64_t K, uint8_t *qbuf, float *scales) {
@@ -335,17 +338,139 @@ typedef void (*vnni_fn)(const vnni_args *, int64_t, int64_t, int64_t);
 static const vnni_fn VNNI_TILES[7] = {0, vnni_1, vnni_2, vnni_3, vnni_4, vnni_5, vnni_6};
 
 /* output columns [n_begin, n_end) of y [M,N] (n_begin a multiple of 64; threads may split the columns) */
+/* ---- AMX (Intel Sapphire Rapids and later) ----------------------------------------------------------------
+   The same packed weights serve as AMX B tiles as they are: rows of a 64-output tile are 256 bytes apart and
+   the 16 outputs j*16.. of a row are 64 bytes at offset 64*j, 4 inputs each, which is the tile's layout
+   (16 rows = 64 inputs, stride 256). A tile multiply takes up to 16 activation rows x 64 inputs at once, so
+   several decode rows or a prompt cost about what one row costs on vpdpbusd. The int32 sums are exact either
+   way and go through the same epilogue, so a row gets the same bits from AMX as from the vector kernel,
+   whichever the row count picks. Linux gives a process the tile registers on request (arch_prctl). */
+
+#define AMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#ifndef SLM_AMX_MIN_ROWS
+#define SLM_AMX_MIN_ROWS 6 /* fewer rows go to the vector kernel: it streams the weights faster (bench/int8_ops.py) */
+#endif
+
+static int amx_state = -1; /* -1 unknown, 0 no, 1 yes */
+static int amx_allowed = 1;
+
+/* switches the AMX path off (0) or back on (1): SLM_INT8_AMX=0, and the tests comparing both paths */
+void slm_int8_allow_amx(int allowed) { amx_allowed = allowed; }
+
+int slm_int8_amx(void) {
+    if (amx_state < 0) {
+        unsigned a, b, c, d;
+        int ok = slm_int8_vnni512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 25));
+        if (ok) ok = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+        amx_state = ok;
+    }
+    return amx_state;
+}
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed, aligned(64))) amx_config;
+
+static AMX_TARGET void amx_configure(int rows) {
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 5; t++) { /* 0-3: the sums of 4 x 16 outputs, 4: activations */
+        cfg.rows[t] = (uint8_t)rows;
+        cfg.colsb[t] = 64;
+    }
+    for (int t = 5; t < 8; t++) { /* weights: 16 rows of 4 inputs x 16 outputs */
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+static AMX_TARGET void amx_epilogue(const vnni_args *a, int64_t m, int rows, int64_t tile, int64_t n_end,
+                                    const int32_t *sums) {
+    for (int j = 0; j < 4; j++) {
+        const int64_t n0 = tile * 64 + j * 16;
+        const int64_t left = n_end - n0;
+        const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1u);
+        const __m512i comp = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, a->wsum + n0), 7);
+        const __m512 ws = _mm512_maskz_loadu_ps(mask, a->wscale + n0);
+        const __m512 bs = _mm512_maskz_loadu_ps(mask, a->bias + n0);
+        for (int i = 0; i < rows; i++) { /* VNNI_OUT's expression */
+            const __m512i c = _mm512_load_si512((const void *)(sums + i * 64 + j * 16));
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(c, comp));
+            __m512 out = _mm512_add_ps(bs, _mm512_mul_ps(_mm512_mul_ps(dot, ws), _mm512_set1_ps(a->xscale[m + i])));
+            if (a->act) out = gelu16(out);
+            if (a->res) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, a->res + (m + i) * a->ldy + n0));
+            _mm512_mask_storeu_ps(a->y + (m + i) * a->ldy + n0, mask, out);
+        }
+    }
+}
+
+/* needs groups % 16 == 0 (K a multiple of 64) and q rows readable 64 bytes at a time */
+static AMX_TARGET void gemm_amx(const vnni_args *a, int64_t M, int64_t n_begin, int64_t n_end) {
+    int32_t sums[16 * 64] __attribute__((aligned(64)));
+    const int64_t groups = a->groups;
+    int configured = 0;
+    for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++) {
+        const int8_t *wb = a->wp + tile * groups * 256;
+        for (int64_t m = 0; m < M; m += 16) {
+            const int rows = M - m < 16 ? (int)(M - m) : 16;
+            if (rows != configured) {
+                amx_configure(rows);
+                configured = rows;
+            }
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            const uint8_t *qm = a->q + m * a->ldq;
+            for (int64_t g = 0; g < groups; g += 16) {
+                const int8_t *wg = wb + g * 256;
+                if (m == 0)
+                    for (int64_t off = 0; off < 16 * 256; off += 64) {
+                        _mm_prefetch((const char *)(wg + SLM_PREFETCH * 256 + off), SLM_PREFETCH_HINT);
+                        _mm_prefetch((const char *)(wg + 16 * 256 + off), _MM_HINT_T0);
+                    }
+                _tile_loadd(4, qm + g * 4, a->ldq);
+                _tile_loadd(5, wg, 256);
+                _tile_dpbusd(0, 4, 5);
+                _tile_loadd(6, wg + 64, 256);
+                _tile_dpbusd(1, 4, 6);
+                _tile_loadd(7, wg + 128, 256);
+                _tile_dpbusd(2, 4, 7);
+                _tile_loadd(5, wg + 192, 256);
+                _tile_dpbusd(3, 4, 5);
+            }
+            _tile_stored(0, sums, 256);
+            _tile_stored(1, sums + 16, 256);
+            _tile_stored(2, sums + 32, 256);
+            _tile_stored(3, sums + 48, 256);
+            amx_epilogue(a, m, rows, tile, n_end, sums);
+        }
+    }
+    _tile_release();
+}
+
+static void gemm_vnni_args(const vnni_args *a, int64_t M, int64_t n_begin, int64_t n_end) {
+    if (M >= SLM_AMX_MIN_ROWS && a->groups % 16 == 0 && amx_allowed && slm_int8_amx()) {
+        gemm_amx(a, M, n_begin, n_end);
+        return;
+    }
+    for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++)
+        for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](a, m, tile, n_end);
+}
+
 void slm_int8_gemm_vnni(const uint8_t *q, int64_t ldq, const float *xscale, int64_t M, int64_t K, const int8_t *wp,
                         const int32_t *wsum, const float *wscale, const float *bias, int64_t N, int64_t n_begin,
                         int64_t n_end, float *y) {
     const vnni_args a = {q, ldq, xscale, wp, (K + 3) / 4, wsum, wscale, bias, y, N, NULL, 0};
-    for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++)
-        for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](&a, m, tile, n_end);
-}
-
-static void gemm_vnni_args(const vnni_args *a, int64_t M, int64_t n_begin, int64_t n_end) {
-    for (int64_t tile = n_begin / 64; tile * 64 < n_end; tile++)
-        for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](a, m, tile, n_end);
+    gemm_vnni_args(&a, M, n_begin, n_end);
 }
 
 /* the whole layer on the calling thread, with GPT-2's neighbours fused: y = act(LN(x) . W^T + b) + res, where

@@ -112,7 +112,7 @@ def load() -> ctypes.CDLL | None:
             return None
         try:
             lib = ctypes.CDLL(str(path))
-            if lib.slm_int8_abi() != 7:
+            if lib.slm_int8_abi() != 8:
                 return None
         except (OSError, AttributeError) as exc:
             log.warning("int8 kernel: could not load %s: %s", path, exc)
@@ -149,6 +149,10 @@ def load() -> ctypes.CDLL | None:
         lib.slm_layernorm.argtypes = [ptr, i64, i64, ptr, ptr, f32, ptr]  # x, M, K, gamma, beta, eps, y
         lib.slm_gelu.restype = None
         lib.slm_gelu.argtypes = [ptr, i64, ptr]  # x, n, y
+        lib.slm_int8_amx.restype = ctypes.c_int
+        lib.slm_int8_allow_amx.restype = None
+        lib.slm_int8_allow_amx.argtypes = [ctypes.c_int]
+        lib.slm_int8_allow_amx(0 if os.environ.get("SLM_INT8_AMX", "1") == "0" else 1)
         lib.slm_argmax.restype = ctypes.c_int64
         lib.slm_argmax.argtypes = [ptr, i64]
         lib.slm_kv_write.restype = ctypes.c_int
@@ -277,6 +281,20 @@ class _Arena:
 
 
 _arena = _Arena()
+
+
+def amx() -> bool:
+    """True where the VNNI kernel hands products of 2+ rows to AMX tiles (the CPU has AMX-INT8, Linux granted
+    the tile registers, SLM_INT8_AMX is not 0). The sums are exact either way: the same bits as without."""
+    lib = library()
+    return lib is not None and bool(lib.slm_int8_vnni512()) and bool(lib.slm_int8_amx())
+
+
+def allow_amx(allowed: bool) -> None:
+    """Turns the AMX path on or off for this process (tests; SLM_INT8_AMX=0 at start does the same)."""
+    lib = library()
+    if lib is not None:
+        lib.slm_int8_allow_amx(1 if allowed else 0)
 
 
 def pack_vnni(weight: torch.Tensor) -> torch.Tensor:

@@ -281,3 +281,28 @@ def test_fused_layer_is_the_same_bits_as_its_steps_one_after_the_other(
     assert torch.equal(plain, lin(x))
     with pytest.raises(ValueError, match="contiguous"):
         lin.fused(x.t().contiguous().t())
+
+
+@needs_kernel
+@pytest.mark.skipif(not cpu_int8.amx(), reason="no AMX here (or Linux did not grant the tile registers)")
+def test_amx_tiles_give_the_vector_kernels_bits() -> None:
+    """From 6 rows on, products go to AMX tiles (K a multiple of 64): the sums are exact either way and share
+    the epilogue, so every row is bit for bit what the vector kernel gives, fused extras included."""
+    from slm.precision import CLayerNorm
+
+    torch.manual_seed(11)
+    lin = Int8Linear(torch.nn.Linear(192, 150), backend="slm", kernel="vnni512")
+    norm = CLayerNorm.from_module(torch.nn.LayerNorm(192))
+    try:
+        for m in (5, 6, 16, 17, 40):
+            x = torch.randn(m, 192) * 2
+            res = torch.randn(m, 150)
+            with torch.inference_mode():
+                cpu_int8.allow_amx(True)
+                tiles = lin(x), lin.fused(x, norm=norm, gelu=True, residual=res.clone())
+                cpu_int8.allow_amx(False)
+                vector = lin(x), lin.fused(x, norm=norm, gelu=True, residual=res.clone())
+            assert torch.equal(tiles[0], vector[0]) and torch.equal(tiles[1], vector[1]), m
+            assert torch.allclose(tiles[0], reference(x, lin), rtol=1e-5, atol=1e-5)
+    finally:
+        cpu_int8.allow_amx(True)
