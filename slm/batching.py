@@ -306,6 +306,8 @@ class PackedGPT2:
                 for b in blocks
             ]
             self.fused_head = (t.ln_f, model.lm_head.fused)
+            self.mlp_width = blocks[0].mlp.c_fc.out_features
+        self.scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def build(cls, model: Any) -> PackedGPT2 | None:
@@ -331,11 +333,14 @@ class PackedGPT2:
 
     def _fused(self, h: torch.Tensor, plan: StepPlan, keep: torch.Tensor) -> torch.Tensor:
         m, width = h.shape
+        if self.scratch is None or self.scratch[0].shape[0] != m:  # reused while the step size stays
+            self.scratch = (torch.empty(m, 3 * width), torch.empty(m, self.mlp_width))
+        qkv_out, fc_out = self.scratch
         for i, (ln_1, qkv, proj, ln_2, fc, out) in enumerate(self.fused):  # type: ignore[arg-type]
-            x = qkv(h, norm=ln_1).view(m, 3, self.heads, self.head_dim)
+            x = qkv(h, norm=ln_1, out=qkv_out).view(m, 3, self.heads, self.head_dim)
             a = plan.attend_packed(i, x[:, 0], x[:, 1], x[:, 2], self.layers[i].scaling)
             proj(a.view(m, width), residual=h)  # h += proj(a), in place
-            out(fc(h, norm=ln_2, gelu=True), residual=h)  # h += out(gelu(fc(ln_2(h))))
+            out(fc(h, norm=ln_2, gelu=True, out=fc_out), residual=h)  # h += out(gelu(fc(ln_2(h))))
         ln_f, head = self.fused_head
         return head(h[keep].contiguous(), norm=ln_f)
 

@@ -225,11 +225,13 @@ class Int8Linear(nn.Module):
         norm: CLayerNorm | None = None,
         gelu: bool = False,
         residual: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """act(norm(x) . W^T + b) + residual in one C call (VNNI kernel; the engine's GPT-2 step): x [M, in]
         fp32 contiguous; the result is written into `residual` when given (the residual stream updated in
-        place). The same bits as `norm`, this layer, `CGELU` and an add called one after the other, which
-        is what the model's own forward does."""
+        place), else into `out` (a contiguous [M, out] fp32 scratch the caller reuses) or a new tensor. The
+        same bits as `norm`, this layer, `CGELU` and an add called one after the other, which is what the
+        model's own forward does."""
         n, k = self.out_features, self.in_features
         m = x.shape[0]
         if self._fast is None:
@@ -243,7 +245,10 @@ class Int8Linear(nn.Module):
             if gelu:
                 y = CGELU()(y)
             return residual.add_(y) if residual is not None else y
-        out = residual if residual is not None else torch.empty(m, n, dtype=torch.float32)
+        if residual is not None:
+            out = residual
+        elif out is None or out.shape != (m, n) or out.dtype != torch.float32 or not out.is_contiguous():
+            out = torch.empty(m, n, dtype=torch.float32)
         if m:
             fn, bound = self._fused
             ln = (norm.weight.data_ptr(), norm.bias.data_ptr(), norm.eps) if norm is not None else (None, None, 0.0)
