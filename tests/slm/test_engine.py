@@ -94,6 +94,40 @@ def test_batched_greedy_equals_generate_with_joins(model_dir: Path) -> None:
     assert core.cache is None and core.rows == []
 
 
+def test_without_slm_kernels_the_cache_and_attention_fall_back_to_torch(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where slm's C kernels cannot be built (no compiler, no AVX2), the position-major CPU cache is written
+    and read with torch ops and SDPA: the same greedy replies as `generate`, batched and with joins."""
+    from slm import cpu_int8
+    from slm.batching import StepPlan
+
+    monkeypatch.setattr(cpu_int8, "_lib", None)
+    monkeypatch.setattr(cpu_int8, "_tried", True)
+    seen: list[bool] = []
+    original = StepPlan._in_c
+
+    def spy(self: StepPlan, *args: Any) -> bool:
+        seen.append(original(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(StepPlan, "_in_c", spy)
+    torch.set_num_threads(1)
+    tok, model = tiny_tokenizer(), tiny_model()
+    rec = Recorder()
+    core = EngineCore(EngineConfig(model=str(model_dir), precision="fp32"), rec.emit)
+    params = GenerationParams(max_new_tokens=12, repetition_penalty=1.3)
+    for i, prompt in enumerate(PROMPTS):
+        core.submit(GenRequest(str(i), tok(prompt)["input_ids"], params))
+        core.step()
+    while core.step():
+        pass
+    assert seen and not any(seen) and core.cache is None
+    for i, prompt in enumerate(PROMPTS):
+        ref = reference(model, tok(prompt)["input_ids"], do_sample=False, max_new_tokens=12, repetition_penalty=1.3)
+        assert rec.end(str(i))["text"] == tok.decode(ref, skip_special_tokens=True)
+
+
 def test_cancel_lands_before_the_next_token(model_dir: Path) -> None:
     tok = tiny_tokenizer()
     rec = Recorder()
