@@ -5,8 +5,8 @@
     with onnxruntime behind the usual predict interface. With `int8=True` it also writes
     model.int8.onnx (onnxruntime dynamic quantisation of the MatMul weights).
   * `quantize_int8(model)` returns a CPU copy whose nn.Linear layers are int8 (slm.precision's
-    `Int8Linear`, the chat engine's kernels: slm's AVX2 kernel or oneDNN; not the deprecated torch.ao
-    quantized tensors).
+    `Int8Linear`, the chat engine's kernels: slm's AVX-512 VNNI (+AMX) or AVX2 kernel, or oneDNN; not
+    the deprecated torch.ao quantized tensors).
 
 Why not optimum: our saved model is encoder + our own head (not an AutoModelForSequenceClassification),
 so optimum's exporters do not apply; torch.onnx's TorchScript exporter handles it directly (checked
