@@ -197,6 +197,18 @@ def _executor(threads: int) -> ThreadPoolExecutor:
         return _pool[1]
 
 
+def _split_columns(gemm: object, args: tuple, n: int, threads: int, out: torch.Tensor) -> None:
+    """Runs gemm(*args, n_begin, n_end, out) over `threads` column ranges (multiples of 64) at once."""
+    bounds = [round(n * i / threads / 64) * 64 for i in range(threads)] + [n]
+    jobs = [
+        _executor(threads).submit(gemm, *args, lo, hi, out.data_ptr())  # type: ignore[arg-type]
+        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        if hi > lo
+    ]
+    for job in jobs:
+        job.result()
+
+
 def linear(
     x: torch.Tensor, weight: torch.Tensor, wsum: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
@@ -219,14 +231,7 @@ def linear(
     if threads <= 1 or m * n * k < PARALLEL_MACS:
         lib.slm_int8_gemm(*args, *rest, 0, n, out.data_ptr())
         return out
-    bounds = [round(n * i / threads / 64) * 64 for i in range(threads)] + [n]
-    jobs = [
-        _executor(threads).submit(lib.slm_int8_gemm, *args, *rest, lo, hi, out.data_ptr())
-        for lo, hi in zip(bounds, bounds[1:], strict=False)
-        if hi > lo
-    ]
-    for job in jobs:
-        job.result()
+    _split_columns(lib.slm_int8_gemm, (*args, *rest), n, threads, out)
     return out
 
 
@@ -336,14 +341,7 @@ def linear_vnni(
     lib.slm_int8_quantize_ld(x.data_ptr(), m, k, ldq, qbuf.data_ptr(), scales.data_ptr())
     args = (qbuf.data_ptr(), ldq, scales.data_ptr(), m, k, packed.data_ptr(), wsum.data_ptr(), wscale.data_ptr())
     rest = (bias.data_ptr(), n)
-    bounds = [round(n * i / threads / 64) * 64 for i in range(threads)] + [n]
-    jobs = [
-        _executor(threads).submit(lib.slm_int8_gemm_vnni, *args, *rest, lo, hi, out.data_ptr())
-        for lo, hi in zip(bounds, bounds[1:], strict=False)
-        if hi > lo
-    ]
-    for job in jobs:
-        job.result()
+    _split_columns(lib.slm_int8_gemm_vnni, (*args, *rest), n, threads, out)
     return out
 
 

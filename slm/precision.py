@@ -309,12 +309,7 @@ class CLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lib = cpu_int8.library()
-        if (
-            lib is None
-            or x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or (torch.is_grad_enabled() and x.requires_grad)
-        ):
+        if not _c_rows(lib, x):
             return super().forward(x)
         x = x.contiguous()
         out = torch.empty_like(x)
@@ -332,12 +327,7 @@ class CGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lib = cpu_int8.library()
-        if (
-            lib is None
-            or x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or (torch.is_grad_enabled() and x.requires_grad)
-        ):
+        if not _c_rows(lib, x):
             return SigmoidTanhGELU()(x)
         x = x.contiguous()
         out = torch.empty_like(x)

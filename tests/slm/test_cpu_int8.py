@@ -306,3 +306,40 @@ def test_amx_tiles_give_the_vector_kernels_bits() -> None:
             assert torch.allclose(tiles[0], reference(x, lin), rtol=1e-5, atol=1e-5)
     finally:
         cpu_int8.allow_amx(True)
+
+
+def test_c_layernorm_and_gelu_fall_back_to_torch_without_avx512(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLayerNorm / CGELU only call the AVX-512 C code where the CPU has it (elsewhere that code would be an
+    illegal instruction); otherwise, and under autograd, torch computes them."""
+    from transformers.activations import NewGELUActivation
+
+    from slm.precision import CGELU, CLayerNorm, SigmoidTanhGELU
+
+    ln = torch.nn.LayerNorm(40)
+    norm = CLayerNorm.from_module(ln)
+    x = torch.randn(3, 40)
+    monkeypatch.setattr(cpu_int8, "vnni512", lambda: False)
+    calls: list[str] = []
+    lib = cpu_int8.library()
+    if lib is not None:
+        monkeypatch.setattr(cpu_int8, "_lib", _Spy(lib, calls))
+    with torch.inference_mode():
+        assert torch.equal(norm(x), ln(x))
+        assert torch.equal(CGELU()(x), SigmoidTanhGELU()(x))
+    assert calls == []
+    g = x.clone().requires_grad_(True)
+    CGELU()(g).sum().backward()  # autograd: torch's ops
+    h = x.clone().requires_grad_(True)
+    NewGELUActivation()(h).sum().backward()
+    assert torch.allclose(g.grad, h.grad, rtol=1e-5, atol=1e-5)
+
+
+class _Spy:
+    """A kernel library stand-in that records which C functions were called."""
+
+    def __init__(self, lib: object, calls: list[str]) -> None:
+        self._lib, self._calls = lib, calls
+
+    def __getattr__(self, name: str) -> object:
+        self._calls.append(name)
+        return getattr(self._lib, name)
