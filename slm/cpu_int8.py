@@ -289,7 +289,7 @@ _arena = _Arena()
 
 
 def amx() -> bool:
-    """True where the VNNI kernel hands products of 2+ rows to AMX tiles (the CPU has AMX-INT8, Linux granted
+    """True where the VNNI kernel hands products of 6+ rows to AMX tiles (the CPU has AMX-INT8, Linux granted
     the tile registers, SLM_INT8_AMX is not 0). The sums are exact either way: the same bits as without."""
     lib = library()
     return lib is not None and bool(lib.slm_int8_vnni512()) and bool(lib.slm_int8_amx())
@@ -352,6 +352,12 @@ def _check_cache(keys: torch.Tensor, values: torch.Tensor) -> None:
         raise ValueError("the C attention needs fp32 caches and a head size that is a multiple of 8")
 
 
+def _index(t: torch.Tensor, n: int, what: str) -> None:
+    """The C side reads n int64s from t: anything else would read past it."""
+    if t.dtype != torch.int64 or t.device.type != "cpu" or not t.is_contiguous() or t.shape != (n,):
+        raise ValueError(f"{what} must be a contiguous int64 CPU tensor of {n} entries")
+
+
 def _rows(t: torch.Tensor) -> int:
     """Row stride of [n, heads, D] whose heads and dims are packed (else ValueError)."""
     n, heads, d = t.shape
@@ -377,6 +383,8 @@ def kv_write(
     n_slots, window, kv_heads, d = keys.shape
     if key.shape[1:] != (kv_heads, d) or value.shape != key.shape:
         raise ValueError("kv_write: key/value rows do not match the cache")
+    _index(slots, key.shape[0], "slots")
+    _index(positions, key.shape[0], "positions")
     rc = lib.slm_kv_write(
         keys.data_ptr(), values.data_ptr(), n_slots, window, kv_heads * d, key.data_ptr(), _rows(key),
         value.data_ptr(), _rows(value), slots.data_ptr(), positions.data_ptr(), key.shape[0],
@@ -405,6 +413,8 @@ def attend_decode(
     n_slots, window, kv_heads, _ = keys.shape
     if d != keys.shape[-1] or heads % kv_heads or out.shape != query.shape:
         raise ValueError("attend_decode: query, out and caches do not match")
+    _index(slots, n, "slots")
+    _index(lengths, n, "lengths")
     rc = lib.slm_attend_decode(
         query.data_ptr(), _rows(query), keys.data_ptr(), values.data_ptr(), n_slots, window,
         slots.data_ptr(), lengths.data_ptr(), n, heads, kv_heads, d, scale, out.data_ptr(), _rows(out),

@@ -9,10 +9,11 @@ are the same alone or batched, and a seeded sample is reproducible whatever else
 Two kernels (`int8_backend()`, override with SLM_INT8_KERNEL=auto|slm|onednn):
   * "slm": slm/cpu_int8.c (see slm.cpu_int8), built with the system C compiler on first use, on x86 CPUs
     - with AVX-512 VNNI (kernel "vnni512": full 8-bit weights packed for vpdpbusd, 64 outputs x up to 6
-      rows per tile, weights prefetched into L2). Measured on a 2-core Xeon with AMX (bench/int8_ops.py,
-      a decode step's matmuls from memory, 1 thread): 1.52x / 1.46x / 1.33x oneDNN's int8 matmul at 1 / 4
-      / 8 rows, 1.06x at 32, 0.79x at 512 (oneDNN's AMX kernel wins long prefills, but a row's result must not depend on the batch, so one
-      kernel serves every size);
+      rows per tile, weights prefetched into L2 and on huge pages), and from 6 rows on AMX tiles where the
+      CPU has them (the same packed weights, exact sums, the same epilogue: the same bits, so a row's
+      result never depends on the batch). On a 2-core Xeon with AMX (bench/int8_ops.py, a decode step's
+      matmuls from memory, 1 thread): 1.62x / 1.54x / 1.59x / 1.35x oneDNN's int8 matmul at 1 / 8 / 32 /
+      512 rows;
     - with AVX2 but no VNNI (kernel "avx2": 7-bit weights for vpmaddubsw), where oneDNN's int8 matmul
       repacks the weights on every call (GPT-2 124M shape, 1 thread: a one-row decode step's matmuls
       14 ms vs 39 ms on oneDNN);

@@ -209,6 +209,10 @@ def test_decode_attention_in_c_refuses_indexes_outside_the_cache() -> None:
         cpu_int8.attend_decode(q, keys, values, torch.tensor([0]), torch.tensor([9]), 1.0, out)
     with pytest.raises(IndexError):
         cpu_int8.kv_write(keys, values, q, q, torch.tensor([0]), torch.tensor([8]))
+    with pytest.raises(ValueError, match="int64"):  # the C side would read past a short or 32-bit index
+        cpu_int8.kv_write(keys, values, q, q, torch.tensor([0], dtype=torch.int32), torch.tensor([1]))
+    with pytest.raises(ValueError, match="entries"):
+        cpu_int8.attend_decode(q, keys, values, torch.tensor([0]), torch.tensor([], dtype=torch.int64), 1.0, out)
     assert not keys.any()  # nothing written
     with pytest.raises(ValueError, match="multiple of 8"):
         k12, v12 = _position_major_cache(2, 8, 2, 12)
