@@ -203,18 +203,24 @@ typedef struct {
 /* GPT-2's tanh-GELU as x * sigmoid(2k(x + 0.044715 x^3)) = x / (1 + e^(-2k(x + 0.044715 x^3))), k = sqrt(2/pi);
    e^t by 2^n * 2^f with a degree-6 polynomial (relative error ~2e-7). One definition: the fused epilogue
    and slm_gelu (the model's own forward) give the same bits. */
+/* e^(g) for g = f ln 2, f in [-0.5, 0.5]: the degree-6 Taylor polynomial in Horner form, for any vector width */
+#define EXP_POLY(T, FMA, SET, g)                                                                            \
+    ({                                                                                                      \
+        T p_ = SET(1.0f / 720.0f);                                                                          \
+        p_ = FMA(p_, g, SET(1.0f / 120.0f));                                                                \
+        p_ = FMA(p_, g, SET(1.0f / 24.0f));                                                                 \
+        p_ = FMA(p_, g, SET(1.0f / 6.0f));                                                                  \
+        p_ = FMA(p_, g, SET(0.5f));                                                                         \
+        p_ = FMA(p_, g, SET(1.0f));                                                                         \
+        FMA(p_, g, SET(1.0f));                                                                              \
+    })
+
 static inline VNNI_TARGET __m512 exp16(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
     const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 g = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f));
+    const __m512 p = EXP_POLY(__m512, _mm512_fmadd_ps, _mm512_set1_ps, g);
     return _mm512_scalef_ps(p, n);
 }
 
@@ -337,7 +343,6 @@ VNNI_TILE(1) VNNI_TILE(2) VNNI_TILE(3) VNNI_TILE(4) VNNI_TILE(5) VNNI_TILE(6)
 typedef void (*vnni_fn)(const vnni_args *, int64_t, int64_t, int64_t);
 static const vnni_fn VNNI_TILES[7] = {0, vnni_1, vnni_2, vnni_3, vnni_4, vnni_5, vnni_6};
 
-/* output columns [n_begin, n_end) of y [M,N] (n_begin a multiple of 64; threads may split the columns) */
 /* ---- AMX (Intel Sapphire Rapids and later) ----------------------------------------------------------------
    The same packed weights serve as AMX B tiles as they are: rows of a 64-output tile are 256 bytes apart and
    the 16 outputs j*16.. of a row are 64 bytes at offset 64*j, 4 inputs each, which is the tile's layout
@@ -466,6 +471,7 @@ static void gemm_vnni_args(const vnni_args *a, int64_t M, int64_t n_begin, int64
         for (int64_t m = 0; m < M; m += 6) VNNI_TILES[M - m < 6 ? M - m : 6](a, m, tile, n_end);
 }
 
+/* output columns [n_begin, n_end) of y [M,N] (n_begin a multiple of 64; threads may split the columns) */
 void slm_int8_gemm_vnni(const uint8_t *q, int64_t ldq, const float *xscale, int64_t M, int64_t K, const int8_t *wp,
                         const int32_t *wsum, const float *wscale, const float *bias, int64_t N, int64_t n_begin,
                         int64_t n_end, float *y) {
@@ -475,8 +481,9 @@ void slm_int8_gemm_vnni(const uint8_t *q, int64_t ldq, const float *xscale, int6
 
 /* the whole layer on the calling thread, with GPT-2's neighbours fused: y = act(LN(x) . W^T + b) + res, where
    LN (gamma non-NULL), act (1: tanh-GELU) and res (non-NULL; may be y) are optional; x [M,K] is LayerNormed
-   into scratch, quantized (scratch on the stack when small), multiplied. The same bits as slm_layernorm,
-   slm_int8_linear_vnni, slm_gelu and an add done one after the other. 0, or -1 when out of memory. */
+   into scratch, quantized (scratch on the stack when small), multiplied. The same bits as slm_layernorm, this
+   call without extras (slm_int8_linear_vnni), slm_gelu and an add done one after the other. 0, or -1 when
+   out of memory. */
 int slm_int8_linear_vnni_fused(const int8_t *wp, const int32_t *wsum, const float *wscale, const float *bias,
                                int64_t N, int64_t K, const float *x, int64_t M, float *y, const float *gamma,
                                const float *beta, float eps, int act, const float *res) {
@@ -511,23 +518,7 @@ done:
    The weights' arguments come first so that a caller can bind them once. 0, or -1 when out of memory. */
 int slm_int8_linear_vnni(const int8_t *wp, const int32_t *wsum, const float *wscale, const float *bias, int64_t N,
                          int64_t K, const float *x, int64_t M, float *y) {
-    const int64_t ldq = (K + 3) / 4 * 4;
-    uint8_t q_small[16384];
-    float s_small[256];
-    uint8_t *q = M * ldq <= (int64_t)sizeof(q_small) ? q_small : malloc((size_t)(M * ldq));
-    float *s = M <= 256 ? s_small : malloc((size_t)M * sizeof(float));
-    if (q == NULL || s == NULL) {
-        if (q != q_small) free(q);
-        if (s != s_small) free(s);
-        return -1;
-    }
-    if (ldq != K)
-        for (int64_t m = 0; m < M; m++) memset(q + m * ldq + K, 0, (size_t)(ldq - K));
-    slm_int8_quantize_ld(x, M, K, ldq, q, s);
-    slm_int8_gemm_vnni(q, ldq, s, M, K, wp, wsum, wscale, bias, N, 0, N, y);
-    if (q != q_small) free(q);
-    if (s != s_small) free(s);
-    return 0;
+    return slm_int8_linear_vnni_fused(wp, wsum, wscale, bias, N, K, x, M, y, NULL, NULL, 0.0f, 0, NULL);
 }
 
 /* ---- the engine's KV cache and decode attention (AVX2, fp32) --------------------------------------------
@@ -576,13 +567,7 @@ static inline __m256 exp8(__m256 x) {
     const __m256 t = _mm256_mul_ps(x, log2e);
     const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 g = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.693147180559945309f));
-    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, g, _mm256_set1_ps(1.0f));
+    const __m256 p = EXP_POLY(__m256, _mm256_fmadd_ps, _mm256_set1_ps, g);
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
